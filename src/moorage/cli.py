@@ -1,0 +1,79 @@
+"""The `moorage` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from moorage import __version__
+from moorage.config import ConfigError, Settings, load_settings
+
+
+def _settings(config: Path | None, **flags: Any) -> Settings:
+    if config is None and os.environ.get("MOORAGE_CONFIG"):
+        config = Path(os.environ["MOORAGE_CONFIG"])
+    try:
+        return load_settings(config, flags)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="TOML settings file (also MOORAGE_CONFIG).",
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Data directory."
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="moorage")
+def main() -> None:
+    """Moorage: a secure, self-hosted private container registry."""
+
+
+@main.command()
+@config_option
+@data_dir_option
+@click.option("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000).")
+@click.option("--workers", type=int, help="Worker processes sharing the port.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def serve(config: Path | None, **flags: Any) -> None:
+    """Run the registry."""
+    from moorage.server import configure_logging
+    from moorage.server import serve as run
+
+    settings = _settings(config, **flags)
+    configure_logging(settings.log_level)
+    sys.exit(run(settings))
+
+
+@main.command()
+@config_option
+@data_dir_option
+def migrate(config: Path | None, **flags: Any) -> None:
+    """Create or upgrade the metadata schema, then exit."""
+    from moorage.server import prepare_data
+
+    prepare_data(_settings(config, **flags))
+    click.echo("schema is up to date")
+
+
+@main.command()
+@config_option
+@data_dir_option
+def fsck(config: Path | None, **flags: Any) -> None:
+    """Check that every manifest's blobs are recorded and present in storage."""
+    from moorage.integrity import check
+
+    problems = check(_settings(config, **flags))
+    for problem in problems:
+        click.echo(problem)
+    click.echo(f"{len(problems)} problem(s) found")
+    sys.exit(1 if problems else 0)

@@ -1,0 +1,109 @@
+"""One typed settings model, validated at startup.
+
+Precedence: command-line flag > `MOORAGE_*` environment variable > TOML file > default.
+Unknown keys in the file or unknown `MOORAGE_*` variables are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MOORAGE_"
+MiB = 1 << 20
+GiB = 1 << 30
+
+# Variables that belong to the environment, not to the settings model.
+_ENV_NOT_SETTINGS = frozenset({"MOORAGE_CONFIG"})
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = Field("127.0.0.1:5000", description="HOST:PORT to listen on")
+    data_dir: Path = Field(Path("moorage-data"), description="where metadata and blobs live")
+    workers: int = Field(1, ge=1, le=64, description="processes serving the same port")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is SQLite in the data directory"
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL makes every acknowledged push durable across power loss"
+    )
+    max_manifest_bytes: int = Field(4 * MiB, ge=1024, le=64 * MiB)
+    max_blob_bytes: int = Field(64 * GiB, ge=1)
+    max_page_size: int = Field(1000, ge=1, le=100_000, description="cap on `n` for listings")
+    upload_expiry_seconds: int = Field(24 * 3600, ge=60)
+    upload_purge_interval_seconds: int = Field(3600, ge=1)
+    manifest_cache_bytes: int = Field(32 * MiB, ge=0)
+    db_threads: int = Field(8, ge=1, le=256)
+    shutdown_timeout_seconds: float = Field(30.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+pysqlite:///{self.data_dir / 'moorage.db'}"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build settings from flags, environment, an optional TOML file and defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(
+        key
+        for key in environ
+        if key.startswith(ENV_PREFIX) and key not in known | _ENV_NOT_SETTINGS
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting in the environment: {', '.join(unknown)}")
+
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc}") from None
+        unknown_keys = sorted(set(file_values) - set(Settings.model_fields))
+        if unknown_keys:
+            raise ConfigError(f"unknown setting in {config_file}: {', '.join(unknown_keys)}")
+
+    merged: dict[str, Any] = dict(file_values)
+    merged.update(
+        {key[len(ENV_PREFIX) :].lower(): value for key, value in environ.items() if key in known}
+    )
+    merged.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,0 +1,1 @@
+"""The pure domain core: names, digests, references, manifests, errors. No HTTP, no SQL."""

@@ -1,0 +1,60 @@
+"""The route table: every endpoint with the permission it needs, in one place.
+
+`access_middleware` enforces the permission column; a test walks the application's router and
+fails for any route that is missing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from moorage.http import v2
+from moorage.http.access import CATALOG, DELETE, PERMISSIONS, PING, PULL, PUSH, Permission
+
+# Repository names are matched loosely here and validated against the spec's grammar by the
+# access middleware, so that a bad name gets NAME_INVALID instead of a bare 404.
+NAME = r"{name:.+}"
+DIGEST = r"{digest:[^/]+}"
+REFERENCE = r"{reference:[^/]+}"
+UPLOAD = r"{upload_id:[A-Za-z0-9_-]+}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    permission: Permission
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v2/", v2.api_version, PING),
+    Route("HEAD", "/v2/", v2.api_version, PING),
+    Route("GET", "/v2/_catalog", v2.catalog, CATALOG),
+    Route("GET", f"/v2/{NAME}/tags/list", v2.list_tags, PULL),
+    Route("GET", f"/v2/{NAME}/referrers/{DIGEST}", v2.referrers, PULL),
+    Route("GET", f"/v2/{NAME}/manifests/{REFERENCE}", v2.get_manifest, PULL),
+    Route("HEAD", f"/v2/{NAME}/manifests/{REFERENCE}", v2.get_manifest, PULL),
+    Route("PUT", f"/v2/{NAME}/manifests/{REFERENCE}", v2.put_manifest, PUSH),
+    Route("DELETE", f"/v2/{NAME}/manifests/{REFERENCE}", v2.delete_manifest, DELETE),
+    # Upload routes come before /blobs/{digest} so "uploads" is never read as a digest.
+    Route("POST", f"/v2/{NAME}/blobs/uploads/", v2.start_upload, PUSH),
+    Route("GET", f"/v2/{NAME}/blobs/uploads/{UPLOAD}", v2.upload_status, PUSH),
+    Route("PATCH", f"/v2/{NAME}/blobs/uploads/{UPLOAD}", v2.patch_upload, PUSH),
+    Route("PUT", f"/v2/{NAME}/blobs/uploads/{UPLOAD}", v2.finish_upload, PUSH),
+    Route("DELETE", f"/v2/{NAME}/blobs/uploads/{UPLOAD}", v2.cancel_upload, PUSH),
+    Route("GET", f"/v2/{NAME}/blobs/{DIGEST}", v2.get_blob, PULL),
+    Route("HEAD", f"/v2/{NAME}/blobs/{DIGEST}", v2.get_blob, PULL),
+    Route("DELETE", f"/v2/{NAME}/blobs/{DIGEST}", v2.delete_blob, DELETE),
+)
+
+
+def install_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+    permissions: dict[web.AbstractRoute, Permission] = {}
+    for route in routes:
+        registered = app.router.add_route(route.method, route.path, route.handler)
+        permissions[registered] = route.permission
+    app[PERMISSIONS] = permissions

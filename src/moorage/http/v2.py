@@ -1,0 +1,313 @@
+"""Handlers of the OCI Distribution API (/v2). Thin: parse, call a service, shape the reply."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from moorage.domain import mediatypes as mt
+from moorage.domain.digest import Digest
+from moorage.domain.errors import ErrorCode, RegistryError
+from moorage.domain.names import Reference, validate_repository_name
+from moorage.domain.negotiation import parse_accept
+from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, parse_range
+from moorage.http.access import ACTOR, PULL, REPOSITORY, may
+from moorage.http.responses import BlobResponse, json_response
+from moorage.http.state import SERVICES
+from moorage.services.registry import manifest_too_large, referrers_index
+from moorage.services.uploads import range_header
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+# -- base and discovery
+
+
+async def api_version(request: web.Request) -> web.Response:
+    return json_response({})
+
+
+async def catalog(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    limit, last = _page(request, services.max_page_size)
+    names = await services.registry.list_repositories(last, limit) if limit else []
+    headers = {}
+    if limit and len(names) == limit:
+        headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": names[-1]})
+    return json_response({"repositories": names}, headers=headers)
+
+
+async def list_tags(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name = request[REPOSITORY]
+    limit, last = _page(request, services.max_page_size)
+    tags = await services.registry.list_tags(name, last, limit) if limit else []
+    if not limit:
+        # n=0 still answers for the repository: it must exist.
+        await services.registry.list_tags(name, None, 1)
+    headers = {}
+    if limit and len(tags) == limit:
+        headers["Link"] = _next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": tags[-1]})
+    return json_response({"name": name, "tags": tags}, headers=headers)
+
+
+async def referrers(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name = request[REPOSITORY]
+    subject = Digest.parse(request.match_info["digest"])
+    limit, last = _page(request, services.max_page_size, default_all=True)
+    artifact_type = request.query.get("artifactType") or None
+    records = await services.registry.referrers(name, subject, artifact_type, last, limit)
+    headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
+    if limit and len(records) == limit:
+        query = {"n": str(limit), "last": records[-1].digest}
+        if artifact_type:
+            query["artifactType"] = artifact_type
+        headers["Link"] = _next_link(f"/v2/{name}/referrers/{subject}", query)
+    return json_response(referrers_index(records), headers=headers, content_type=mt.OCI_INDEX)
+
+
+# -- manifests
+
+
+async def get_manifest(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    reference = Reference.parse(request.match_info["reference"])
+    head = request.method == "HEAD"
+    fetched = await services.registry.get_manifest(
+        request[REPOSITORY],
+        reference,
+        parse_accept(request.headers.getall("Accept", [])),
+        request[ACTOR],
+        count_pull=not head,
+    )
+    etag = f'"{fetched.record.digest}"'
+    headers = {
+        "Docker-Content-Digest": fetched.record.digest,
+        "ETag": etag,
+        "Content-Type": fetched.record.media_type,
+    }
+    if request.headers.get("If-None-Match") in (etag, "*"):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=fetched.body, headers=headers)
+
+
+async def put_manifest(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name = request[REPOSITORY]
+    reference = Reference.parse(request.match_info["reference"])
+    body = await _read_capped(request, services.registry.max_manifest_bytes)
+    manifest = await services.registry.put_manifest(
+        name, reference, request.headers.get("Content-Type", ""), body, request[ACTOR]
+    )
+    headers = {
+        "Location": f"/v2/{name}/manifests/{manifest.digest}",
+        "Docker-Content-Digest": str(manifest.digest),
+    }
+    if manifest.subject is not None:
+        headers["OCI-Subject"] = str(manifest.subject.digest)
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    reference = Reference.parse(request.match_info["reference"])
+    await services.registry.delete_manifest(request[REPOSITORY], reference, request[ACTOR])
+    return web.Response(status=202)
+
+
+# -- blobs
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    digest = Digest.parse(request.match_info["digest"])
+    blob = await services.registry.locate_blob(request[REPOSITORY], digest)
+    etag = f'"{digest}"'
+    headers = {"Docker-Content-Digest": str(digest), "ETag": etag, "Accept-Ranges": "bytes"}
+    if request.headers.get("If-None-Match") in (etag, "*"):
+        return web.Response(status=304, headers=headers)
+    byte_range = _requested_range(request, blob.size, etag)
+    opener = None if blob.path is not None else await services.registry.open_blob(digest)
+    return BlobResponse(
+        path=blob.path, opener=opener, size=blob.size, byte_range=byte_range, headers=headers
+    )
+
+
+async def delete_blob(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    digest = Digest.parse(request.match_info["digest"])
+    await services.registry.delete_blob(request[REPOSITORY], digest, request[ACTOR])
+    return web.Response(status=202)
+
+
+# -- uploads
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name = request[REPOSITORY]
+    actor = request[ACTOR]
+    if "digest" in request.query:
+        digest = Digest.parse(request.query["digest"])
+        await services.uploads.monolithic(
+            name, digest, request.content_length, _body(request), actor
+        )
+        return _blob_created(name, digest)
+    if "mount" in request.query:
+        digest = Digest.parse(request.query["mount"])
+        source = request.query.get("from", "")
+        if (
+            await _may_mount_from(request, source)
+            and await services.registry.mount_blob(name, source, digest, actor) is not None
+        ):
+            return _blob_created(name, digest)
+    upload_id = await services.uploads.start(name, actor)
+    return web.Response(status=202, headers=_upload_headers(name, upload_id, 0))
+
+
+async def _may_mount_from(request: web.Request, source: str) -> bool:
+    # An unusable `from` is not an error: the client gets an ordinary upload session, which
+    # also keeps whether the blob exists elsewhere a secret.
+    try:
+        validate_repository_name(source)
+    except RegistryError:
+        return False
+    return await may(request, PULL, source)
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
+    size = await services.uploads.status(name, upload_id)
+    return web.Response(status=204, headers=_upload_headers(name, upload_id, size))
+
+
+async def patch_upload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
+    size = await services.uploads.append(
+        name, upload_id, _content_range(request), request.content_length, _body(request)
+    )
+    return web.Response(status=202, headers=_upload_headers(name, upload_id, size))
+
+
+async def finish_upload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
+    raw_digest = request.query.get("digest")
+    if not raw_digest:
+        raise RegistryError(ErrorCode.DIGEST_INVALID, "the digest query parameter is required")
+    digest = Digest.parse(raw_digest)
+    await services.uploads.finish(
+        name,
+        upload_id,
+        digest,
+        _content_range(request),
+        request.content_length,
+        _body(request),
+        request[ACTOR],
+    )
+    return _blob_created(name, digest)
+
+
+async def cancel_upload(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    await services.uploads.cancel(
+        request[REPOSITORY], request.match_info["upload_id"], request[ACTOR]
+    )
+    return web.Response(status=204)
+
+
+# -- helpers
+
+
+def _body(request: web.Request) -> AsyncIterator[bytes]:
+    return request.content.iter_any()
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise manifest_too_large(limit)
+    body = await request.content.read(limit + 1)
+    while len(body) <= limit and not request.content.at_eof():
+        more = await request.content.read(limit + 1 - len(body))
+        if not more:
+            break
+        body += more
+    if len(body) > limit:
+        raise manifest_too_large(limit)
+    return body
+
+
+def _content_range(request: web.Request) -> ByteRange | None:
+    value = request.headers.get("Content-Range")
+    if value is None:
+        return None
+    try:
+        return parse_chunk_range(value)
+    except RangeError as error:
+        raise RegistryError(ErrorCode.BLOB_UPLOAD_INVALID, str(error)) from None
+
+
+def _requested_range(request: web.Request, size: int, etag: str) -> ByteRange | None:
+    value = request.headers.get("Range")
+    if value is None:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range != etag:
+        return None
+    try:
+        return parse_range(value, size)
+    except RangeError as error:
+        raise RegistryError(
+            ErrorCode.BLOB_UNKNOWN,
+            f"requested range not satisfiable: {error}",
+            status=416,
+            headers={"Content-Range": f"bytes */{size}"},
+        ) from None
+
+
+def _page(
+    request: web.Request, max_page: int, *, default_all: bool = False
+) -> tuple[int, str | None]:
+    """(limit, last) from `n` and `last`; `n` is capped so no listing is unbounded."""
+    raw = request.query.get("n")
+    if raw is None or raw == "":
+        limit = max_page
+    else:
+        if not raw.isdigit() or len(raw) > 9:
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400
+            )
+        limit = min(int(raw), max_page)
+    last = request.query.get("last") or None
+    if last is not None and len(last) > 512:
+        raise RegistryError(ErrorCode.UNSUPPORTED, "last is too long", status=400)
+    return limit, last
+
+
+def _next_link(path: str, query: dict[str, str]) -> str:
+    return f'<{path}?{urlencode(query, quote_via=quote)}>; rel="next"'
+
+
+def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Range": range_header(size),
+        "Docker-Upload-UUID": upload_id,
+        "Content-Length": "0",
+    }
+
+
+def _blob_created(name: str, digest: Digest) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )

@@ -1,0 +1,1 @@
+"""Registry metadata in SQL (SQLite by default, PostgreSQL for scale-out)."""

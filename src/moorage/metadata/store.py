@@ -1,0 +1,496 @@
+"""The metadata store: every read and write of registry metadata, each in one short transaction.
+
+Methods are synchronous (they run on a worker thread, see `moorage.services.threads`) and
+return plain records, never ORM objects, so nothing outside this package sees SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, delete, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from moorage.domain.manifest import ParsedManifest
+from moorage.metadata.database import read_transaction, write_transaction
+from moorage.metadata.models import (
+    Blob,
+    Manifest,
+    ManifestBlob,
+    ManifestChild,
+    Repository,
+    RepositoryBlob,
+    RepositoryManifest,
+    Tag,
+    Upload,
+    utcnow,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRecord:
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    repository: str
+    owner: str | None
+    created_at: datetime
+
+
+class MissingReferencesError(Exception):
+    def __init__(self, blobs: Sequence[str], manifests: Sequence[str]) -> None:
+        self.blobs = list(blobs)
+        self.manifests = list(manifests)
+        super().__init__(f"missing blobs {self.blobs}, missing manifests {self.manifests}")
+
+
+class StillReferencedError(Exception):
+    def __init__(self, by: Sequence[str]) -> None:
+        self.by = list(by)
+        super().__init__(f"still referenced by {self.by}")
+
+
+_rb: Table = RepositoryBlob.__table__  # type: ignore[assignment]
+_rm: Table = RepositoryManifest.__table__  # type: ignore[assignment]
+_repos: Table = Repository.__table__  # type: ignore[assignment]
+_blobs: Table = Blob.__table__  # type: ignore[assignment]
+_manifests: Table = Manifest.__table__  # type: ignore[assignment]
+_mblobs: Table = ManifestBlob.__table__  # type: ignore[assignment]
+_mchildren: Table = ManifestChild.__table__  # type: ignore[assignment]
+_tags: Table = Tag.__table__  # type: ignore[assignment]
+_uploads: Table = Upload.__table__  # type: ignore[assignment]
+
+
+class MetadataStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- helpers
+
+    def _insert_ignore(
+        self, connection: Connection, table: Any, rows: list[dict[str, Any]]
+    ) -> None:
+        if not rows:
+            return
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        connection.execute(insert(table).on_conflict_do_nothing(), rows)
+
+    def _repository_id(self, connection: Connection, name: str, *, create: bool) -> int | None:
+        found: int | None = connection.execute(
+            select(_repos.c.id).where(_repos.c.name == name)
+        ).scalar()
+        if found is not None or not create:
+            return found
+        self._insert_ignore(connection, _repos, [{"name": name, "created_at": utcnow()}])
+        return int(
+            connection.execute(select(_repos.c.id).where(_repos.c.name == name)).scalar_one()
+        )
+
+    # -- repositories
+
+    def repository_exists(self, name: str) -> bool:
+        with read_transaction(self._engine) as connection:
+            return self._repository_id(connection, name, create=False) is not None
+
+    def list_repositories(self, last: str | None, limit: int) -> list[str]:
+        query = select(_repos.c.name).order_by(_repos.c.name).limit(limit)
+        if last is not None:
+            query = query.where(_repos.c.name > last)
+        with read_transaction(self._engine) as connection:
+            return list(connection.execute(query).scalars())
+
+    # -- blobs
+
+    def blob_size_in_repository(self, repository: str, digest: str) -> int | None:
+        query = (
+            select(_blobs.c.size)
+            .select_from(_rb.join(_repos, _repos.c.id == _rb.c.repository_id))
+            .join(_blobs, _blobs.c.digest == _rb.c.digest)
+            .where(_repos.c.name == repository, _rb.c.digest == digest)
+        )
+        with read_transaction(self._engine) as connection:
+            return connection.execute(query).scalar()
+
+    def blob_size(self, digest: str) -> int | None:
+        with read_transaction(self._engine) as connection:
+            return connection.execute(
+                select(_blobs.c.size).where(_blobs.c.digest == digest)
+            ).scalar()
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record a committed blob and make it readable through `repository`."""
+        now = utcnow()
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=True)
+            self._insert_ignore(
+                connection, _blobs, [{"digest": digest, "size": size, "created_at": now}]
+            )
+            self._insert_ignore(
+                connection,
+                _rb,
+                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
+            )
+
+    def mount_blob(self, source: str, target: str, digest: str) -> int | None:
+        """Link a blob of `source` into `target` without copying; its size, or None."""
+        with write_transaction(self._engine) as connection:
+            size = connection.execute(
+                select(_blobs.c.size)
+                .select_from(_rb.join(_repos, _repos.c.id == _rb.c.repository_id))
+                .join(_blobs, _blobs.c.digest == _rb.c.digest)
+                .where(_repos.c.name == source, _rb.c.digest == digest)
+            ).scalar()
+            if size is None:
+                return None
+            target_id = self._repository_id(connection, target, create=True)
+            self._insert_ignore(
+                connection,
+                _rb,
+                [{"repository_id": target_id, "digest": digest, "created_at": utcnow()}],
+            )
+            return int(size)
+
+    def unlink_blob(self, repository: str, digest: str) -> bool:
+        """Remove a blob from a repository; refuse while a manifest there still needs it."""
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return False
+            users = connection.execute(
+                select(_mblobs.c.manifest_digest)
+                .join(_rm, _rm.c.digest == _mblobs.c.manifest_digest)
+                .where(_rm.c.repository_id == repository_id, _mblobs.c.blob_digest == digest)
+                .limit(5)
+            ).scalars()
+            referenced_by = list(users)
+            if referenced_by:
+                raise StillReferencedError(referenced_by)
+            result = connection.execute(
+                delete(_rb).where(_rb.c.repository_id == repository_id, _rb.c.digest == digest)
+            )
+            return result.rowcount > 0
+
+    # -- manifests
+
+    def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
+        query = (
+            select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
+            .select_from(_tags.join(_repos, _repos.c.id == _tags.c.repository_id))
+            .join(_manifests, _manifests.c.digest == _tags.c.manifest_digest)
+            .where(_repos.c.name == repository, _tags.c.name == tag)
+        )
+        with read_transaction(self._engine) as connection:
+            row = connection.execute(query).first()
+        return None if row is None else ManifestRecord(row[0], row[1], row[2])
+
+    def resolve_digest(self, repository: str, digest: str) -> ManifestRecord | None:
+        query = (
+            select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
+            .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
+            .join(_manifests, _manifests.c.digest == _rm.c.digest)
+            .where(_repos.c.name == repository, _rm.c.digest == digest)
+        )
+        with read_transaction(self._engine) as connection:
+            row = connection.execute(query).first()
+        return None if row is None else ManifestRecord(row[0], row[1], row[2])
+
+    def manifest_body(self, digest: str) -> bytes | None:
+        with read_transaction(self._engine) as connection:
+            return connection.execute(
+                select(_manifests.c.body).where(_manifests.c.digest == digest)
+            ).scalar()
+
+    def put_manifest(
+        self, repository: str, manifest: ParsedManifest, body: bytes, tag: str | None
+    ) -> None:
+        """Store a manifest in a repository (and point `tag` at it), all or nothing.
+
+        Every blob the manifest needs must be linked to the repository and every child
+        manifest must be in it, checked inside the same write transaction that stores it.
+        """
+        digest = str(manifest.digest)
+        required_blobs = sorted({str(d) for d in manifest.required_blobs()})
+        children = sorted({str(child.digest) for child in manifest.children})
+        now = utcnow()
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=True)
+            assert repository_id is not None
+            missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
+            missing_children = self._missing(connection, _rm, repository_id, children)
+            if missing_blobs or missing_children:
+                raise MissingReferencesError(missing_blobs, missing_children)
+            self._insert_ignore(
+                connection,
+                _manifests,
+                [
+                    {
+                        "digest": digest,
+                        "media_type": manifest.media_type,
+                        "size": manifest.size,
+                        "body": body,
+                        "subject_digest": str(manifest.subject.digest)
+                        if manifest.subject
+                        else None,
+                        "artifact_type": manifest.referrer_artifact_type(),
+                        "annotations": json.dumps(manifest.annotations)
+                        if manifest.annotations
+                        else None,
+                        "created_at": now,
+                    }
+                ],
+            )
+            self._insert_ignore(
+                connection,
+                _mblobs,
+                [
+                    {"manifest_digest": digest, "blob_digest": str(b)}
+                    for b in manifest.referenced_blobs()
+                ],
+            )
+            self._insert_ignore(
+                connection,
+                _mchildren,
+                [{"parent_digest": digest, "child_digest": child} for child in children],
+            )
+            self._insert_ignore(
+                connection,
+                _rm,
+                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
+            )
+            if tag is not None:
+                self._set_tag(connection, repository_id, tag, digest, now)
+
+    def _set_tag(
+        self, connection: Connection, repository_id: int, tag: str, digest: str, now: datetime
+    ) -> None:
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = insert(_tags).values(
+            repository_id=repository_id, name=tag, manifest_digest=digest, updated_at=now
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[_tags.c.repository_id, _tags.c.name],
+                set_={"manifest_digest": digest, "updated_at": now},
+            )
+        )
+
+    @staticmethod
+    def _missing(
+        connection: Connection, link_table: Any, repository_id: int, digests: Iterable[str]
+    ) -> list[str]:
+        wanted = list(digests)
+        if not wanted:
+            return []
+        present = set(
+            connection.execute(
+                select(link_table.c.digest).where(
+                    link_table.c.repository_id == repository_id, link_table.c.digest.in_(wanted)
+                )
+            ).scalars()
+        )
+        return [d for d in wanted if d not in present]
+
+    def delete_manifest(self, repository: str, digest: str) -> list[str] | None:
+        """Remove a manifest (and its tags) from a repository; the removed tags, or None.
+
+        Refused while an index in the same repository still lists it as a child.
+        """
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return None
+            parents = list(
+                connection.execute(
+                    select(_mchildren.c.parent_digest)
+                    .join(_rm, _rm.c.digest == _mchildren.c.parent_digest)
+                    .where(
+                        _rm.c.repository_id == repository_id, _mchildren.c.child_digest == digest
+                    )
+                    .limit(5)
+                ).scalars()
+            )
+            if parents:
+                raise StillReferencedError(parents)
+            tags = list(
+                connection.execute(
+                    select(_tags.c.name).where(
+                        _tags.c.repository_id == repository_id, _tags.c.manifest_digest == digest
+                    )
+                ).scalars()
+            )
+            connection.execute(
+                delete(_tags).where(
+                    _tags.c.repository_id == repository_id, _tags.c.manifest_digest == digest
+                )
+            )
+            result = connection.execute(
+                delete(_rm).where(_rm.c.repository_id == repository_id, _rm.c.digest == digest)
+            )
+            return tags if result.rowcount > 0 else None
+
+    def delete_tag(self, repository: str, tag: str) -> str | None:
+        """Remove only the tag; the digest it pointed at, or None."""
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return None
+            digest = connection.execute(
+                select(_tags.c.manifest_digest).where(
+                    _tags.c.repository_id == repository_id, _tags.c.name == tag
+                )
+            ).scalar()
+            if digest is not None:
+                connection.execute(
+                    delete(_tags).where(_tags.c.repository_id == repository_id, _tags.c.name == tag)
+                )
+            return digest
+
+    def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
+        with read_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return None
+            query = (
+                select(_tags.c.name)
+                .where(_tags.c.repository_id == repository_id)
+                .order_by(_tags.c.name)
+                .limit(limit)
+            )
+            if last is not None:
+                query = query.where(_tags.c.name > last)
+            return list(connection.execute(query).scalars())
+
+    def referrers(
+        self,
+        repository: str,
+        subject: str,
+        artifact_type: str | None,
+        after: str | None,
+        limit: int,
+    ) -> list[ReferrerRecord]:
+        query = (
+            select(
+                _manifests.c.digest,
+                _manifests.c.media_type,
+                _manifests.c.size,
+                _manifests.c.artifact_type,
+                _manifests.c.annotations,
+            )
+            .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
+            .join(_manifests, _manifests.c.digest == _rm.c.digest)
+            .where(_repos.c.name == repository, _manifests.c.subject_digest == subject)
+            .order_by(_manifests.c.digest)
+            .limit(limit)
+        )
+        if artifact_type is not None:
+            query = query.where(_manifests.c.artifact_type == artifact_type)
+        if after is not None:
+            query = query.where(_manifests.c.digest > after)
+        with read_transaction(self._engine) as connection:
+            rows = connection.execute(query).all()
+        return [
+            ReferrerRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None)
+            for row in rows
+        ]
+
+    # -- upload sessions
+
+    def create_upload(self, upload_id: str, repository: str, owner: str | None) -> None:
+        with write_transaction(self._engine) as connection:
+            connection.execute(
+                _uploads.insert().values(
+                    id=upload_id, repository=repository, owner=owner, created_at=utcnow()
+                )
+            )
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        with read_transaction(self._engine) as connection:
+            row = connection.execute(
+                select(
+                    _uploads.c.id, _uploads.c.repository, _uploads.c.owner, _uploads.c.created_at
+                ).where(_uploads.c.id == upload_id)
+            ).first()
+        return None if row is None else UploadRecord(row[0], row[1], row[2], row[3])
+
+    def finish_upload(self, upload_id: str, repository: str, digest: str, size: int) -> None:
+        """Record the committed blob, link it to the repository and close the session."""
+        now = utcnow()
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=True)
+            self._insert_ignore(
+                connection, _blobs, [{"digest": digest, "size": size, "created_at": now}]
+            )
+            self._insert_ignore(
+                connection,
+                _rb,
+                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
+            )
+            connection.execute(delete(_uploads).where(_uploads.c.id == upload_id))
+
+    def delete_upload(self, upload_id: str) -> bool:
+        with write_transaction(self._engine) as connection:
+            result = connection.execute(delete(_uploads).where(_uploads.c.id == upload_id))
+            return result.rowcount > 0
+
+    def uploads_created_before(self, cutoff: datetime, limit: int = 1000) -> list[str]:
+        with read_transaction(self._engine) as connection:
+            return list(
+                connection.execute(
+                    select(_uploads.c.id).where(_uploads.c.created_at < cutoff).limit(limit)
+                ).scalars()
+            )
+
+    def upload_ids(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(ids)
+        if not wanted:
+            return set()
+        with read_transaction(self._engine) as connection:
+            return set(
+                connection.execute(select(_uploads.c.id).where(_uploads.c.id.in_(wanted))).scalars()
+            )
+
+    # -- integrity
+
+    def manifests_with_missing_blobs(self) -> list[tuple[str, str]]:
+        """(manifest, blob) pairs where a referenced, distributable blob has no blob row."""
+        query = select(_mblobs.c.manifest_digest, _mblobs.c.blob_digest).where(
+            ~exists().where(_blobs.c.digest == _mblobs.c.blob_digest)
+        )
+        with read_transaction(self._engine) as connection:
+            return [(row[0], row[1]) for row in connection.execute(query)]
+
+    def all_blobs(self) -> list[tuple[str, int]]:
+        with read_transaction(self._engine) as connection:
+            return [
+                (row[0], row[1])
+                for row in connection.execute(select(_blobs.c.digest, _blobs.c.size))
+            ]
+
+    def counts(self) -> dict[str, int]:
+        with read_transaction(self._engine) as connection:
+            return {
+                table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
+                for table in (_repos, _blobs, _manifests, _tags, _uploads)
+            }

@@ -1,0 +1,154 @@
+"""Process model: migrate once, then serve from one process or from N forked workers.
+
+With N workers the supervisor binds N listening sockets to the same port with SO_REUSEPORT
+before forking, so the kernel spreads connections evenly and port 0 resolves once. SIGTERM stops
+accepting, lets in-flight requests finish (up to the shutdown timeout) and exits 0; upload
+sessions live in storage and the database, so they survive for resumption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from moorage.config import Settings
+from moorage.http.app import build_app
+from moorage.metadata.database import make_engine, migrate
+
+log = logging.getLogger("moorage.server")
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def prepare_data(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def bind_sockets(settings: Settings, count: int) -> list[socket.socket]:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sockets: list[socket.socket] = []
+    port = settings.port
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, port))
+        port = sock.getsockname()[1]
+        sock.listen(1024)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+async def _serve(settings: Settings, sock: socket.socket, index: int) -> None:
+    app = build_app(settings, run_jobs=index == 0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("moorage.access") if settings.access_log else None,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("worker %d stopping: finishing in-flight requests", index)
+    await runner.cleanup()
+
+
+def run_worker(settings: Settings, sock: socket.socket, index: int) -> None:
+    asyncio.run(_serve(settings, sock, index))
+
+
+def serve(settings: Settings) -> int:
+    prepare_data(settings)
+    sockets = bind_sockets(settings, settings.workers)
+    host, port = sockets[0].getsockname()[:2]
+    log.info(
+        "moorage listening on %s:%d with %d worker(s), data in %s",
+        host,
+        port,
+        settings.workers,
+        settings.data_dir,
+    )
+    if settings.workers == 1:
+        run_worker(settings, sockets[0], 0)
+        return 0
+    return _supervise(settings, sockets)
+
+
+def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
+    watched = _STOP_SIGNALS | {signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+            for other, sock in enumerate(sockets):
+                if other != index:
+                    sock.close()
+            code = 0
+            try:
+                run_worker(settings, sockets[index], index)
+            except BaseException:
+                log.exception("worker %d crashed", index)
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = index
+
+    for index in range(len(sockets)):
+        spawn(index)
+
+    stopping = False
+    while children:
+        info = signal.sigwaitinfo(watched)
+        if info.si_signo in _STOP_SIGNALS and not stopping:
+            stopping = True
+            for pid in children:
+                _kill(pid, signal.SIGTERM)
+            continue
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            index = children.pop(pid, -1)
+            if index >= 0 and not stopping:
+                log.error("worker %d exited (status %d); restarting it", index, status)
+                time.sleep(0.5)
+                spawn(index)
+    return 0
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)

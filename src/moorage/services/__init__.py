@@ -1,0 +1,1 @@
+"""Registry services: the use cases (push, pull, delete, list) over storage and metadata."""

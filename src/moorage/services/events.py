@@ -1,0 +1,45 @@
+"""The one place domain events go through. Audit, scanning, webhooks and replication subscribe."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from moorage.domain.events import RegistryEvent
+
+log = logging.getLogger("moorage.events")
+
+Subscriber = Callable[[RegistryEvent], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, event: RegistryEvent) -> None:
+        """Deliver to every subscriber; a failing subscriber never fails the request.
+
+        Subscribers must return quickly: slow work (scans, webhooks) is queued by them.
+        """
+        for subscriber in self._subscribers:
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("event subscriber %r failed on %s", subscriber, event.kind)
+
+
+def log_subscriber(event: RegistryEvent) -> None:
+    """Writes state changes to the log (pulls are too frequent to log at info level)."""
+    level = logging.DEBUG if event.kind.endswith("pulled") else logging.INFO
+    log.log(
+        level,
+        "%s repository=%s digest=%s tag=%s actor=%s",
+        event.kind,
+        event.repository,
+        event.digest,
+        event.tag,
+        event.actor.name,
+    )

@@ -1,0 +1,1 @@
+"""Blob and upload storage behind small driver interfaces; nothing else touches paths."""
