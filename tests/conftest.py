@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import RegistryProcess
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """One server shared by the tests that only need a registry; use unique repository names."""
+    server = RegistryProcess(tmp_path_factory.mktemp("shared") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_registry(tmp_path: Path) -> Iterator[Callable[..., RegistryProcess]]:
+    """Start a private server (own data directory) for tests that restart, kill or configure it."""
+    started: list[RegistryProcess] = []
+
+    def start(**kwargs: object) -> RegistryProcess:
+        server = RegistryProcess(tmp_path / f"data{len(started)}", **kwargs)  # type: ignore[arg-type]
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        if server.process is not None:
+            server.kill()
+
+
+@pytest.fixture
+def client(registry: RegistryProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=registry.url, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+def repo(request: pytest.FixtureRequest) -> str:
+    """A repository name no other test uses."""
+    base = request.node.name.lower().replace("[", "-").replace("]", "")
+    cleaned = "".join(c if c.isalnum() else "-" for c in base).strip("-")[:60].strip("-")
+    return f"t/{cleaned or 'repo'}-{next(_names)}"

@@ -1,0 +1,110 @@
+"""Start the real `moorage serve` process on a free loopback port and talk HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RegistryProcess:
+    """One Moorage server process; restartable on the same port and data directory."""
+
+    data_dir: Path
+    workers: int = 1
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        """host:port, the way registry clients (skopeo, podman) name a registry."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RegistryProcess:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        command = [
+            sys.executable,
+            "-m",
+            "moorage",
+            "serve",
+            "--listen",
+            self.host,
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+            *self.extra_args,
+        ]
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        environment.update(self.env)
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moorage exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"moorage did not start in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Graceful stop (SIGTERM); returns the exit code."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9 the server and every worker it forked."""
+        if self.process is None:
+            return
+        try:
+            import psutil
+
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except Exception:
+            children = []
+        self.process.kill()
+        for child in children:
+            try:
+                child.kill()
+            except Exception:
+                pass
+        self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> RegistryProcess:
+        if self.process is not None:
+            self.stop()
+        return self.start()
