@@ -24,11 +24,15 @@ class EventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who caused an event. Filled by the access layer; anonymous until auth exists."""
+    """Who caused an event, as the access layer identified them."""
 
     name: str = "anonymous"
-    kind: str = "anonymous"
+    kind: str = "anonymous"  # anonymous | user | robot | system
     client_ip: str | None = None
+    certificate: str | None = None  # subject of a verified client certificate
+
+
+SYSTEM = Actor(name="moorage", kind="system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +45,23 @@ class RegistryEvent:
     size: int | None = None
     actor: Actor = field(default_factory=Actor)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessEvent:
+    """A sign-in or a change to accounts, projects, roles, robots, tokens or settings.
+
+    `details` holds only the fields the audit schema allows for `action`; secrets never
+    enter an event in the first place.
+    """
+
+    action: str  # e.g. "login", "user:create", "robot:rotate"
+    actor: Actor
+    result: str = "success"  # success | failure | denied
+    project: str | None = None
+    resource: str | None = None
+    details: dict[str, object] | None = None
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+DomainEvent = RegistryEvent | AccessEvent

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from moorage.http.authn import Authenticator
+from moorage.services.identity import IdentityService
+from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
+from moorage.services.threads import Threads
+from moorage.services.tokens import TokenService
 from moorage.services.uploads import UploadService
 
 
@@ -17,4 +22,16 @@ class Services:
     max_page_size: int
 
 
+@dataclass(frozen=True, slots=True)
+class IamServices:
+    identity: IdentityService
+    projects: ProjectService
+    tokens: TokenService
+    authenticator: Authenticator
+    threads: Threads
+    v2_basic_auth: bool
+    public_url: str | None
+
+
 SERVICES = web.AppKey("services", Services)
+IAM = web.AppKey("iam", IamServices)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from moorage.domain.events import RegistryEvent
+from moorage.domain.events import AccessEvent, DomainEvent
 
 log = logging.getLogger("moorage.events")
 
-Subscriber = Callable[[RegistryEvent], None]
+Subscriber = Callable[[DomainEvent], None]
 
 
 class EventBus:
@@ -19,7 +19,7 @@ class EventBus:
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
-    def publish(self, event: RegistryEvent) -> None:
+    def publish(self, event: DomainEvent) -> None:
         """Deliver to every subscriber; a failing subscriber never fails the request.
 
         Subscribers must return quickly: slow work (scans, webhooks) is queued by them.
@@ -28,11 +28,20 @@ class EventBus:
             try:
                 subscriber(event)
             except Exception:
-                log.exception("event subscriber %r failed on %s", subscriber, event.kind)
+                log.exception("event subscriber %r failed", subscriber)
 
 
-def log_subscriber(event: RegistryEvent) -> None:
+def log_subscriber(event: DomainEvent) -> None:
     """Writes state changes to the log (pulls are too frequent to log at info level)."""
+    if isinstance(event, AccessEvent):
+        log.info(
+            "%s %s actor=%s resource=%s",
+            event.action,
+            event.result,
+            event.actor.name,
+            event.resource,
+        )
+        return
     level = logging.DEBUG if event.kind.endswith("pulled") else logging.INFO
     log.log(
         level,

@@ -1,0 +1,204 @@
+"""Who may do what: the action vocabulary, built-in roles, repository globs, and one pure
+decision function used by every entry point (/v2, the token service, the management API).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from typing import Final
+
+from moorage.domain.names import project_of
+
+
+class Action(StrEnum):
+    # repository actions (Docker token scopes use pull, push, delete)
+    PULL = "pull"
+    PUSH = "push"
+    DELETE = "delete"  # delete manifests, tags and blobs
+    DELETE_REPOSITORY = "delete-repository"
+    READ_SCAN = "read-scan"
+    # project administration
+    READ_PROJECT = "read-project"
+    MANAGE_PROJECT = "manage-project"
+    MANAGE_MEMBERS = "manage-members"
+    MANAGE_ROBOTS = "manage-robots"
+    MANAGE_POLICIES = "manage-policies"
+    MANAGE_WEBHOOKS = "manage-webhooks"
+    READ_AUDIT = "read-audit"
+
+
+class SystemAction(StrEnum):
+    PING = "ping"  # the API version check: anyone
+    CATALOG = "catalog"  # list repositories: anyone, filtered to what they may pull
+    AUTHENTICATED = "authenticated"  # any signed-in subject (own profile, own tokens)
+    CREATE_PROJECT = "create-project"
+    ADMIN = "admin"  # users, groups, roles, settings, system robots, the whole audit log
+
+
+REPOSITORY_ACTIONS: Final = frozenset(
+    {Action.PULL, Action.PUSH, Action.DELETE, Action.DELETE_REPOSITORY, Action.READ_SCAN}
+)
+
+
+class Role(StrEnum):
+    LIMITED_GUEST = "limited-guest"
+    GUEST = "guest"
+    DEVELOPER = "developer"
+    MAINTAINER = "maintainer"
+    PROJECT_ADMIN = "project-admin"
+
+
+_LIMITED_GUEST = frozenset({Action.PULL, Action.READ_PROJECT})
+_GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT}
+_DEVELOPER = _GUEST | {Action.PUSH}
+_MAINTAINER = _DEVELOPER | {Action.DELETE, Action.DELETE_REPOSITORY, Action.MANAGE_POLICIES}
+_PROJECT_ADMIN = frozenset(Action)
+
+ROLE_ACTIONS: Final[dict[str, frozenset[Action]]] = {
+    Role.LIMITED_GUEST: _LIMITED_GUEST,
+    Role.GUEST: _GUEST,
+    Role.DEVELOPER: _DEVELOPER,
+    Role.MAINTAINER: _MAINTAINER,
+    Role.PROJECT_ADMIN: _PROJECT_ADMIN,
+}
+
+# Glob patterns are short and compile to linear regexes; the caps keep matching cheap.
+MAX_PATTERN_LENGTH: Final = 255
+_GLOB_CHARS: Final = re.compile(r"^[a-z0-9._/*?-]+$")
+
+
+class PatternError(ValueError):
+    pass
+
+
+def validate_pattern(pattern: str) -> str:
+    if not pattern or len(pattern) > MAX_PATTERN_LENGTH or not _GLOB_CHARS.match(pattern):
+        raise PatternError(
+            "a repository pattern uses lowercase names, '/', '*', '**' and '?' (at most"
+            f" {MAX_PATTERN_LENGTH} characters)"
+        )
+    if "***" in pattern:
+        raise PatternError("'***' is not a valid wildcard")
+    return pattern
+
+
+@lru_cache(maxsize=4096)
+def _compile(pattern: str) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")  # zero or more whole segments
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def glob_match(pattern: str, value: str) -> bool:
+    """Doublestar matching: `*` within a path segment, `**` across segments, `?` one char."""
+    return _compile(pattern).match(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryGrant:
+    """Actions on repositories matching `pattern` (relative to the project) in `project`.
+
+    `project == "*"` (system robots only) covers every project.
+    """
+
+    project: str
+    pattern: str
+    actions: frozenset[Action]
+
+    def covers(self, repository: str) -> bool:
+        project = project_of(repository)
+        if self.project != "*" and self.project != project:
+            return False
+        relative = repository[len(project) + 1 :] if "/" in repository else ""
+        return glob_match(self.pattern, relative) or glob_match(self.pattern, repository)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectAccess:
+    """Everything needed to decide for one subject, loaded once and cached briefly."""
+
+    is_admin: bool = False
+    authenticated: bool = False
+    may_create_projects: bool = False
+    project_actions: dict[str, frozenset[Action]] = field(default_factory=dict)
+    grants: tuple[RepositoryGrant, ...] = ()
+    # Robots and scoped tokens carry an explicit allow-list; None means "no extra limit".
+    limit: tuple[RepositoryGrant, ...] | None = None
+
+
+def _within_limit(
+    access: SubjectAccess, action: Action, repository: str | None, project: str
+) -> bool:
+    if access.limit is None:
+        return True
+    for grant in access.limit:
+        if action not in grant.actions:
+            continue
+        if repository is None:
+            if grant.project in ("*", project):
+                return True
+        elif grant.covers(repository):
+            return True
+    return False
+
+
+def allowed_actions(
+    access: SubjectAccess, repository: str, public_projects: Iterable[str] = ()
+) -> frozenset[Action]:
+    """The repository actions `access` holds on `repository`."""
+    return frozenset(
+        action
+        for action in REPOSITORY_ACTIONS
+        if decide(access, action, project_of(repository), repository, public_projects)
+    )
+
+
+def decide(
+    access: SubjectAccess,
+    action: Action,
+    project: str,
+    repository: str | None = None,
+    public_projects: Iterable[str] = (),
+) -> bool:
+    """The one authorization decision: may this subject do `action` in `project`/`repository`?"""
+    if not _within_limit(access, action, repository, project):
+        return False
+    if access.is_admin:
+        return True
+    if action is Action.PULL and project in public_projects:
+        return True
+    if action in access.project_actions.get(project, frozenset()):
+        return True
+    if repository is not None:
+        return any(action in grant.actions and grant.covers(repository) for grant in access.grants)
+    return False
+
+
+def decide_system(access: SubjectAccess, action: SystemAction) -> bool:
+    if action in (SystemAction.PING, SystemAction.CATALOG):
+        return True
+    if action is SystemAction.AUTHENTICATED:
+        return access.authenticated
+    if action is SystemAction.CREATE_PROJECT:
+        return access.is_admin or access.may_create_projects
+    return access.is_admin

@@ -1,0 +1,174 @@
+"""The token service (`/service/token`): Docker token authentication and its OAuth2 form.
+
+It authenticates the caller (Basic credentials, a refresh token, or nobody) and returns a
+short-lived signed token granting the intersection of the requested scopes and what the caller
+may do, as decided by `moorage.domain.access.decide`. Asking for more is not an error: the
+token simply carries less, and the registry refuses what the token does not grant.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from aiohttp import web
+
+from moorage.domain.access import Action, decide
+from moorage.domain.names import project_of
+from moorage.domain.scopes import Scope, ScopeError, parse_scopes
+from moorage.http.state import IAM, IamServices
+from moorage.services.identity import (
+    ANONYMOUS,
+    AuthenticationError,
+    IdentityService,
+    Subject,
+    ThrottledError,
+)
+
+_SCOPE_ACTIONS: Final = {"pull": Action.PULL, "push": Action.PUSH, "delete": Action.DELETE}
+_MAX_FORM_BYTES: Final = 16 * 1024
+
+
+def _token_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "errors": [{"code": code, "message": message}],
+        "error": code.lower(),
+        "error_description": message,
+    }
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def get_token(request: web.Request) -> web.Response:
+    iam = request.app[IAM]
+    params = request.query
+    try:
+        caller = await iam.authenticator.caller(request, allow_basic=True)
+    except ThrottledError as error:
+        return _token_error(
+            429, "TOOMANYREQUESTS", str(error), {"Retry-After": str(error.retry_after)}
+        )
+    except AuthenticationError:
+        return _token_error(
+            401,
+            "UNAUTHORIZED",
+            "invalid username or password",
+            {"WWW-Authenticate": 'Basic realm="moorage"'},
+        )
+    if caller.token is not None:
+        # A registry token cannot be traded for another: sign in again.
+        return _token_error(401, "UNAUTHORIZED", "present credentials, not a registry token")
+    return await _issue(
+        request,
+        iam,
+        caller.subject,
+        params.get("service"),
+        params.getall("scope", []),
+        offline=params.get("offline_token") == "true",
+    )
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """OAuth2 token requests (`grant_type=password` or `refresh_token`), as newer docker sends."""
+    iam = request.app[IAM]
+    if request.content_length is not None and request.content_length > _MAX_FORM_BYTES:
+        return _token_error(413, "SIZE_INVALID", "form too large")
+    form = await request.post()
+    grant_type = str(form.get("grant_type", ""))
+    scopes = [str(value) for value in form.getall("scope", [])]
+    try:
+        if grant_type == "password":
+            subject = await iam.threads.run(
+                iam.identity.authenticate,
+                str(form.get("username", "")),
+                str(form.get("password", "")),
+                request.remote,
+            )
+        elif grant_type == "refresh_token":
+            subject = await iam.threads.run(
+                iam.identity.redeem_refresh_token, str(form.get("refresh_token", ""))
+            )
+        else:
+            return _token_error(400, "UNSUPPORTED", "grant_type must be password or refresh_token")
+    except ThrottledError as error:
+        return _token_error(
+            429, "TOOMANYREQUESTS", str(error), {"Retry-After": str(error.retry_after)}
+        )
+    except AuthenticationError:
+        return _token_error(401, "UNAUTHORIZED", "invalid credentials")
+    offline = grant_type == "password" and form.get("access_type") == "offline"
+    return await _issue(
+        request, iam, subject, str(form.get("service", "")) or None, scopes, offline=offline
+    )
+
+
+async def _issue(
+    request: web.Request,
+    iam: IamServices,
+    subject: Subject,
+    service: str | None,
+    raw_scopes: list[str],
+    *,
+    offline: bool,
+) -> web.Response:
+    if service is not None and service != iam.tokens.service:
+        return _token_error(
+            400, "DENIED", f"this registry's service name is {iam.tokens.service!r}"
+        )
+    try:
+        scopes = parse_scopes(raw_scopes)
+    except ScopeError as error:
+        return _token_error(400, "DENIED", str(error))
+    access = await iam.threads.run(granted_access, iam.identity, subject, scopes)
+    token, expires_in, issued_at = await iam.threads.run(iam.tokens.issue, subject, access)
+    body: dict[str, Any] = {
+        "token": token,
+        "access_token": token,
+        "expires_in": expires_in,
+        "issued_at": issued_at.isoformat(),
+    }
+    if offline and subject.kind == "user":
+        body["refresh_token"] = await iam.threads.run(iam.identity.issue_refresh_token, subject)
+    return web.Response(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def granted_access(
+    identity: IdentityService, subject: Subject, scopes: list[Scope]
+) -> list[dict[str, Any]]:
+    """The intersection of the requested scopes and what `subject` may do."""
+    access = identity.access_of(subject)
+    public = identity.public_projects()
+    granted: list[dict[str, Any]] = []
+    for scope in scopes:
+        if scope.type == "registry":
+            granted.append({"type": "registry", "name": scope.name, "actions": ["*"]})
+            continue
+        project = project_of(scope.name)
+        actions = {
+            name
+            for name in scope.actions
+            if decide(access, _SCOPE_ACTIONS[name], project, scope.name, public)
+        }
+        # A push into a project that does not exist yet: allowed when the caller may create
+        # projects; the registry creates it (private, caller as admin) on the first write.
+        if (
+            "push" in scope.actions
+            and "push" not in actions
+            and subject is not ANONYMOUS
+            and (access.is_admin or access.may_create_projects)
+            and not identity.project_exists(project)
+        ):
+            actions |= ({"pull"} & scope.actions) | {"push"}
+        if actions:
+            granted.append({"type": "repository", "name": scope.name, "actions": sorted(actions)})
+    return granted

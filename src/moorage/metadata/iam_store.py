@@ -1,0 +1,825 @@
+"""SQL access for identity, access and audit. Synchronous; returns plain records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, Result, Table, delete, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from moorage.metadata.database import write_transaction
+from moorage.metadata.iam_models import (
+    AuditCheckpoint,
+    AuditEntry,
+    CustomRole,
+    Group,
+    GroupMember,
+    LoginThrottle,
+    PersonalAccessToken,
+    Project,
+    ProjectMember,
+    RefreshToken,
+    RepositoryGrantRow,
+    Robot,
+    Setting,
+    SigningKey,
+    User,
+)
+from moorage.metadata.models import utcnow
+
+T = TypeVar("T")
+
+GENESIS_HASH = "0" * 64
+
+
+class ConflictError(Exception):
+    """The object already exists (unique name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    actor_kind: str
+    actor: str
+    client_ip: str | None
+    certificate: str | None
+    action: str
+    project: str | None
+    resource: str | None
+    result: str
+    details: dict[str, Any] | None
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actorKind": self.actor_kind,
+            "actor": self.actor,
+            "clientIp": self.client_ip,
+            "certificate": self.certificate,
+            "action": self.action,
+            "project": self.project,
+            "resource": self.resource,
+            "result": self.result,
+            "details": self.details,
+            "prevHash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewAuditEntry:
+    at: datetime
+    actor_kind: str
+    actor: str
+    client_ip: str | None
+    certificate: str | None
+    action: str
+    project: str | None
+    resource: str | None
+    result: str
+    details: dict[str, Any] | None
+
+
+def entry_hash(prev_hash: str, entry: NewAuditEntry | AuditRecord) -> str:
+    """sha256 over the previous hash and the entry's canonical JSON form."""
+    body = {
+        "at": _aware_iso(entry.at),
+        "actorKind": entry.actor_kind,
+        "actor": entry.actor,
+        "clientIp": entry.client_ip,
+        "certificate": entry.certificate,
+        "action": entry.action,
+        "project": entry.project,
+        "resource": entry.resource,
+        "result": entry.result,
+        "details": entry.details,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def _aware_iso(moment: datetime) -> str:
+    # SQLite hands back naive UTC, PostgreSQL aware times in the session zone: normalise both.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+class IamStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _read(self) -> Session:
+        return self._sessions()
+
+    def _run_write(self, work: Any) -> Any:
+        """Run `work(session)` in one write transaction that takes the write lock up front."""
+        with self._engine.connect() as connection:
+            connection = connection.execution_options(moorage_write=True)
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                return work(session)
+
+    # -- users
+
+    def create_user(
+        self, username: str, email: str | None, password_hash: str, is_admin: bool
+    ) -> User:
+        def work(session: Session) -> User:
+            if session.scalar(select(User.id).where(User.username == username)) is not None:
+                raise ConflictError(f"user {username} already exists")
+            user = User(
+                username=username, email=email, password_hash=password_hash, is_admin=is_admin
+            )
+            session.add(user)
+            session.flush()
+            return user
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def user_by_name(self, username: str) -> User | None:
+        with self._read() as session:
+            return session.scalar(select(User).where(User.username == username))
+
+    def user_by_id(self, user_id: int) -> User | None:
+        with self._read() as session:
+            return session.get(User, user_id)
+
+    def list_users(self, after: str | None, limit: int) -> list[User]:
+        query = select(User).order_by(User.username).limit(limit)
+        if after:
+            query = query.where(User.username > after)
+        with self._read() as session:
+            return list(session.scalars(query))
+
+    def update_user(self, user_id: int, **changes: Any) -> User | None:
+        def work(session: Session) -> User | None:
+            user = session.get(User, user_id)
+            if user is None:
+                return None
+            for key, value in changes.items():
+                setattr(user, key, value)
+            return user
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def delete_user(self, user_id: int) -> bool:
+        def work(session: Session) -> bool:
+            session.execute(
+                delete(ProjectMember).where(
+                    ProjectMember.principal_kind == "user", ProjectMember.principal_id == user_id
+                )
+            )
+            session.execute(
+                delete(RepositoryGrantRow).where(
+                    RepositoryGrantRow.principal_kind == "user",
+                    RepositoryGrantRow.principal_id == user_id,
+                )
+            )
+            return _rowcount(session.execute(delete(User).where(User.id == user_id))) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def count_users(self) -> int:
+        with self._read() as session:
+            return int(session.scalar(select(func.count()).select_from(User)) or 0)
+
+    # -- groups
+
+    def create_group(self, name: str) -> Group:
+        def work(session: Session) -> Group:
+            if session.scalar(select(Group.id).where(Group.name == name)) is not None:
+                raise ConflictError(f"group {name} already exists")
+            group = Group(name=name)
+            session.add(group)
+            session.flush()
+            return group
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def group_by_name(self, name: str) -> Group | None:
+        with self._read() as session:
+            return session.scalar(select(Group).where(Group.name == name))
+
+    def list_groups(self) -> list[tuple[Group, list[str]]]:
+        with self._read() as session:
+            groups = list(session.scalars(select(Group).order_by(Group.name)))
+            rows = session.execute(
+                select(GroupMember.group_id, User.username).join(
+                    User, User.id == GroupMember.user_id
+                )
+            ).all()
+        members: dict[int, list[str]] = {}
+        for group_id, username in rows:
+            members.setdefault(group_id, []).append(username)
+        return [(group, sorted(members.get(group.id, []))) for group in groups]
+
+    def delete_group(self, group_id: int) -> bool:
+        def work(session: Session) -> bool:
+            for model in (ProjectMember, RepositoryGrantRow):
+                session.execute(
+                    delete(model).where(
+                        model.principal_kind == "group", model.principal_id == group_id
+                    )
+                )
+            return _rowcount(session.execute(delete(Group).where(Group.id == group_id))) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def set_group_member(self, group_id: int, user_id: int, member: bool) -> None:
+        def work(session: Session) -> None:
+            session.execute(
+                delete(GroupMember).where(
+                    GroupMember.group_id == group_id, GroupMember.user_id == user_id
+                )
+            )
+            if member:
+                session.add(GroupMember(group_id=group_id, user_id=user_id))
+
+        self._run_write(work)
+
+    def group_ids_of(self, user_id: int) -> list[int]:
+        with self._read() as session:
+            return list(
+                session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id))
+            )
+
+    # -- projects
+
+    def create_project(self, name: str, public: bool, created_by: str | None) -> Project:
+        def work(session: Session) -> Project:
+            if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+                raise ConflictError(f"project {name} already exists")
+            project = Project(name=name, public=public, created_by=created_by)
+            session.add(project)
+            session.flush()
+            return project
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def create_project_with_admin(
+        self, name: str, creator_kind: str, creator_id: int | None, creator_name: str
+    ) -> bool:
+        """Create a private project owned by its creator; False when it already existed."""
+
+        def work(session: Session) -> bool:
+            if session.scalar(select(Project.id).where(Project.name == name)) is not None:
+                return False
+            project = Project(name=name, public=False, created_by=creator_name)
+            session.add(project)
+            session.flush()
+            if creator_kind in ("user", "group") and creator_id is not None:
+                session.add(
+                    ProjectMember(
+                        project_id=project.id,
+                        principal_kind=creator_kind,
+                        principal_id=creator_id,
+                        role="project-admin",
+                    )
+                )
+            return True
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def project_by_name(self, name: str) -> Project | None:
+        with self._read() as session:
+            return session.scalar(select(Project).where(Project.name == name))
+
+    def list_projects(
+        self, names: Sequence[str] | None, after: str | None, limit: int
+    ) -> list[Project]:
+        query = select(Project).order_by(Project.name).limit(limit)
+        if names is not None:
+            query = query.where(Project.name.in_(list(names)))
+        if after:
+            query = query.where(Project.name > after)
+        with self._read() as session:
+            return list(session.scalars(query))
+
+    def update_project(self, project_id: int, **changes: Any) -> Project | None:
+        def work(session: Session) -> Project | None:
+            project = session.get(Project, project_id)
+            if project is None:
+                return None
+            for key, value in changes.items():
+                setattr(project, key, value)
+            return project
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def delete_project(self, project_id: int) -> bool:
+        def work(session: Session) -> bool:
+            return _rowcount(session.execute(delete(Project).where(Project.id == project_id))) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def public_projects(self) -> list[str]:
+        with self._read() as session:
+            return list(session.scalars(select(Project.name).where(Project.public.is_(True))))
+
+    def project_names(self) -> list[str]:
+        with self._read() as session:
+            return list(session.scalars(select(Project.name)))
+
+    # -- members and grants
+
+    def set_member(self, project_id: int, kind: str, principal_id: int, role: str | None) -> None:
+        def work(session: Session) -> None:
+            session.execute(
+                delete(ProjectMember).where(
+                    ProjectMember.project_id == project_id,
+                    ProjectMember.principal_kind == kind,
+                    ProjectMember.principal_id == principal_id,
+                )
+            )
+            if role is not None:
+                session.add(
+                    ProjectMember(
+                        project_id=project_id,
+                        principal_kind=kind,
+                        principal_id=principal_id,
+                        role=role,
+                    )
+                )
+
+        self._run_write(work)
+
+    def list_members(self, project_id: int) -> list[tuple[str, str, str]]:
+        """(kind, name, role) of every member of a project."""
+        with self._read() as session:
+            users = session.execute(
+                select(ProjectMember.principal_kind, User.username, ProjectMember.role)
+                .join(User, User.id == ProjectMember.principal_id)
+                .where(
+                    ProjectMember.project_id == project_id, ProjectMember.principal_kind == "user"
+                )
+            ).all()
+            groups = session.execute(
+                select(ProjectMember.principal_kind, Group.name, ProjectMember.role)
+                .join(Group, Group.id == ProjectMember.principal_id)
+                .where(
+                    ProjectMember.project_id == project_id, ProjectMember.principal_kind == "group"
+                )
+            ).all()
+        return sorted((k, n, r) for k, n, r in [*users, *groups])
+
+    def memberships(self, principals: Sequence[tuple[str, int]]) -> list[tuple[str, str]]:
+        """(project name, role) for every membership of the given principals."""
+        if not principals:
+            return []
+        condition = or_(
+            *[
+                (ProjectMember.principal_kind == kind) & (ProjectMember.principal_id == pid)
+                for kind, pid in principals
+            ]
+        )
+        with self._read() as session:
+            rows = session.execute(
+                select(Project.name, ProjectMember.role)
+                .join(Project, Project.id == ProjectMember.project_id)
+                .where(condition)
+            ).all()
+        return [(name, role) for name, role in rows]
+
+    def add_grant(
+        self, project_id: int, kind: str, principal_id: int, pattern: str, actions: list[str]
+    ) -> RepositoryGrantRow:
+        def work(session: Session) -> RepositoryGrantRow:
+            grant = RepositoryGrantRow(
+                project_id=project_id,
+                principal_kind=kind,
+                principal_id=principal_id,
+                pattern=pattern,
+                actions=actions,
+            )
+            session.add(grant)
+            session.flush()
+            return grant
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def list_grants(self, project_id: int) -> list[RepositoryGrantRow]:
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(RepositoryGrantRow)
+                    .where(RepositoryGrantRow.project_id == project_id)
+                    .order_by(RepositoryGrantRow.id)
+                )
+            )
+
+    def delete_grant(self, project_id: int, grant_id: int) -> bool:
+        def work(session: Session) -> bool:
+            return (
+                _rowcount(
+                    session.execute(
+                        delete(RepositoryGrantRow).where(
+                            RepositoryGrantRow.id == grant_id,
+                            RepositoryGrantRow.project_id == project_id,
+                        )
+                    )
+                )
+                > 0
+            )
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def grants_of(self, principals: Sequence[tuple[str, int]]) -> list[tuple[str, str, list[str]]]:
+        """(project name, pattern, actions) of every grant to the given principals."""
+        if not principals:
+            return []
+        condition = or_(
+            *[
+                (RepositoryGrantRow.principal_kind == kind)
+                & (RepositoryGrantRow.principal_id == pid)
+                for kind, pid in principals
+            ]
+        )
+        with self._read() as session:
+            rows = session.execute(
+                select(Project.name, RepositoryGrantRow.pattern, RepositoryGrantRow.actions)
+                .join(Project, Project.id == RepositoryGrantRow.project_id)
+                .where(condition)
+            ).all()
+        return [(name, pattern, list(actions)) for name, pattern, actions in rows]
+
+    # -- custom roles
+
+    def custom_roles(self) -> dict[str, list[str]]:
+        with self._read() as session:
+            return {role.name: list(role.actions) for role in session.scalars(select(CustomRole))}
+
+    def upsert_role(self, name: str, actions: list[str], description: str | None) -> None:
+        def work(session: Session) -> None:
+            role = session.get(CustomRole, name)
+            if role is None:
+                session.add(CustomRole(name=name, actions=actions, description=description))
+            else:
+                role.actions = actions
+                role.description = description
+
+        self._run_write(work)
+
+    def delete_role(self, name: str) -> bool:
+        def work(session: Session) -> bool:
+            in_use = session.scalar(
+                select(func.count()).select_from(ProjectMember).where(ProjectMember.role == name)
+            )
+            if in_use:
+                raise ConflictError(f"role {name} is held by {in_use} member(s)")
+            return _rowcount(session.execute(delete(CustomRole).where(CustomRole.name == name))) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    # -- robots
+
+    def create_robot(self, robot: Robot) -> Robot:
+        def work(session: Session) -> Robot:
+            if session.scalar(select(Robot.id).where(Robot.name == robot.name)) is not None:
+                raise ConflictError(f"robot {robot.name} already exists")
+            session.add(robot)
+            session.flush()
+            return robot
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def robot_by_name(self, name: str) -> Robot | None:
+        with self._read() as session:
+            return session.scalar(select(Robot).where(Robot.name == name))
+
+    def robot_by_id(self, robot_id: int) -> Robot | None:
+        with self._read() as session:
+            return session.get(Robot, robot_id)
+
+    def list_robots(self, project_id: int | None) -> list[Robot]:
+        query = select(Robot).order_by(Robot.name)
+        query = query.where(
+            Robot.project_id.is_(None) if project_id is None else Robot.project_id == project_id
+        )
+        with self._read() as session:
+            return list(session.scalars(query))
+
+    def update_robot(self, robot_id: int, **changes: Any) -> Robot | None:
+        def work(session: Session) -> Robot | None:
+            robot = session.get(Robot, robot_id)
+            if robot is None:
+                return None
+            for key, value in changes.items():
+                setattr(robot, key, value)
+            return robot
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def delete_robot(self, robot_id: int) -> bool:
+        def work(session: Session) -> bool:
+            session.execute(
+                delete(RepositoryGrantRow).where(
+                    RepositoryGrantRow.principal_kind == "robot",
+                    RepositoryGrantRow.principal_id == robot_id,
+                )
+            )
+            return _rowcount(session.execute(delete(Robot).where(Robot.id == robot_id))) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    # -- personal access tokens
+
+    def create_pat(self, token: PersonalAccessToken) -> PersonalAccessToken:
+        def work(session: Session) -> PersonalAccessToken:
+            exists = session.scalar(
+                select(PersonalAccessToken.id).where(
+                    PersonalAccessToken.user_id == token.user_id,
+                    PersonalAccessToken.name == token.name,
+                )
+            )
+            if exists is not None:
+                raise ConflictError(f"a token named {token.name} already exists")
+            session.add(token)
+            session.flush()
+            return token
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def pat_by_public_id(self, public_id: str) -> PersonalAccessToken | None:
+        with self._read() as session:
+            return session.scalar(
+                select(PersonalAccessToken).where(PersonalAccessToken.public_id == public_id)
+            )
+
+    def list_pats(self, user_id: int) -> list[PersonalAccessToken]:
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(PersonalAccessToken)
+                    .where(PersonalAccessToken.user_id == user_id)
+                    .order_by(PersonalAccessToken.name)
+                )
+            )
+
+    def update_pat(self, token_id: int, **changes: Any) -> PersonalAccessToken | None:
+        def work(session: Session) -> PersonalAccessToken | None:
+            token = session.get(PersonalAccessToken, token_id)
+            if token is None:
+                return None
+            for key, value in changes.items():
+                setattr(token, key, value)
+            return token
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def touch(self, model: str, row_id: int) -> None:
+        """Record last use of a robot or token (best effort, one short write)."""
+
+        def work(session: Session) -> None:
+            row: Robot | PersonalAccessToken | None = (
+                session.get(Robot, row_id)
+                if model == "robot"
+                else session.get(PersonalAccessToken, row_id)
+            )
+            if row is not None:
+                row.last_used_at = utcnow()
+
+        self._run_write(work)
+
+    # -- refresh tokens
+
+    def add_refresh_token(self, token_hash: str, user_id: int, expires_at: datetime) -> None:
+        def work(session: Session) -> None:
+            session.add(RefreshToken(token_hash=token_hash, user_id=user_id, expires_at=expires_at))
+
+        self._run_write(work)
+
+    def refresh_token(self, token_hash: str) -> RefreshToken | None:
+        with self._read() as session:
+            return session.get(RefreshToken, token_hash)
+
+    # -- signing keys
+
+    def signing_keys(self) -> list[SigningKey]:
+        with self._read() as session:
+            return list(session.scalars(select(SigningKey).order_by(SigningKey.created_at)))
+
+    def add_signing_key(self, key: SigningKey, retire_others: bool) -> None:
+        def work(session: Session) -> None:
+            if retire_others:
+                for other in session.scalars(
+                    select(SigningKey).where(SigningKey.retired_at.is_(None))
+                ):
+                    other.retired_at = utcnow()
+            session.add(key)
+
+        self._run_write(work)
+
+    # -- sign-in throttling
+
+    def throttle(self, key: str) -> LoginThrottle | None:
+        with self._read() as session:
+            return session.get(LoginThrottle, key)
+
+    def record_failure(
+        self,
+        key: str,
+        now: datetime,
+        window_seconds: float,
+        max_failures: int,
+        base_lock_seconds: float,
+        max_lock_seconds: float,
+    ) -> None:
+        from datetime import timedelta
+
+        def work(session: Session) -> None:
+            row = session.get(LoginThrottle, key)
+            if row is None:
+                row = LoginThrottle(key=key, failures=0, window_started_at=now)
+                session.add(row)
+            started = row.window_started_at
+            if started.tzinfo is None:
+                started = started.replace(tzinfo=now.tzinfo)
+            if (now - started).total_seconds() > window_seconds and (
+                row.locked_until is None or _aware(row.locked_until, now) < now
+            ):
+                row.failures = 0
+                row.window_started_at = now
+            row.failures += 1
+            if row.failures >= max_failures:
+                exponent = row.failures - max_failures
+                lock = min(base_lock_seconds * (2**exponent), max_lock_seconds)
+                row.locked_until = now + timedelta(seconds=lock)
+
+        self._run_write(work)
+
+    def clear_failures(self, key: str) -> None:
+        def work(session: Session) -> None:
+            session.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
+        self._run_write(work)
+
+    # -- run-time settings
+
+    def settings(self) -> dict[str, Any]:
+        with self._read() as session:
+            return {row.key: row.value for row in session.scalars(select(Setting))}
+
+    def set_setting(self, key: str, value: Any) -> None:
+        def work(session: Session) -> None:
+            row = session.get(Setting, key)
+            if row is None:
+                session.add(Setting(key=key, value=value))
+            else:
+                row.value = value
+
+        self._run_write(work)
+
+    # -- audit log
+
+    def append_audit(self, entries: Sequence[NewAuditEntry]) -> None:
+        """Append entries to the chain in one write transaction (the lock orders writers)."""
+        if not entries:
+            return
+        with write_transaction(self._engine) as connection:
+            table: Table = AuditEntry.__table__  # type: ignore[assignment]
+            last = connection.execute(
+                select(table.c.hash).order_by(table.c.id.desc()).limit(1)
+            ).scalar()
+            if last is None:
+                checkpoint = connection.execute(
+                    select(AuditCheckpoint.__table__.c.last_pruned_hash)
+                    .order_by(AuditCheckpoint.__table__.c.id.desc())
+                    .limit(1)
+                ).scalar()
+                last = checkpoint or GENESIS_HASH
+            rows = []
+            for entry in entries:
+                digest = entry_hash(last, entry)
+                rows.append(
+                    {
+                        "at": entry.at,
+                        "actor_kind": entry.actor_kind,
+                        "actor": entry.actor,
+                        "client_ip": entry.client_ip,
+                        "certificate": entry.certificate,
+                        "action": entry.action,
+                        "project": entry.project,
+                        "resource": entry.resource,
+                        "result": entry.result,
+                        "details": _canonical(entry.details),
+                        "prev_hash": last,
+                        "hash": digest,
+                    }
+                )
+                last = digest
+            connection.execute(table.insert(), rows)
+
+    def query_audit(
+        self,
+        *,
+        project: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if project is not None:
+            query = query.where(AuditEntry.project == project)
+        if actor is not None:
+            query = query.where(AuditEntry.actor == actor)
+        if action is not None:
+            query = query.where(AuditEntry.action == action)
+        if since is not None:
+            query = query.where(AuditEntry.at >= since)
+        if until is not None:
+            query = query.where(AuditEntry.at < until)
+        if before_id is not None:
+            query = query.where(AuditEntry.id < before_id)
+        with self._read() as session:
+            return [_audit_record(row) for row in session.scalars(query)]
+
+    def iter_audit(self, batch: int = 1000) -> Iterator[AuditRecord]:
+        last_id = 0
+        while True:
+            with self._read() as session:
+                rows = list(
+                    session.scalars(
+                        select(AuditEntry)
+                        .where(AuditEntry.id > last_id)
+                        .order_by(AuditEntry.id)
+                        .limit(batch)
+                    )
+                )
+            if not rows:
+                return
+            for row in rows:
+                yield _audit_record(row)
+            last_id = rows[-1].id
+
+    def latest_checkpoint(self) -> AuditCheckpoint | None:
+        with self._read() as session:
+            return session.scalar(
+                select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
+            )
+
+    def prune_audit(self, before: datetime, sign: Any) -> int:
+        """Delete entries older than `before`, recording a signed checkpoint of the cut."""
+
+        def work(session: Session) -> int:
+            last = session.scalar(
+                select(AuditEntry)
+                .where(AuditEntry.at < before)
+                .order_by(AuditEntry.id.desc())
+                .limit(1)
+            )
+            if last is None:
+                return 0
+            kid, signature = sign(f"{last.id}:{last.hash}".encode())
+            session.add(
+                AuditCheckpoint(
+                    last_pruned_id=last.id, last_pruned_hash=last.hash, kid=kid, signature=signature
+                )
+            )
+            return _rowcount(session.execute(delete(AuditEntry).where(AuditEntry.id <= last.id)))
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(getattr(result, "rowcount", 0))
+
+
+def _canonical(details: dict[str, Any] | None) -> str | None:
+    if details is None:
+        return None
+    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _audit_record(row: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        row.id,
+        row.at,
+        row.actor_kind,
+        row.actor,
+        row.client_ip,
+        row.certificate,
+        row.action,
+        row.project,
+        row.resource,
+        row.result,
+        json.loads(row.details) if row.details else None,
+        row.prev_hash,
+        row.hash,
+    )
+
+
+def _aware(moment: datetime, like: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=like.tzinfo)

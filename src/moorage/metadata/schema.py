@@ -1,0 +1,6 @@
+"""The complete schema: importing this registers every table on `Base.metadata`."""
+
+from moorage.metadata import iam_models, models
+from moorage.metadata.models import Base
+
+__all__ = ["Base", "iam_models", "models"]

@@ -1,0 +1,741 @@
+"""Accounts and credentials: users, groups, robots, personal access tokens, sign-in back-off,
+and the per-subject access facts the authorizer decides from.
+
+Synchronous: the HTTP layer calls it on the worker threads; the CLI calls it directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from moorage.domain.access import (
+    ROLE_ACTIONS,
+    Action,
+    PatternError,
+    RepositoryGrant,
+    SubjectAccess,
+    validate_pattern,
+)
+from moorage.domain.events import AccessEvent, Actor
+from moorage.domain.names import validate_repository_name
+from moorage.metadata.iam_models import PersonalAccessToken, Robot
+from moorage.metadata.iam_store import ConflictError, IamStore
+from moorage.services.events import EventBus
+
+log = logging.getLogger("moorage.identity")
+
+T = TypeVar("T")
+
+PAT_PREFIX: Final = "mpat_"
+_USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ROBOT_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# OWASP's argon2id parameters: 19 MiB, 2 passes, 1 lane. Bounded memory per concurrent sign-in.
+_HASHER: Final = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_DUMMY_HASH: Final = _HASHER.hash(secrets.token_hex(16))
+_CACHE_SECONDS: Final = 2.0
+
+
+class IdentityError(Exception):
+    """A request the identity service refuses; `status` is the HTTP status to report."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(Exception):
+    """Credentials were wrong (the message never says which part)."""
+
+
+class ThrottledError(AuthenticationError):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed sign-ins; retry in {retry_after}s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """An authenticated caller."""
+
+    kind: str  # user | robot | anonymous
+    id: int | None
+    name: str
+    is_admin: bool = False
+    limit: tuple[RepositoryGrant, ...] | None = None  # a scoped token narrows the user's access
+    certificate: str | None = None
+    credential: str | None = None  # e.g. "pat:ci-token", for the audit trail
+
+    def actor(self, client_ip: str | None) -> Actor:
+        return Actor(self.name, self.kind, client_ip, self.certificate)
+
+
+ANONYMOUS: Final = Subject("anonymous", None, "anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPolicy:
+    min_password_length: int = 12
+    max_failures: int = 5
+    failure_window_seconds: float = 900
+    base_lock_seconds: float = 30
+    max_lock_seconds: float = 900
+    refresh_token_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSecret:
+    """A secret shown once, with the name it belongs to."""
+
+    name: str
+    secret: str
+    id: int
+
+
+class _TtlCache:
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._values: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get_or_load(self, key: Any, load: Callable[[], T]) -> T:
+        now = time.monotonic()
+        hit = self._values.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]  # type: ignore[no-any-return]
+        value = load()
+        with self._lock:
+            if len(self._values) > 10_000:
+                self._values.clear()
+            self._values[key] = (now + self._seconds, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+def hash_secret(secret: str) -> str:
+    """Robot and token secrets carry 256 random bits: a fast hash suffices for them."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def parse_permissions(
+    raw: Sequence[dict[str, Any]], *, project: str | None
+) -> list[dict[str, Any]]:
+    """Validate a robot's or token's allow-list: [{project, repositories, actions}]."""
+    cleaned: list[dict[str, Any]] = []
+    for item in raw:
+        item_project = str(item.get("project", project or ""))
+        if project is not None and item_project != project:
+            raise IdentityError(
+                f"a robot of project {project} cannot be granted access to {item_project}", 403
+            )
+        if item_project != "*":
+            validate_repository_name(item_project)
+        try:
+            pattern = validate_pattern(str(item.get("repositories", "**")))
+        except PatternError as error:
+            raise IdentityError(str(error)) from None
+        actions = item.get("actions") or []
+        try:
+            parsed = sorted({Action(a).value for a in actions})
+        except ValueError as error:
+            raise IdentityError(f"unknown action: {error}") from None
+        if not parsed:
+            raise IdentityError("a permission needs at least one action")
+        cleaned.append({"project": item_project, "repositories": pattern, "actions": parsed})
+    if not cleaned:
+        raise IdentityError("at least one permission is required")
+    return cleaned
+
+
+def grants_from(permissions: Sequence[dict[str, Any]]) -> tuple[RepositoryGrant, ...]:
+    return tuple(
+        RepositoryGrant(
+            str(p["project"]), str(p["repositories"]), frozenset(Action(a) for a in p["actions"])
+        )
+        for p in permissions
+    )
+
+
+class IdentityService:
+    def __init__(
+        self, store: IamStore, events: EventBus, policy: IdentityPolicy | None = None
+    ) -> None:
+        self.store = store
+        self._events = events
+        self.policy = policy or IdentityPolicy()
+        self._access = _TtlCache(_CACHE_SECONDS)
+        self._live = _TtlCache(_CACHE_SECONDS)
+        self._projects = _TtlCache(_CACHE_SECONDS)
+
+    # -- events
+
+    def _emit(
+        self,
+        action: str,
+        actor: Actor,
+        *,
+        result: str = "success",
+        project: str | None = None,
+        resource: str | None = None,
+        **details: object,
+    ) -> None:
+        self._events.publish(AccessEvent(action, actor, result, project, resource, details or None))
+
+    def forget_cached(self) -> None:
+        """Drop this process's caches after a change it made (other workers expire in 2 s)."""
+        self._access.clear()
+        self._live.clear()
+        self._projects.clear()
+
+    # -- passwords
+
+    def check_password_rules(self, password: str) -> None:
+        if len(password) < self.policy.min_password_length:
+            raise IdentityError(
+                f"passwords need at least {self.policy.min_password_length} characters"
+            )
+
+    def bootstrap_admin(self, password: str | None) -> str | None:
+        """Create `admin` on first start. Returns a generated password when none was given."""
+        if self.store.user_by_name("admin") is not None:
+            return None
+        generated = None
+        if password is None:
+            generated = password = secrets.token_urlsafe(18)
+        else:
+            self.check_password_rules(password)
+        try:
+            self.store.create_user("admin", None, _HASHER.hash(password), True)
+        except ConflictError:
+            return None  # another process created it first
+        self._emit("user:create", Actor("moorage", "system"), resource="user:admin", admin=True)
+        return generated
+
+    # -- authentication
+
+    def authenticate(self, username: str, secret: str, client_ip: str | None) -> Subject:
+        """Check a user password, a personal access token or a robot secret."""
+        if secret.startswith(PAT_PREFIX):
+            return self._authenticate_pat(username, secret, client_ip)
+        if username.startswith("robot$"):
+            return self._authenticate_robot(username, secret, client_ip)
+        return self._authenticate_user(username, secret, client_ip)
+
+    def _throttle_keys(self, username: str, client_ip: str | None) -> list[str]:
+        keys = [f"user:{username[:200]}"]
+        if client_ip:
+            keys.append(f"ip:{client_ip}")
+        return keys
+
+    def _check_throttle(self, keys: list[str]) -> None:
+        now = datetime.now(UTC)
+        for key in keys:
+            row = self.store.throttle(key)
+            if row is not None and row.locked_until is not None:
+                until = (
+                    row.locked_until
+                    if row.locked_until.tzinfo
+                    else row.locked_until.replace(tzinfo=UTC)
+                )
+                if until > now:
+                    raise ThrottledError(int((until - now).total_seconds()) + 1)
+
+    def _fail(
+        self, keys: list[str], username: str, client_ip: str | None, kind: str
+    ) -> AuthenticationError:
+        now = datetime.now(UTC)
+        for key in keys:
+            self.store.record_failure(
+                key,
+                now,
+                self.policy.failure_window_seconds,
+                self.policy.max_failures,
+                self.policy.base_lock_seconds,
+                self.policy.max_lock_seconds,
+            )
+        self._emit("login", Actor(username[:255], kind, client_ip), result="failure")
+        return AuthenticationError("invalid credentials")
+
+    def _succeed(self, keys: list[str], subject: Subject, client_ip: str | None) -> Subject:
+        for key in keys:
+            if self.store.throttle(key) is not None:
+                self.store.clear_failures(key)
+        self._emit("login", subject.actor(client_ip), credential=subject.credential or "password")
+        return subject
+
+    def _authenticate_user(self, username: str, password: str, client_ip: str | None) -> Subject:
+        keys = self._throttle_keys(username, client_ip)
+        self._check_throttle(keys)
+        user = self.store.user_by_name(username)
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        try:
+            # Unknown users cost the same time as wrong passwords: no account enumeration.
+            _HASHER.verify(stored, password)
+            ok = user is not None and not user.disabled
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or user is None:
+            raise self._fail(keys, username, client_ip, "user")
+        return self._succeed(
+            keys, Subject("user", user.id, user.username, user.is_admin), client_ip
+        )
+
+    def _authenticate_robot(self, name: str, secret: str, client_ip: str | None) -> Subject:
+        keys = self._throttle_keys(name, client_ip)
+        self._check_throttle(keys)
+        robot = self.store.robot_by_name(name)
+        ok = (
+            robot is not None
+            and secret_matches(secret, robot.secret_hash)
+            and self._robot_usable(robot)
+        )
+        if not ok or robot is None:
+            raise self._fail(keys, name, client_ip, "robot")
+        self.store.touch("robot", robot.id)
+        return self._succeed(
+            keys, Subject("robot", robot.id, robot.name, credential="robot"), client_ip
+        )
+
+    def _authenticate_pat(self, username: str, token: str, client_ip: str | None) -> Subject:
+        keys = self._throttle_keys(username or "token", client_ip)
+        self._check_throttle(keys)
+        public_id, _, secret = token[len(PAT_PREFIX) :].partition("_")
+        row = self.store.pat_by_public_id(public_id) if public_id and secret else None
+        user = self.store.user_by_id(row.user_id) if row is not None else None
+        ok = (
+            row is not None
+            and user is not None
+            and not user.disabled
+            and (not username or username == user.username)
+            and secret_matches(secret, row.secret_hash)
+            and not row.revoked
+            and not _expired(row.expires_at)
+        )
+        if not ok or row is None or user is None:
+            raise self._fail(keys, username or "token", client_ip, "user")
+        self.store.touch("pat", row.id)
+        limit = grants_from(row.scopes) if row.scopes else None
+        subject = Subject(
+            "user", user.id, user.username, user.is_admin, limit, credential=f"pat:{row.name}"
+        )
+        return self._succeed(keys, subject, client_ip)
+
+    @staticmethod
+    def _robot_usable(robot: Robot) -> bool:
+        return not robot.disabled and not _expired(robot.expires_at)
+
+    def subject_for_certificate(self, name: str, description: str) -> Subject | None:
+        """The user or robot a verified client certificate maps to, if it names one."""
+
+        def load() -> Subject | None:
+            if name.startswith("robot$"):
+                robot = self.store.robot_by_name(name)
+                if robot is not None and self._robot_usable(robot):
+                    return Subject(
+                        "robot",
+                        robot.id,
+                        robot.name,
+                        certificate=description,
+                        credential="certificate",
+                    )
+                return None
+            user = self.store.user_by_name(name)
+            if user is not None and not user.disabled:
+                return Subject(
+                    "user",
+                    user.id,
+                    user.username,
+                    user.is_admin,
+                    certificate=description,
+                    credential="certificate",
+                )
+            return None
+
+        return self._live.get_or_load(("certificate", name, description), load)
+
+    # -- what a subject may do
+
+    def is_live(self, subject: Subject) -> bool:
+        """Whether the account behind a token still exists and is enabled (cached 2 s)."""
+        if subject.kind == "anonymous":
+            return True
+
+        def load() -> bool:
+            if subject.kind == "user" and subject.id is not None:
+                user = self.store.user_by_id(subject.id)
+                return user is not None and not user.disabled and user.username == subject.name
+            if subject.kind == "robot" and subject.id is not None:
+                robot = self.store.robot_by_id(subject.id)
+                return (
+                    robot is not None and robot.name == subject.name and self._robot_usable(robot)
+                )
+            return False
+
+        return self._live.get_or_load((subject.kind, subject.id, subject.name), load)
+
+    def access_of(self, subject: Subject) -> SubjectAccess:
+        key = (subject.kind, subject.id, subject.limit)
+        return self._access.get_or_load(key, lambda: self._load_access(subject))
+
+    def _load_access(self, subject: Subject) -> SubjectAccess:
+        if subject.kind == "anonymous" or subject.id is None:
+            return SubjectAccess()
+        creation = self.settings().get("project_creation", "admins")
+        if subject.kind == "robot":
+            robot = self.store.robot_by_id(subject.id)
+            if robot is None or not self._robot_usable(robot):
+                return SubjectAccess()
+            grants = grants_from(robot.permissions) + self._grants([("robot", subject.id)])
+            return SubjectAccess(authenticated=True, grants=grants)
+        user = self.store.user_by_id(subject.id)
+        if user is None or user.disabled:
+            return SubjectAccess()
+        principals = [("user", user.id)] + [("group", g) for g in self.store.group_ids_of(user.id)]
+        roles = self.role_table()
+        project_actions: dict[str, frozenset[Action]] = {}
+        for project, role in self.store.memberships(principals):
+            project_actions[project] = project_actions.get(project, frozenset()) | roles.get(
+                role, frozenset()
+            )
+        return SubjectAccess(
+            is_admin=user.is_admin,
+            authenticated=True,
+            may_create_projects=creation == "authenticated",
+            project_actions=project_actions,
+            grants=self._grants(principals),
+            limit=subject.limit,
+        )
+
+    def _grants(self, principals: list[tuple[str, int]]) -> tuple[RepositoryGrant, ...]:
+        return tuple(
+            RepositoryGrant(project, pattern, frozenset(Action(a) for a in actions))
+            for project, pattern, actions in self.store.grants_of(principals)
+        )
+
+    def role_table(self) -> dict[str, frozenset[Action]]:
+        table = {str(name): actions for name, actions in ROLE_ACTIONS.items()}
+        for name, actions in self.store.custom_roles().items():
+            table[name] = frozenset(Action(a) for a in actions if a in Action.__members__.values())
+        return table
+
+    def public_projects(self) -> frozenset[str]:
+        return self._projects.get_or_load("public", lambda: frozenset(self.store.public_projects()))
+
+    def project_exists(self, name: str) -> bool:
+        return self._projects.get_or_load(
+            ("exists", name), lambda: self.store.project_by_name(name) is not None
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return self._projects.get_or_load("settings", self.store.settings)
+
+    def create_project_on_push(self, subject: Subject, project: str, client_ip: str | None) -> bool:
+        """A push into a missing project creates it (private, pusher as admin) when allowed."""
+        access = self.access_of(subject)
+        if not (access.is_admin or access.may_create_projects) or subject.kind != "user":
+            return False
+        created = self.store.create_project_with_admin(project, "user", subject.id, subject.name)
+        if created:
+            self._emit(
+                "project:create",
+                subject.actor(client_ip),
+                project=project,
+                resource=f"project:{project}",
+                public=False,
+                via="push",
+            )
+        self.forget_cached()
+        return True
+
+    # -- users
+
+    def create_user(
+        self,
+        actor: Actor,
+        username: str,
+        password: str,
+        email: str | None = None,
+        is_admin: bool = False,
+    ) -> int:
+        if not _USERNAME_RE.match(username) or username.startswith("robot"):
+            raise IdentityError("usernames are 1-64 lowercase letters, digits, '.', '_' or '-'")
+        self.check_password_rules(password)
+        try:
+            user = self.store.create_user(username, email, _HASHER.hash(password), is_admin)
+        except ConflictError as error:
+            raise IdentityError(str(error), 409) from None
+        self._emit("user:create", actor, resource=f"user:{username}", email=email, admin=is_admin)
+        return user.id
+
+    def update_user(
+        self,
+        actor: Actor,
+        username: str,
+        *,
+        email: str | None = None,
+        is_admin: bool | None = None,
+        disabled: bool | None = None,
+    ) -> None:
+        user = self._user(username)
+        changes: dict[str, Any] = {}
+        if email is not None:
+            changes["email"] = email
+        if is_admin is not None:
+            changes["is_admin"] = is_admin
+        if disabled is not None:
+            changes["disabled"] = disabled
+        self.store.update_user(user.id, **changes)
+        self.forget_cached()
+        self._emit(
+            "user:update", actor, resource=f"user:{username}", **{k: v for k, v in changes.items()}
+        )
+
+    def change_password(
+        self, actor: Actor, username: str, new_password: str, current_password: str | None
+    ) -> None:
+        """Users change their own password with the current one; admins reset anyone's."""
+        user = self._user(username)
+        if current_password is not None:
+            try:
+                _HASHER.verify(user.password_hash, current_password)
+            except (VerificationError, InvalidHashError):
+                self._emit("user:password", actor, result="failure", resource=f"user:{username}")
+                raise IdentityError("the current password is wrong", 403) from None
+        self.check_password_rules(new_password)
+        self.store.update_user(
+            user.id, password_hash=_HASHER.hash(new_password), password_changed_at=datetime.now(UTC)
+        )
+        self._emit("user:password", actor, resource=f"user:{username}")
+
+    def delete_user(self, actor: Actor, username: str) -> None:
+        user = self._user(username)
+        if user.username == actor.name:
+            raise IdentityError("you cannot delete your own account", 409)
+        self.store.delete_user(user.id)
+        self.forget_cached()
+        self._emit("user:delete", actor, resource=f"user:{username}")
+
+    def _user(self, username: str) -> Any:
+        user = self.store.user_by_name(username)
+        if user is None:
+            raise IdentityError(f"user {username} not found", 404)
+        return user
+
+    # -- groups
+
+    def create_group(self, actor: Actor, name: str) -> int:
+        if not _USERNAME_RE.match(name):
+            raise IdentityError("group names are 1-64 lowercase letters, digits, '.', '_' or '-'")
+        try:
+            group = self.store.create_group(name)
+        except ConflictError as error:
+            raise IdentityError(str(error), 409) from None
+        self._emit("group:create", actor, resource=f"group:{name}")
+        return group.id
+
+    def set_group_member(self, actor: Actor, group: str, username: str, member: bool) -> None:
+        row = self.store.group_by_name(group)
+        if row is None:
+            raise IdentityError(f"group {group} not found", 404)
+        user = self._user(username)
+        self.store.set_group_member(row.id, user.id, member)
+        self.forget_cached()
+        self._emit(
+            "group:member-add" if member else "group:member-remove",
+            actor,
+            resource=f"group:{group}",
+            user=username,
+        )
+
+    def delete_group(self, actor: Actor, name: str) -> None:
+        row = self.store.group_by_name(name)
+        if row is None:
+            raise IdentityError(f"group {name} not found", 404)
+        self.store.delete_group(row.id)
+        self.forget_cached()
+        self._emit("group:delete", actor, resource=f"group:{name}")
+
+    # -- robots
+
+    def create_robot(
+        self,
+        actor: Actor,
+        name: str,
+        permissions: Sequence[dict[str, Any]],
+        project: str | None,
+        expires_in_days: int | None,
+        description: str | None = None,
+    ) -> IssuedSecret:
+        if not _ROBOT_NAME_RE.match(name):
+            raise IdentityError("robot names are 1-64 lowercase letters, digits, '.', '_' or '-'")
+        project_row = None
+        if project is not None:
+            project_row = self.store.project_by_name(project)
+            if project_row is None:
+                raise IdentityError(f"project {project} not found", 404)
+        cleaned = parse_permissions(permissions, project=project)
+        full_name = f"robot${project}+{name}" if project else f"robot${name}"
+        secret = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        try:
+            robot = self.store.create_robot(
+                Robot(
+                    name=full_name,
+                    project_id=project_row.id if project_row else None,
+                    description=description,
+                    secret_hash=hash_secret(secret),
+                    permissions=cleaned,
+                    expires_at=expires,
+                    disabled=False,
+                    created_by=actor.name,
+                )
+            )
+        except ConflictError as error:
+            raise IdentityError(str(error), 409) from None
+        self._emit(
+            "robot:create",
+            actor,
+            project=project,
+            resource=f"robot:{full_name}",
+            permissions=cleaned,
+            expires_at=expires.isoformat() if expires else None,
+        )
+        return IssuedSecret(full_name, secret, robot.id)
+
+    def robot(self, full_name: str, project: str | None) -> Robot:
+        robot = self.store.robot_by_name(full_name)
+        project_row = self.store.project_by_name(project) if project else None
+        if robot is None or robot.project_id != (project_row.id if project_row else None):
+            raise IdentityError(f"robot {full_name} not found", 404)
+        return robot
+
+    def update_robot(
+        self,
+        actor: Actor,
+        full_name: str,
+        project: str | None,
+        *,
+        disabled: bool | None = None,
+        permissions: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        robot = self.robot(full_name, project)
+        changes: dict[str, Any] = {}
+        if disabled is not None:
+            changes["disabled"] = disabled
+        if permissions is not None:
+            changes["permissions"] = parse_permissions(permissions, project=project)
+        self.store.update_robot(robot.id, **changes)
+        self.forget_cached()
+        self._emit("robot:update", actor, project=project, resource=f"robot:{full_name}", **changes)
+
+    def rotate_robot(self, actor: Actor, full_name: str, project: str | None) -> IssuedSecret:
+        robot = self.robot(full_name, project)
+        secret = secrets.token_urlsafe(32)
+        self.store.update_robot(robot.id, secret_hash=hash_secret(secret))
+        self._emit("robot:rotate", actor, project=project, resource=f"robot:{full_name}")
+        return IssuedSecret(full_name, secret, robot.id)
+
+    def delete_robot(self, actor: Actor, full_name: str, project: str | None) -> None:
+        robot = self.robot(full_name, project)
+        self.store.delete_robot(robot.id)
+        self.forget_cached()
+        self._emit("robot:delete", actor, project=project, resource=f"robot:{full_name}")
+
+    # -- personal access tokens
+
+    def create_token(
+        self,
+        actor: Actor,
+        username: str,
+        name: str,
+        scopes: Sequence[dict[str, Any]] | None,
+        expires_in_days: int | None,
+    ) -> IssuedSecret:
+        user = self._user(username)
+        if not _ROBOT_NAME_RE.match(name):
+            raise IdentityError("token names are 1-64 lowercase letters, digits, '.', '_' or '-'")
+        cleaned = parse_permissions(scopes, project=None) if scopes else None
+        public_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+        try:
+            row = self.store.create_pat(
+                PersonalAccessToken(
+                    public_id=public_id,
+                    user_id=user.id,
+                    name=name,
+                    secret_hash=hash_secret(secret),
+                    scopes=cleaned,
+                    expires_at=expires,
+                    revoked=False,
+                )
+            )
+        except ConflictError as error:
+            raise IdentityError(str(error), 409) from None
+        self._emit(
+            "token:create",
+            actor,
+            resource=f"token:{username}/{name}",
+            scopes=cleaned,
+            expires_at=expires.isoformat() if expires else None,
+        )
+        return IssuedSecret(name, f"{PAT_PREFIX}{public_id}_{secret}", row.id)
+
+    def revoke_token(self, actor: Actor, username: str, name: str) -> None:
+        user = self._user(username)
+        for row in self.store.list_pats(user.id):
+            if row.name == name:
+                self.store.update_pat(row.id, revoked=True)
+                self.forget_cached()
+                self._emit("token:revoke", actor, resource=f"token:{username}/{name}")
+                return
+        raise IdentityError(f"token {name} not found", 404)
+
+    # -- refresh tokens (OAuth2 flow of docker clients)
+
+    def issue_refresh_token(self, subject: Subject) -> str:
+        assert subject.kind == "user"
+        assert subject.id is not None
+        token = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(days=self.policy.refresh_token_days)
+        self.store.add_refresh_token(hash_secret(token), subject.id, expires)
+        return token
+
+    def redeem_refresh_token(self, token: str) -> Subject:
+        row = self.store.refresh_token(hash_secret(token))
+        if row is None or _expired(row.expires_at):
+            raise AuthenticationError("invalid refresh token")
+        user = self.store.user_by_id(row.user_id)
+        if user is None or user.disabled:
+            raise AuthenticationError("invalid refresh token")
+        return Subject("user", user.id, user.username, user.is_admin, credential="refresh-token")
+
+
+def _expired(moment: datetime | None) -> bool:
+    if moment is None:
+        return False
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware <= datetime.now(UTC)
+
+
+def with_certificate(subject: Subject, certificate: str | None) -> Subject:
+    return replace(subject, certificate=certificate) if certificate else subject
