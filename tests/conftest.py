@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.auth import RegistryAuth
 from tests.support.server import RegistryProcess
 
 _names = itertools.count()
@@ -38,7 +39,7 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., RegistryProcess]]:
 
 @pytest.fixture
 def client(registry: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=registry.url, timeout=60) as http:
+    with httpx.Client(base_url=registry.url, timeout=60, auth=RegistryAuth()) as http:
         yield http
 
 

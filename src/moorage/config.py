@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "MOORAGE_"
 MiB = 1 << 20
@@ -48,6 +56,29 @@ class Settings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = False
 
+    # identity and access
+    admin_password: SecretStr | None = Field(
+        None, description="initial password of `admin` on first start (else one is generated)"
+    )
+    admin_password_file: Path | None = None
+    public_url: str | None = Field(
+        None, description="external base URL (for token realms); default: from the request"
+    )
+    auth_service: str = Field("moorage", description="token service name (`aud` of tokens)")
+    token_ttl_seconds: int = Field(300, ge=30, le=3600)
+    v2_basic_auth: bool = Field(False, description="also accept Basic credentials on /v2")
+    min_password_length: int = Field(12, ge=8, le=128)
+    audit_retention_days: int = Field(0, ge=0, description="0 keeps audit entries forever")
+
+    # TLS and mutual TLS
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; enables HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle for client certificates")
+    tls_client_auth: Literal["none", "optional", "required"] = "none"
+    tls_client_identity: Literal["none", "cn", "san-email", "san-dns", "san-uri"] = Field(
+        "none", description="map a verified client certificate to the user or robot it names"
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -56,6 +87,14 @@ class Settings(BaseModel):
             raise ValueError("must be HOST:PORT")
         return value
 
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_auth != "none" and (self.tls_client_ca is None or self.tls_cert is None):
+            raise ValueError("client certificate authentication needs tls_cert and tls_client_ca")
+        return self
+
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]")
@@ -63,6 +102,16 @@ class Settings(BaseModel):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def initial_admin_password(self) -> str | None:
+        if self.admin_password is not None:
+            return self.admin_password.get_secret_value()
+        if self.admin_password_file is not None:
+            try:
+                return self.admin_password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read admin_password_file: {exc}") from None
+        return None
 
     @property
     def resolved_database_url(self) -> str:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -22,6 +23,11 @@ from aiohttp import web
 from moorage.config import Settings
 from moorage.http.app import build_app
 from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.iam_store import IamStore
+from moorage.services.audit import AuditLog
+from moorage.services.events import EventBus
+from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.tokens import ensure_signing_key
 
 log = logging.getLogger("moorage.server")
 
@@ -29,12 +35,44 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def prepare_data(settings: Settings) -> None:
+    """Migrate the schema, create the first signing key and the `admin` account (once)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
         migrate(engine)
+        store = IamStore(engine)
+        ensure_signing_key(store)
+        events = EventBus()
+        events.subscribe(AuditLog(store, immediate=True))
+        identity = IdentityService(
+            store, events, IdentityPolicy(min_password_length=settings.min_password_length)
+        )
+        generated = identity.bootstrap_admin(settings.initial_admin_password())
+        if generated is not None:
+            log.warning(
+                "created the admin account with a generated password, shown only this once: %s"
+                " -- change it, or set MOORAGE_ADMIN_PASSWORD before the first start",
+                generated,
+            )
     finally:
         engine.dispose()
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """HTTPS (TLS 1.2 or newer), and client certificate checking when configured."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=str(settings.tls_client_ca))
+        context.verify_mode = {
+            "none": ssl.CERT_NONE,
+            "optional": ssl.CERT_OPTIONAL,
+            "required": ssl.CERT_REQUIRED,
+        }[settings.tls_client_auth]
+    return context
 
 
 def bind_sockets(settings: Settings, count: int) -> list[socket.socket]:
@@ -62,7 +100,7 @@ async def _serve(settings: Settings, sock: socket.socket, index: int) -> None:
         shutdown_timeout=settings.shutdown_timeout_seconds,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, ssl_context=tls_context(settings))
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.auth import ADMIN_PASSWORD
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -58,8 +60,11 @@ class RegistryProcess:
             *self.extra_args,
         ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        environment["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         environment.update(self.env)
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

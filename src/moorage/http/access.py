@@ -1,101 +1,259 @@
 """The one access decision point.
 
-Every route declares the `Permission` it needs in the route table; `access_middleware` asks the
-configured `Authorizer` before any handler runs. A route without a declaration is refused, so a
-forgotten check fails closed. Handlers never check permissions themselves; when a handler needs
-a second decision (the source repository of a cross-repository mount) it asks `may` below,
-which goes through the same authorizer.
+Every route declares the `Permission` it needs in a route table; `access_middleware` resolves
+the resource (repository or project) from the request, identifies the caller and decides before
+any handler runs. A route without a declaration is refused, so a forgotten check fails closed,
+and a test walks the router to make sure every route has one. Handlers never check permissions;
+when a handler needs a second decision (the source of a cross-repository mount) it calls `may`,
+which asks the same authorizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage.domain.access import Action, SystemAction, decide, decide_system
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import Actor
-from moorage.domain.names import validate_repository_name
-
-
-class Action(StrEnum):
-    PING = "ping"  # the API version check
-    PULL = "pull"
-    PUSH = "push"
-    DELETE = "delete"
-    CATALOG = "catalog"
+from moorage.domain.events import AccessEvent, Actor
+from moorage.domain.names import project_of, validate_repository_name
+from moorage.http.authn import Caller, InvalidTokenError
+from moorage.http.state import IAM, IamServices
+from moorage.services.identity import AuthenticationError, ThrottledError
 
 
 class Scope(StrEnum):
-    REGISTRY = "registry"
-    REPOSITORY = "repository"
+    PUBLIC = "public"  # no authentication at all (token service, API document, health)
+    REGISTRY = "registry"  # a system action
+    REPOSITORY = "repository"  # an action on the repository in the path ({name})
+    PROJECT = "project"  # an action on the project in the path ({project})
+    PROJECT_QUERY = "project-query"  # an action on ?project=, or system admin without it
 
 
 @dataclass(frozen=True, slots=True)
 class Permission:
-    action: Action
     scope: Scope
+    action: Action | SystemAction | None = None
 
 
-PING = Permission(Action.PING, Scope.REGISTRY)
-CATALOG = Permission(Action.CATALOG, Scope.REGISTRY)
-PULL = Permission(Action.PULL, Scope.REPOSITORY)
-PUSH = Permission(Action.PUSH, Scope.REPOSITORY)
-DELETE = Permission(Action.DELETE, Scope.REPOSITORY)
+PUBLIC = Permission(Scope.PUBLIC)
+PING = Permission(Scope.REGISTRY, SystemAction.PING)
+CATALOG = Permission(Scope.REGISTRY, SystemAction.CATALOG)
+AUTHENTICATED = Permission(Scope.REGISTRY, SystemAction.AUTHENTICATED)
+ADMIN = Permission(Scope.REGISTRY, SystemAction.ADMIN)
+CREATE_PROJECT = Permission(Scope.REGISTRY, SystemAction.CREATE_PROJECT)
+PULL = Permission(Scope.REPOSITORY, Action.PULL)
+PUSH = Permission(Scope.REPOSITORY, Action.PUSH)
+DELETE = Permission(Scope.REPOSITORY, Action.DELETE)
 
 
-class Authorizer(Protocol):
-    async def authenticate(self, request: web.Request) -> Actor:
-        """Who is calling (anonymous when no credentials were given)."""
-        ...
-
-    async def authorize(self, actor: Actor, permission: Permission, repository: str | None) -> bool:
-        """Whether `actor` holds `permission` on `repository` (None for registry scope)."""
-        ...
-
-
-class OpenAccess:
-    """Everyone may do everything. The default until identity and access management is on."""
-
-    async def authenticate(self, request: web.Request) -> Actor:
-        return Actor(client_ip=request.remote)
-
-    async def authorize(self, actor: Actor, permission: Permission, repository: str | None) -> bool:
-        return True
+def project_permission(action: Action) -> Permission:
+    return Permission(Scope.PROJECT, action)
 
 
 PERMISSIONS = web.AppKey("permissions", dict[web.AbstractRoute, Permission])
-AUTHORIZER = web.AppKey("authorizer", Authorizer)
+CALLER = "moorage.caller"
 ACTOR = "moorage.actor"
 REPOSITORY = "moorage.repository"
+PROJECT = "moorage.project"
+
+_TOKEN_ACTIONS = {Action.PULL: "pull", Action.PUSH: "push", Action.DELETE: "delete"}
+
+
+class AccessDenied(Exception):
+    """The caller may not do this. `challenge` asks the client to (re)authenticate."""
+
+    def __init__(
+        self, message: str, *, challenge: bool, scope: str | None = None, error: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+        self.scope = scope
+        self.error = error
 
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.match_info.route
     if request.match_info.http_exception is not None:
         # No route matched: the router's 404/405 is answered without touching any resource.
         return await handler(request)
-    permission = request.app[PERMISSIONS].get(route)
+    permission = request.app[PERMISSIONS].get(request.match_info.route)
     if permission is None:
         raise RegistryError(ErrorCode.DENIED, "this endpoint declares no permission", status=403)
-    repository = None
-    if permission.scope is Scope.REPOSITORY:
-        repository = validate_repository_name(request.match_info["name"])
-        request[REPOSITORY] = repository
-    authorizer = request.app[AUTHORIZER]
-    actor = await authorizer.authenticate(request)
-    if not await authorizer.authorize(actor, permission, repository):
-        if actor.kind == "anonymous":
-            raise RegistryError(ErrorCode.UNAUTHORIZED)
-        raise RegistryError(ErrorCode.DENIED)
-    request[ACTOR] = actor
+    if permission.scope is Scope.PUBLIC:
+        request[ACTOR] = Actor(client_ip=request.remote)
+        return await handler(request)
+    iam = request.app[IAM]
+    resource = _resource(request, permission)
+    v2 = request.path.startswith("/v2")
+    try:
+        caller = await iam.authenticator.caller(request, allow_basic=iam.v2_basic_auth or not v2)
+    except ThrottledError as error:
+        raise RegistryError(
+            ErrorCode.TOOMANYREQUESTS, str(error), headers={"Retry-After": str(error.retry_after)}
+        ) from None
+    except AuthenticationError:
+        raise AccessDenied("invalid credentials", challenge=True) from None
+    except InvalidTokenError as error:
+        raise AccessDenied(
+            str(error),
+            challenge=True,
+            scope=_token_scope(permission, resource),
+            error="invalid_token",
+        ) from None
+    request[CALLER] = caller
+    request[ACTOR] = caller.subject.actor(request.remote)
+    await _authorize(request, iam, caller, permission, resource)
     return await handler(request)
 
 
+def _resource(request: web.Request, permission: Permission) -> str | None:
+    if permission.scope is Scope.REPOSITORY:
+        name = validate_repository_name(request.match_info["name"])
+        request[REPOSITORY] = name
+        request[PROJECT] = project_of(name)
+        return name
+    if permission.scope is Scope.PROJECT:
+        project = request.match_info["project"]
+        request[PROJECT] = project
+        return project
+    if permission.scope is Scope.PROJECT_QUERY:
+        queried = request.query.get("project") or None
+        request[PROJECT] = queried
+        return queried
+    return None
+
+
+def _token_scope(permission: Permission, resource: str | None) -> str | None:
+    """The scope a client should ask the token service for, to be allowed this request."""
+    if permission.scope is Scope.REPOSITORY and resource is not None:
+        wanted = {Action.PUSH: "pull,push", Action.DELETE: "delete"}.get(
+            permission.action,  # type: ignore[arg-type]
+            "pull",
+        )
+        return f"repository:{resource}:{wanted}"
+    if permission.action is SystemAction.CATALOG:
+        return "registry:catalog:*"
+    return None
+
+
+async def _authorize(
+    request: web.Request,
+    iam: IamServices,
+    caller: Caller,
+    permission: Permission,
+    resource: str | None,
+) -> None:
+    subject = caller.subject
+    anonymous = subject.kind == "anonymous"
+    action = permission.action
+    if permission.scope is Scope.REGISTRY:
+        assert isinstance(action, SystemAction)
+        if action is SystemAction.PING:
+            allowed = caller.token is not None or not anonymous
+        elif action is SystemAction.CATALOG and caller.token is not None:
+            allowed = caller.token.allows("registry", "catalog", "*")
+        else:
+            access = await iam.threads.run(iam.identity.access_of, subject)
+            allowed = (not anonymous or action is SystemAction.CATALOG) and decide_system(
+                access, action
+            )
+        if not allowed:
+            _deny(request, iam, caller, permission, resource, "not allowed")
+        return
+    assert isinstance(action, Action)
+    if permission.scope is Scope.PROJECT_QUERY and resource is None:
+        access = await iam.threads.run(iam.identity.access_of, subject)
+        if not decide_system(access, SystemAction.ADMIN):
+            _deny(request, iam, caller, permission, resource, "name a project you may read")
+        return
+    assert resource is not None
+    project = project_of(resource)
+    if permission.scope is Scope.REPOSITORY and action is Action.PUSH:
+        await _ensure_project(request, iam, caller, project)
+    if caller.token is not None and permission.scope is Scope.REPOSITORY:
+        token_action = _TOKEN_ACTIONS.get(action, action.value)
+        allowed = caller.token.allows("repository", resource, token_action)
+    else:
+        access = await iam.threads.run(iam.identity.access_of, subject)
+        public = await iam.threads.run(iam.identity.public_projects)
+        repository = resource if permission.scope is Scope.REPOSITORY else None
+        allowed = decide(access, action, project, repository, public)
+    if not allowed:
+        _deny(
+            request,
+            iam,
+            caller,
+            permission,
+            resource,
+            f"{action.value} on {resource} is not allowed",
+        )
+
+
+async def _ensure_project(
+    request: web.Request, iam: IamServices, caller: Caller, project: str
+) -> None:
+    if await iam.threads.run(iam.identity.project_exists, project):
+        return
+    if caller.subject.kind == "anonymous" and caller.token is None:
+        return  # the challenge comes first; the caller has not signed in yet
+    created = await iam.threads.run(
+        iam.identity.create_project_on_push, caller.subject, project, request.remote
+    )
+    if not created:
+        raise AccessDenied(
+            f"project {project!r} does not exist and you may not create projects; ask an"
+            " administrator to create it",
+            challenge=False,
+        )
+
+
+def _deny(
+    request: web.Request,
+    iam: IamServices,
+    caller: Caller,
+    permission: Permission,
+    resource: str | None,
+    message: str,
+) -> None:
+    anonymous = caller.subject.kind == "anonymous" and caller.token is None
+    token_lacks_scope = caller.token is not None and permission.scope in (
+        Scope.REPOSITORY,
+        Scope.REGISTRY,
+    )
+    if anonymous or token_lacks_scope:
+        raise AccessDenied(
+            "authentication required" if anonymous else "the token does not grant this",
+            challenge=True,
+            scope=_token_scope(permission, resource),
+            error=None if anonymous else "insufficient_scope",
+        )
+    iam.events.publish(
+        AccessEvent(
+            "access:denied",
+            request[ACTOR],
+            "denied",
+            project_of(resource) if resource else None,
+            f"{request.method} {request.path}"[:500],
+            {"action": str(permission.action), "reason": message},
+        )
+    )
+    raise AccessDenied(message, challenge=False)
+
+
 async def may(request: web.Request, permission: Permission, repository: str) -> bool:
-    """A secondary decision inside a request, made by the same authorizer."""
-    return await request.app[AUTHORIZER].authorize(request[ACTOR], permission, repository)
+    """A secondary decision inside a request, made the same way as the route's own."""
+    iam = request.app[IAM]
+    caller: Caller = request[CALLER]
+    action = permission.action
+    assert isinstance(action, Action)
+    if caller.token is not None:
+        return caller.token.allows(
+            "repository", repository, _TOKEN_ACTIONS.get(action, action.value)
+        )
+    access = await iam.threads.run(iam.identity.access_of, caller.subject)
+    public = await iam.threads.run(iam.identity.public_projects)
+    return decide(access, action, project_of(repository), repository, public)

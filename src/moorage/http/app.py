@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 from aiohttp import web
@@ -14,16 +14,23 @@ from aiohttp.typedefs import Handler
 from moorage.config import Settings
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.policy import PolicySet
-from moorage.http.access import AUTHORIZER, Authorizer, OpenAccess, access_middleware
+from moorage.http.access import AccessDenied, access_middleware
+from moorage.http.authn import Authenticator
+from moorage.http.errors import problem_response, render_denied
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
-from moorage.http.state import SERVICES, Services
+from moorage.http.state import IAM, SERVICES, IamServices, Services
 from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
+from moorage.metadata.iam_store import IamStore
 from moorage.metadata.store import MetadataStore
+from moorage.services.audit import AuditLog
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.identity import IdentityError, IdentityPolicy, IdentityService
+from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
+from moorage.services.tokens import TokenService
 from moorage.services.uploads import UploadLimits, UploadService
 from moorage.storage.filesystem import FilesystemStorage
 
@@ -36,13 +43,28 @@ _ROUTER_ERRORS = {
 }
 
 
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves in its area's format: OCI error JSON on /v2, problem JSON on /api."""
     try:
         return await handler(request)
+    except AccessDenied as denied:
+        return render_denied(request, denied)
     except RegistryError as error:
+        if _is_api(request):
+            return problem_response(
+                error.status, error.message, code=str(error.code), headers=error.headers
+            )
         return error_response(error)
+    except IdentityError as error:
+        return problem_response(error.status, str(error))
     except web.HTTPException as exc:
+        if _is_api(request):
+            return problem_response(exc.status, exc.reason)
         mapped = _ROUTER_ERRORS.get(exc.status)
         if mapped is not None:
             return error_response(mapped)
@@ -55,12 +77,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if _is_api(request):
+            return problem_response(500, "internal server error")
         return web.json_response(
             {"errors": [{"code": "UNKNOWN", "message": "internal server error"}]}, status=500
         )
 
 
-async def _add_api_version(request: web.Request, response: web.StreamResponse) -> None:
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
     # The server banner says nothing about the software's version.
     response.headers["Server"] = "moorage"
     if request.path.startswith("/v2"):
@@ -70,7 +94,6 @@ async def _add_api_version(request: web.Request, response: web.StreamResponse) -
 def build_app(
     settings: Settings,
     *,
-    authorizer: Authorizer | None = None,
     policies: PolicySet | None = None,
     run_jobs: bool = True,
 ) -> web.Application:
@@ -84,9 +107,18 @@ def build_app(
         sqlite_synchronous=settings.sqlite_synchronous,
     )
     metadata = MetadataStore(engine)
+    iam_store = IamStore(engine)
     storage = FilesystemStorage(settings.data_dir / "storage")
     events = EventBus()
     events.subscribe(log_subscriber)
+    audit = AuditLog(iam_store)
+    events.subscribe(audit)
+    identity = IdentityService(
+        iam_store, events, IdentityPolicy(min_password_length=settings.min_password_length)
+    )
+    tokens = TokenService(
+        iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
+    )
     registry = RegistryService(
         storage,
         metadata,
@@ -104,21 +136,34 @@ def build_app(
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size)
-    app[AUTHORIZER] = authorizer or OpenAccess()
+    app[IAM] = IamServices(
+        identity=identity,
+        projects=ProjectService(iam_store, identity, events),
+        tokens=tokens,
+        authenticator=Authenticator(
+            identity, tokens, threads, certificate_identity=settings.tls_client_identity
+        ),
+        threads=threads,
+        events=events,
+        v2_basic_auth=settings.v2_basic_auth,
+        public_url=settings.public_url,
+    )
     install_routes(app)
-    app.on_response_prepare.append(_add_api_version)
+    app.on_response_prepare.append(_add_headers)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        purge = None
+        tasks = [asyncio.create_task(audit.run(threads.run))]
         if run_jobs:
-            purge = asyncio.create_task(
-                _every(settings.upload_purge_interval_seconds, uploads.purge_expired)
+            tasks.append(
+                asyncio.create_task(
+                    _every(settings.upload_purge_interval_seconds, uploads.purge_expired)
+                )
             )
         yield
-        if purge is not None:
-            purge.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await purge
+                await task
         threads.shutdown()
         metadata.close()
 
@@ -126,8 +171,7 @@ def build_app(
     return app
 
 
-async def _every(seconds: float, job: object) -> None:
-    assert callable(job)
+async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
     while True:
         try:
             await job()

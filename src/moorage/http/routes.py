@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage.http import v2
-from moorage.http.access import CATALOG, DELETE, PERMISSIONS, PING, PULL, PUSH, Permission
+from moorage.http import token, v2
+from moorage.http.access import (
+    CATALOG,
+    DELETE,
+    PERMISSIONS,
+    PING,
+    PUBLIC,
+    PULL,
+    PUSH,
+    Permission,
+)
 
 # Repository names are matched loosely here and validated against the spec's grammar by the
 # access middleware, so that a bad name gets NAME_INVALID instead of a bare 404.
@@ -30,7 +39,14 @@ class Route:
     permission: Permission
 
 
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", health, PUBLIC),
+    Route("GET", "/service/token", token.get_token, PUBLIC),
+    Route("POST", "/service/token", token.post_token, PUBLIC),
     Route("GET", "/v2/", v2.api_version, PING),
     Route("HEAD", "/v2/", v2.api_version, PING),
     Route("GET", "/v2/_catalog", v2.catalog, CATALOG),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from moorage.http.authn import Authenticator
+from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
@@ -29,6 +30,7 @@ class IamServices:
     tokens: TokenService
     authenticator: Authenticator
     threads: Threads
+    events: EventBus
     v2_basic_auth: bool
     public_url: str | None
 
