@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
 from moorage.domain import mediatypes as mt
+from moorage.domain.access import Action, decide
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.names import Reference, validate_repository_name
+from moorage.domain.names import Reference, project_of, validate_repository_name
 from moorage.domain.negotiation import parse_accept
 from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, parse_range
-from moorage.http.access import ACTOR, PULL, REPOSITORY, may
+from moorage.http.access import ACTOR, CALLER, PULL, REPOSITORY, may
 from moorage.http.responses import BlobResponse, json_response
-from moorage.http.state import SERVICES
+from moorage.http.state import IAM, SERVICES
 from moorage.services.registry import manifest_too_large, referrers_index
 from moorage.services.uploads import range_header
 
@@ -29,14 +30,45 @@ async def api_version(request: web.Request) -> web.Response:
     return json_response({})
 
 
+# A filtered catalog page reads at most this many repository names before it answers.
+_CATALOG_SCAN_LIMIT = 20_000
+
+
 async def catalog(request: web.Request) -> web.Response:
+    """Repositories the caller may pull, in order; the filter is the same `decide` as a pull."""
     services = request.app[SERVICES]
     limit, last = _page(request, services.max_page_size)
-    names = await services.registry.list_repositories(last, limit) if limit else []
+    visible = await _pull_filter(request)
+    names: list[str] = []
+    cursor, scanned, exhausted = last, 0, False
+    batch = limit if visible is None else services.max_page_size
+    while limit and len(names) < limit and scanned < _CATALOG_SCAN_LIMIT:
+        page = await services.registry.list_repositories(cursor, batch)
+        scanned += len(page)
+        for name in page:
+            cursor = name
+            if visible is None or visible(name):
+                names.append(name)
+                if len(names) == limit:
+                    break
+        # A short page read to its end means there is nothing after it.
+        if len(page) < batch and (not page or cursor == page[-1]):
+            exhausted = True
+            break
     headers = {}
-    if limit and len(names) == limit:
-        headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": names[-1]})
+    if limit and cursor and not exhausted:
+        headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": cursor})
     return json_response({"repositories": names}, headers=headers)
+
+
+async def _pull_filter(request: web.Request) -> Callable[[str], bool] | None:
+    iam = request.app[IAM]
+    subject = request[CALLER].subject
+    access = await iam.threads.run(iam.identity.access_of, subject)
+    if access.is_admin:
+        return None
+    public = await iam.threads.run(iam.identity.public_projects)
+    return lambda name: decide(access, Action.PULL, project_of(name), name, public)
 
 
 async def list_tags(request: web.Request) -> web.Response:
