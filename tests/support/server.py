@@ -33,10 +33,11 @@ class RegistryProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -71,12 +72,20 @@ class RegistryProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"moorage exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                if self._ready():
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"moorage did not start in {timeout}s:\n{self.logs()}")
+
+    def _ready(self) -> bool:
+        if self.scheme == "https":
+            # Client certificates may be required: a completed TLS handshake is not needed,
+            # the port accepting connections is enough.
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        return httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
