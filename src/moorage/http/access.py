@@ -196,7 +196,10 @@ async def _authorize(
 async def _ensure_project(
     request: web.Request, iam: IamServices, caller: Caller, project: str
 ) -> None:
-    if await iam.threads.run(iam.identity.project_exists, project):
+    exists = iam.identity.project_exists_cached(project)
+    if exists is None:
+        exists = await iam.threads.run(iam.identity.project_exists, project)
+    if exists:
         return
     if caller.subject.kind == "anonymous" and caller.token is None:
         return  # the challenge comes first; the caller has not signed in yet

@@ -95,7 +95,10 @@ class Authenticator:
             verified = self._tokens.verify(value)
         except TokenError as error:
             raise InvalidTokenError(str(error)) from None
-        if not await self._threads.run(self._identity.is_live, verified.subject):
+        live = self._identity.is_live_cached(verified.subject)
+        if live is None:
+            live = await self._threads.run(self._identity.is_live, verified.subject)
+        if not live:
             raise InvalidTokenError("the account behind this token is gone or disabled")
         return Caller(verified.subject, verified)
 

@@ -110,6 +110,13 @@ class _TtlCache:
         self._values: dict[Any, tuple[float, Any]] = {}
         self._lock = threading.Lock()
 
+    def peek(self, key: Any) -> tuple[bool, Any]:
+        """(True, value) when a fresh value is cached; never loads (safe on the event loop)."""
+        hit = self._values.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     def get_or_load(self, key: Any, load: Callable[[], T]) -> T:
         now = time.monotonic()
         hit = self._values.get(key)
@@ -373,6 +380,17 @@ class IdentityService:
         return self._live.get_or_load(("certificate", name, description), load)
 
     # -- what a subject may do
+
+    def is_live_cached(self, subject: Subject) -> bool | None:
+        """The cached answer of `is_live`, or None when it must be looked up."""
+        if subject.kind == "anonymous":
+            return True
+        found, value = self._live.peek((subject.kind, subject.id, subject.name))
+        return bool(value) if found else None
+
+    def project_exists_cached(self, name: str) -> bool | None:
+        found, value = self._projects.peek(("exists", name))
+        return bool(value) if found else None
 
     def is_live(self, subject: Subject) -> bool:
         """Whether the account behind a token still exists and is enabled (cached 2 s)."""
