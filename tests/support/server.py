@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,10 +112,8 @@ class RegistryProcess:
             children = []
         self.process.kill()
         for child in children:
-            try:
+            with contextlib.suppress(Exception):  # it may have exited already
                 child.kill()
-            except Exception:
-                pass
         self.process.wait(10)
         self.process = None
 
