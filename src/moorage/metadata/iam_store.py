@@ -458,6 +458,10 @@ class IamStore:
         with self._read() as session:
             return {role.name: list(role.actions) for role in session.scalars(select(CustomRole))}
 
+    def custom_role_descriptions(self) -> dict[str, str | None]:
+        with self._read() as session:
+            return {role.name: role.description for role in session.scalars(select(CustomRole))}
+
     def upsert_role(self, name: str, actions: list[str], description: str | None) -> None:
         def work(session: Session) -> None:
             role = session.get(CustomRole, name)

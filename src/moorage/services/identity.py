@@ -31,7 +31,7 @@ from moorage.domain.access import (
 )
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
-from moorage.metadata.iam_models import PersonalAccessToken, Robot
+from moorage.metadata.iam_models import Group, PersonalAccessToken, Robot, User
 from moorage.metadata.iam_store import ConflictError, IamStore
 from moorage.services.events import EventBus
 
@@ -171,6 +171,11 @@ def parse_permissions(
     if not cleaned:
         raise IdentityError("at least one permission is required")
     return cleaned
+
+
+def robot_full_name(name: str, project: str | None) -> str:
+    """`robot$<project>+<name>` for a project robot, `robot$<name>` for a system robot."""
+    return f"robot${project}+{name}" if project else f"robot${name}"
 
 
 def grants_from(permissions: Sequence[dict[str, Any]]) -> tuple[RepositoryGrant, ...]:
@@ -494,7 +499,7 @@ class IdentityService:
         email: str | None = None,
         is_admin: bool = False,
     ) -> int:
-        if not _USERNAME_RE.match(username) or username.startswith("robot"):
+        if not _USERNAME_RE.fullmatch(username) or username.startswith("robot"):
             raise IdentityError("usernames are 1-64 lowercase letters, digits, '.', '_' or '-'")
         self.check_password_rules(password)
         try:
@@ -552,16 +557,29 @@ class IdentityService:
         self.forget_cached()
         self._emit("user:delete", actor, resource=f"user:{username}")
 
-    def _user(self, username: str) -> Any:
+    def _user(self, username: str) -> User:
         user = self.store.user_by_name(username)
         if user is None:
             raise IdentityError(f"user {username} not found", 404)
         return user
 
+    def user(self, username: str) -> User:
+        return self._user(username)
+
+    def users(self, after: str | None, limit: int) -> list[User]:
+        return self.store.list_users(after, limit)
+
+    def profile(self, subject: Subject) -> User:
+        """The account of a signed-in user (robots have none)."""
+        user = self.store.user_by_id(subject.id) if subject.kind == "user" and subject.id else None
+        if user is None:
+            raise IdentityError("only users have a profile", 404)
+        return user
+
     # -- groups
 
     def create_group(self, actor: Actor, name: str) -> int:
-        if not _USERNAME_RE.match(name):
+        if not _USERNAME_RE.fullmatch(name):
             raise IdentityError("group names are 1-64 lowercase letters, digits, '.', '_' or '-'")
         try:
             group = self.store.create_group(name)
@@ -584,6 +602,16 @@ class IdentityService:
             user=username,
         )
 
+    def groups(self) -> list[tuple[Group, list[str]]]:
+        """Every group with the usernames of its members."""
+        return self.store.list_groups()
+
+    def group(self, name: str) -> tuple[Group, list[str]]:
+        for group, members in self.store.list_groups():
+            if group.name == name:
+                return group, members
+        raise IdentityError(f"group {name} not found", 404)
+
     def delete_group(self, actor: Actor, name: str) -> None:
         row = self.store.group_by_name(name)
         if row is None:
@@ -603,7 +631,7 @@ class IdentityService:
         expires_in_days: int | None,
         description: str | None = None,
     ) -> IssuedSecret:
-        if not _ROBOT_NAME_RE.match(name):
+        if not _ROBOT_NAME_RE.fullmatch(name):
             raise IdentityError("robot names are 1-64 lowercase letters, digits, '.', '_' or '-'")
         project_row = None
         if project is not None:
@@ -611,7 +639,7 @@ class IdentityService:
             if project_row is None:
                 raise IdentityError(f"project {project} not found", 404)
         cleaned = parse_permissions(permissions, project=project)
-        full_name = f"robot${project}+{name}" if project else f"robot${name}"
+        full_name = robot_full_name(name, project)
         secret = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
         try:
@@ -638,6 +666,16 @@ class IdentityService:
             expires_at=expires.isoformat() if expires else None,
         )
         return IssuedSecret(full_name, secret, robot.id)
+
+    def robots(self, project: str | None) -> list[Robot]:
+        """The robots of a project, or the system robots when `project` is None."""
+        project_id = None
+        if project is not None:
+            row = self.store.project_by_name(project)
+            if row is None:
+                raise IdentityError(f"project {project} not found", 404)
+            project_id = row.id
+        return self.store.list_robots(project_id)
 
     def robot(self, full_name: str, project: str | None) -> Robot:
         robot = self.store.robot_by_name(full_name)
@@ -689,7 +727,7 @@ class IdentityService:
         expires_in_days: int | None,
     ) -> IssuedSecret:
         user = self._user(username)
-        if not _ROBOT_NAME_RE.match(name):
+        if not _ROBOT_NAME_RE.fullmatch(name):
             raise IdentityError("token names are 1-64 lowercase letters, digits, '.', '_' or '-'")
         cleaned = parse_permissions(scopes, project=None) if scopes else None
         public_id = secrets.token_hex(8)
@@ -717,6 +755,9 @@ class IdentityService:
             expires_at=expires.isoformat() if expires else None,
         )
         return IssuedSecret(name, f"{PAT_PREFIX}{public_id}_{secret}", row.id)
+
+    def tokens(self, username: str) -> list[PersonalAccessToken]:
+        return self.store.list_pats(self._user(username).id)
 
     def revoke_token(self, actor: Actor, username: str, name: str) -> None:
         user = self._user(username)

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from moorage.domain.access import ROLE_ACTIONS, Action, PatternError, validate_pattern
+from moorage.domain.access import ROLE_ACTIONS, Action, PatternError, decide, validate_pattern
 from moorage.domain.errors import RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Project
 from moorage.metadata.iam_store import ConflictError, IamStore
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityError, IdentityService
+from moorage.services.identity import IdentityError, IdentityService, Subject
 
 _ROLE_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -82,6 +82,25 @@ class ProjectService:
             ProjectView(p.name, p.public, p.created_by)
             for p in self._store.list_projects(names, after, limit)
         ]
+
+    def view(self, name: str) -> ProjectView:
+        row = self.project(name)
+        return ProjectView(row.name, row.public, row.created_by)
+
+    def readable_projects(
+        self, subject: Subject, after: str | None, limit: int
+    ) -> list[ProjectView]:
+        """Projects `subject` may read (`read-project`), and every public project."""
+        access = self._identity.access_of(subject)
+        if access.is_admin and access.limit is None:
+            return self.list_projects(None, after, limit)
+        public = self._identity.public_projects()
+        # Only an administrator can read a project without a role in it (scoped tokens aside).
+        candidates = self._store.project_names() if access.is_admin else access.project_actions
+        readable = {
+            name for name in candidates if decide(access, Action.READ_PROJECT, name, None, public)
+        }
+        return self.list_projects(sorted(readable | public), after, limit)
 
     def update(self, actor: Actor, name: str, public: bool | None) -> ProjectView:
         row = self.project(name)
@@ -167,11 +186,22 @@ class ProjectService:
                 "id": grant.id,
                 "kind": grant.principal_kind,
                 "principalId": grant.principal_id,
+                "name": self._principal_name(grant.principal_kind, grant.principal_id),
                 "pattern": grant.pattern,
                 "actions": list(grant.actions),
             }
             for grant in self._store.list_grants(row.id)
         ]
+
+    def _principal_name(self, kind: str, principal_id: int) -> str | None:
+        if kind == "user":
+            user = self._store.user_by_id(principal_id)
+            return user.username if user else None
+        if kind == "robot":
+            robot = self._store.robot_by_id(principal_id)
+            return robot.name if robot else None
+        groups = {group.id: group.name for group, _ in self._store.list_groups()}
+        return groups.get(principal_id)
 
     def delete_grant(self, actor: Actor, project: str, grant_id: int) -> None:
         row = self.project(project)
@@ -187,10 +217,13 @@ class ProjectService:
             for name, actions in self._identity.role_table().items()
         }
 
+    def role_descriptions(self) -> dict[str, str | None]:
+        return self._store.custom_role_descriptions()
+
     def upsert_role(
         self, actor: Actor, name: str, actions: Sequence[str], description: str | None
     ) -> None:
-        if name in ROLE_ACTIONS or not _ROLE_NAME_RE.match(name):
+        if name in ROLE_ACTIONS or not _ROLE_NAME_RE.fullmatch(name):
             raise IdentityError("custom role names are lowercase and differ from built-in roles")
         try:
             parsed = sorted({Action(a).value for a in actions})
@@ -200,6 +233,8 @@ class ProjectService:
         self._emit("role:upsert", actor, None, f"role:{name}", actions=parsed)
 
     def delete_role(self, actor: Actor, name: str) -> None:
+        if name in ROLE_ACTIONS:
+            raise IdentityError(f"{name} is a built-in role and cannot be deleted", 409)
         try:
             if not self._store.delete_role(name):
                 raise IdentityError(f"role {name} not found", 404)
