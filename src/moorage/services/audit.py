@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from moorage.domain.events import DomainEvent, RegistryEvent
+from moorage.domain.events import AccessEvent, Actor, DomainEvent, RegistryEvent
 from moorage.domain.names import project_of
 from moorage.metadata.iam_store import (
     GENESIS_HASH,
@@ -27,6 +27,8 @@ from moorage.metadata.iam_store import (
     NewAuditEntry,
     entry_hash,
 )
+from moorage.services.events import EventBus
+from moorage.services.tokens import TokenService
 
 log = logging.getLogger("moorage.audit")
 
@@ -57,6 +59,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "token:revoke": frozenset(),
     "settings:update": frozenset({"key", "value"}),
     "signing-key:rotate": frozenset({"kid"}),
+    "audit:prune": frozenset({"before", "removed"}),
     # registry events
     "manifest:pushed": frozenset({"tag", "media_type", "size"}),
     "manifest:pulled": frozenset({"tag", "media_type"}),
@@ -189,9 +192,63 @@ def prune(store: IamStore, before: datetime, sign: Callable[[bytes], tuple[str, 
     return store.prune_audit(before.astimezone(UTC), sign)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters of an audit search; newest entries first, `before_id` pages backwards."""
+
+    project: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100
+
+
+class AuditService:
+    """Reading, verifying, exporting and pruning the log (`AuditLog` is what writes it)."""
+
+    def __init__(self, store: IamStore, tokens: TokenService, events: EventBus) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._events = events
+
+    def search(self, query: AuditQuery) -> list[AuditRecord]:
+        return self._store.query_audit(
+            project=query.project,
+            actor=query.actor,
+            action=query.action,
+            since=query.since,
+            until=query.until,
+            before_id=query.before_id,
+            limit=query.limit,
+        )
+
+    def verify(self) -> VerifyResult:
+        return verify_chain(self._store, self._tokens.verify_bytes)
+
+    def export_jsonl(self) -> Iterator[str]:
+        return export_jsonl(self._store)
+
+    def prune(self, actor: Actor, before: datetime) -> int:
+        """Delete entries older than `before` behind a checkpoint signed with the active key."""
+        removed = prune(self._store, before, self._tokens.sign_bytes)
+        self._events.publish(
+            AccessEvent(
+                "audit:prune",
+                actor,
+                resource="audit-log",
+                details={"before": before.astimezone(UTC).isoformat(), "removed": removed},
+            )
+        )
+        return removed
+
+
 __all__ = [
     "AuditLog",
+    "AuditQuery",
     "AuditRecord",
+    "AuditService",
     "VerifyResult",
     "export_jsonl",
     "prune",

@@ -23,8 +23,10 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from moorage.domain.events import AccessEvent, Actor
 from moorage.metadata.iam_models import SigningKey
 from moorage.metadata.iam_store import IamStore
+from moorage.services.events import EventBus
 from moorage.services.identity import Subject
 
 log = logging.getLogger("moorage.tokens")
@@ -123,6 +125,17 @@ class TokenService:
                 raise TokenError("no active signing key")
             self._all_public, self._public, self._private = public, for_tokens, active
             self._loaded_at = time.monotonic()
+
+    def rotate_key(self, events: EventBus, actor: Actor) -> str:
+        """Sign with a new key from now on (every worker picks it up within 30 s)."""
+        kid = rotate_signing_key(self._store)
+        self._load(force=True)
+        events.publish(
+            AccessEvent(
+                "signing-key:rotate", actor, resource=f"signing-key:{kid}", details={"kid": kid}
+            )
+        )
+        return kid
 
     def public_keys(self) -> dict[str, ec.EllipticCurvePublicKey]:
         """Every key the registry ever signed with (for signed records, not tokens)."""
