@@ -34,7 +34,9 @@ class Action(StrEnum):
 class SystemAction(StrEnum):
     PING = "ping"  # the API version check: anyone
     CATALOG = "catalog"  # list repositories: anyone, filtered to what they may pull
-    AUTHENTICATED = "authenticated"  # any signed-in subject (own profile, own tokens)
+    AUTHENTICATED = "authenticated"  # any signed-in subject (own profile)
+    # Own password and tokens: a scoped token must not mint an unscoped one.
+    OWN_CREDENTIALS = "own-credentials"
     CREATE_PROJECT = "create-project"
     ADMIN = "admin"  # users, groups, roles, settings, system robots, the whole audit log
 
@@ -199,6 +201,9 @@ def decide_system(access: SubjectAccess, action: SystemAction) -> bool:
         return True
     if action is SystemAction.AUTHENTICATED:
         return access.authenticated
+    if action is SystemAction.OWN_CREDENTIALS:
+        return access.authenticated and access.limit is None
     if action is SystemAction.CREATE_PROJECT:
         return access.is_admin or access.may_create_projects
-    return access.is_admin
+    # A scoped token narrows its user to repositories: it never carries administration.
+    return access.is_admin and access.limit is None
