@@ -56,10 +56,10 @@ def project_permission(action: Action) -> Permission:
 
 
 PERMISSIONS = web.AppKey("permissions", dict[web.AbstractRoute, Permission])
-CALLER = "moorage.caller"
-ACTOR = "moorage.actor"
-REPOSITORY = "moorage.repository"
-PROJECT = "moorage.project"
+CALLER = web.RequestKey("caller", Caller)
+ACTOR = web.RequestKey("actor", Actor)
+REPOSITORY = web.RequestKey("repository", str)
+PROJECT: web.RequestKey[str | None] = web.RequestKey("project")
 
 _TOKEN_ACTIONS = {Action.PULL: "pull", Action.PUSH: "push", Action.DELETE: "delete"}
 
