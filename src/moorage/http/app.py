@@ -16,7 +16,7 @@ from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.policy import PolicySet
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
-from moorage.http.errors import problem_response, render_denied
+from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
 from moorage.http.state import IAM, SERVICES, IamServices, Services
@@ -24,7 +24,7 @@ from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
 from moorage.metadata.store import MetadataStore
-from moorage.services.audit import AuditLog
+from moorage.services.audit import AuditLog, AuditService
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityError, IdentityPolicy, IdentityService
 from moorage.services.projects import ProjectService
@@ -54,6 +54,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except AccessDenied as denied:
         return render_denied(request, denied)
+    except ApiProblem as problem:
+        return problem_response(problem.status, problem.detail, errors=problem.errors)
     except RegistryError as error:
         if _is_api(request):
             return problem_response(
@@ -64,7 +66,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem_response(error.status, str(error))
     except web.HTTPException as exc:
         if _is_api(request):
-            return problem_response(exc.status, exc.reason)
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return problem_response(exc.status, exc.reason, headers=allow)
         mapped = _ROUTER_ERRORS.get(exc.status)
         if mapped is not None:
             return error_response(mapped)
@@ -145,6 +148,7 @@ def build_app(
         ),
         threads=threads,
         events=events,
+        audit=AuditService(iam_store, tokens, events),
         v2_basic_auth=settings.v2_basic_auth,
         public_url=settings.public_url,
     )

@@ -14,8 +14,25 @@ from moorage.http.responses import error_response
 PROBLEM_JSON = "application/problem+json"
 
 
+class ApiProblem(Exception):
+    """A management API request that cannot be served; `errors` names the offending fields."""
+
+    def __init__(
+        self, status: int, detail: str, errors: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+
+
 def problem_response(
-    status: int, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    detail: str,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> web.Response:
     try:
         title = HTTPStatus(status).phrase
@@ -29,6 +46,8 @@ def problem_response(
     }
     if code is not None:
         body["code"] = code
+    if errors is not None:
+        body["errors"] = errors
     return web.Response(
         status=status,
         body=json.dumps(body).encode(),

@@ -6,7 +6,9 @@ fails for any route that is missing here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -22,6 +24,7 @@ from moorage.http.access import (
     PUSH,
     Permission,
 )
+from moorage.http.api import API_ROUTES
 
 # Repository names are matched loosely here and validated against the spec's grammar by the
 # access middleware, so that a bad name gets NAME_INVALID instead of a bare 404.
@@ -29,6 +32,19 @@ NAME = r"{name:.+}"
 DIGEST = r"{digest:[^/]+}"
 REFERENCE = r"{reference:[^/]+}"
 UPLOAD = r"{upload_id:[A-Za-z0-9_-]+}"
+
+
+class RouteDeclaration(Protocol):
+    """What the route table needs of an entry; `Route` and the API's `ApiRoute` both are one."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def handler(self) -> Handler: ...
+    @property
+    def permission(self) -> Permission: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +84,9 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def install_routes(app: web.Application, routes: tuple[Route, ...] = ROUTES) -> None:
+def install_routes(
+    app: web.Application, routes: Iterable[RouteDeclaration] = (*ROUTES, *API_ROUTES)
+) -> None:
     permissions: dict[web.AbstractRoute, Permission] = {}
     for route in routes:
         registered = app.router.add_route(route.method, route.path, route.handler)

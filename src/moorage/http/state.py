@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from moorage.http.authn import Authenticator
+from moorage.services.audit import AuditService
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
 from moorage.services.projects import ProjectService
@@ -31,6 +32,7 @@ class IamServices:
     authenticator: Authenticator
     threads: Threads
     events: EventBus
+    audit: AuditService
     v2_basic_auth: bool
     public_url: str | None
 

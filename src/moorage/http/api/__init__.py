@@ -1,0 +1,30 @@
+"""The management REST API under /api/v1: one module per resource, declared in `API_ROUTES`."""
+
+from __future__ import annotations
+
+from moorage.http.api import (
+    audit,
+    grants,
+    groups,
+    members,
+    projects,
+    robots,
+    roles,
+    settings,
+    users,
+)
+from moorage.http.api.framework import ApiRoute
+from moorage.http.api.openapi import document_route
+
+RESOURCE_ROUTES: tuple[ApiRoute, ...] = (
+    *users.ROUTES,
+    *groups.ROUTES,
+    *projects.ROUTES,
+    *members.ROUTES,
+    *grants.ROUTES,
+    *robots.ROUTES,
+    *roles.ROUTES,
+    *settings.ROUTES,
+    *audit.ROUTES,
+)
+API_ROUTES: tuple[ApiRoute, ...] = (*RESOURCE_ROUTES, document_route(RESOURCE_ROUTES))
