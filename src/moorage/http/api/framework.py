@@ -108,27 +108,24 @@ class Call:
 
     @property
     def actor(self) -> Actor:
-        actor: Actor = self.request[ACTOR]
-        return actor
+        return self.request[ACTOR]
 
     @property
     def subject(self) -> Subject:
-        subject: Subject = self.request[CALLER].subject
-        return subject
+        return self.request[CALLER].subject
 
     @property
     def project(self) -> str:
         """The project the access middleware authorized this request for."""
-        project = self.request.get(PROJECT)
-        if not isinstance(project, str):
+        project = self.request[PROJECT]
+        if project is None:
             raise TypeError("this route is not scoped to a project")
         return project
 
     @property
     def queried_project(self) -> str | None:
         """`?project=` as the access middleware read it (None: the whole registry)."""
-        project: str | None = self.request.get(PROJECT)
-        return project
+        return self.request.get(PROJECT)
 
     def param(self, name: str) -> str:
         return self.request.match_info[name]
