@@ -519,6 +519,9 @@ class IdentityService:
         disabled: bool | None = None,
     ) -> None:
         user = self._user(username)
+        if _is_self(actor, username) and (disabled or is_admin is False):
+            # Nobody locks themselves out; another administrator has to do it.
+            raise IdentityError("you cannot disable your own account or drop your own admin", 409)
         changes: dict[str, Any] = {}
         if email is not None:
             changes["email"] = email
@@ -535,8 +538,11 @@ class IdentityService:
     def change_password(
         self, actor: Actor, username: str, new_password: str, current_password: str | None
     ) -> None:
-        """Users change their own password with the current one; admins reset anyone's."""
+        """Users change their own password with the current one; admins reset anyone else's."""
         user = self._user(username)
+        if current_password is None and _is_self(actor, username):
+            # A stolen session must not be enough to take the account over for good.
+            raise IdentityError("change your own password with your current password", 409)
         if current_password is not None:
             try:
                 _HASHER.verify(user.password_hash, current_password)
@@ -787,6 +793,10 @@ class IdentityService:
         if user is None or user.disabled:
             raise AuthenticationError("invalid refresh token")
         return Subject("user", user.id, user.username, user.is_admin, credential="refresh-token")
+
+
+def _is_self(actor: Actor, username: str) -> bool:
+    return actor.kind == "user" and actor.name == username
 
 
 def _expired(moment: datetime | None) -> bool:
