@@ -28,8 +28,11 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 ProjectName = Annotated[str, Field(pattern=PROJECT_PATTERN, max_length=255)]
 Text = Annotated[str, Field(pattern=PRINTABLE_PATTERN, max_length=255)]
 Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)]
-# Long enough for any passphrase, short enough that hashing it costs nothing extra.
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
+# Long enough for any passphrase, short enough that hashing it costs nothing extra. The document
+# states the configured minimum length for every `password` field (the service enforces it).
+Password = Annotated[
+    str, Field(min_length=1, max_length=1024, json_schema_extra={"format": "password"})
+]
 ExpiryDays = Annotated[int, Field(ge=1, le=3650)]
 Actions = Annotated[list[Action], Field(min_length=1, max_length=len(Action))]
 
@@ -59,8 +62,8 @@ class PageQuery(QueryModel):
 class AccessRule(RequestModel):
     """Actions on repositories matching a glob inside a project (`*`: every project)."""
 
-    project: Annotated[str, Field(pattern=PROJECT_OR_ALL_PATTERN, max_length=255)] | None = Field(
-        None, description="defaults to the robot's own project"
+    project: Annotated[str, Field(pattern=PROJECT_OR_ALL_PATTERN, max_length=255)] = Field(
+        description="a project robot's rules name its own project"
     )
     repositories: Annotated[str, Field(pattern=GLOB_PATTERN, max_length=MAX_PATTERN_LENGTH)] = "**"
     actions: Actions
@@ -73,17 +76,15 @@ class AccessRuleView(ApiModel):
 
 
 def rules_for_service(rules: Sequence[AccessRule]) -> list[dict[str, Any]]:
-    """The allow-list in the services' shape; a missing project is left for them to fill in."""
-    converted: list[dict[str, Any]] = []
-    for rule in rules:
-        item: dict[str, Any] = {
+    """The allow-list in the services' shape (they validate it again)."""
+    return [
+        {
+            "project": rule.project,
             "repositories": rule.repositories,
             "actions": [action.value for action in rule.actions],
         }
-        if rule.project is not None:
-            item["project"] = rule.project
-        converted.append(item)
-    return converted
+        for rule in rules
+    ]
 
 
 def rule_views(rules: Sequence[Mapping[str, Any]] | None) -> list[AccessRuleView] | None:

@@ -66,8 +66,9 @@ class OpenApiDocument(ApiModel):
     openapi: str
 
 
-def build_document(routes: Sequence[ApiRoute]) -> dict[str, Any]:
+def build_document(routes: Sequence[ApiRoute], min_password_length: int) -> dict[str, Any]:
     refs, components = _component_schemas(routes)
+    _require_password_length(components, min_password_length)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
     for route in routes:
@@ -88,6 +89,18 @@ def build_document(routes: Sequence[ApiRoute]) -> dict[str, Any]:
         "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
         "security": [{"basicAuth": []}, {"bearerAuth": []}],
     }
+
+
+def _require_password_length(schema: object, length: int) -> None:
+    """Every `format: password` field takes the configured minimum length."""
+    if isinstance(schema, dict):
+        if schema.get("format") == "password":
+            schema["minLength"] = length
+        for value in schema.values():
+            _require_password_length(value, length)
+    elif isinstance(schema, list):
+        for value in schema:
+            _require_password_length(value, length)
 
 
 def openapi_path(path: str) -> str:
@@ -222,11 +235,11 @@ def document_route(routes: Sequence[ApiRoute]) -> ApiRoute:
     """The route serving the document of `routes` and of itself (built once, on first use)."""
 
     @functools.cache
-    def document() -> OpenApiDocument:
-        return OpenApiDocument.model_validate(build_document((*routes, route)))
+    def document(min_password_length: int) -> OpenApiDocument:
+        return OpenApiDocument.model_validate(build_document((*routes, route), min_password_length))
 
     async def get_openapi_document(call: Call) -> OpenApiDocument:
-        return await call.run(document)
+        return await call.run(document, call.iam.identity.policy.min_password_length)
 
     route = ApiRoute(
         "GET",
