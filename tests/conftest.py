@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.api import api_client
 from tests.support.auth import RegistryAuth
 from tests.support.server import RegistryProcess
 
@@ -49,3 +50,18 @@ def repo(request: pytest.FixtureRequest) -> str:
     base = request.node.name.lower().replace("[", "-").replace("]", "")
     cleaned = "".join(c if c.isalnum() else "-" for c in base).strip("-")[:60].strip("-")
     return f"t/{cleaned or 'repo'}-{next(_names)}"
+
+
+@pytest.fixture(scope="session")
+def api_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """A server for the management API tests; their refused sign-ins back off only here."""
+    server = RegistryProcess(tmp_path_factory.mktemp("api") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def admin_api(api_registry: RegistryProcess) -> Iterator[httpx.Client]:
+    """The management API (/api/v1) as the administrator, with Basic authentication."""
+    with api_client(api_registry) as http:
+        yield http
