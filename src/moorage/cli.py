@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,26 +9,8 @@ from typing import Any
 import click
 
 from moorage import __version__
-from moorage.config import ConfigError, Settings, load_settings
-
-
-def _settings(config: Path | None, **flags: Any) -> Settings:
-    if config is None and os.environ.get("MOORAGE_CONFIG"):
-        config = Path(os.environ["MOORAGE_CONFIG"])
-    try:
-        return load_settings(config, flags)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
-
-
-config_option = click.option(
-    "--config",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    help="TOML settings file (also MOORAGE_CONFIG).",
-)
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Data directory."
-)
+from moorage.commands import COMMAND_GROUPS
+from moorage.commands.common import config_option, data_dir_option, load_cli_settings
 
 
 @click.group()
@@ -49,7 +30,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     from moorage.server import configure_logging
     from moorage.server import serve as run
 
-    settings = _settings(config, **flags)
+    settings = load_cli_settings(config, **flags)
     configure_logging(settings.log_level)
     sys.exit(run(settings))
 
@@ -61,7 +42,7 @@ def migrate(config: Path | None, **flags: Any) -> None:
     """Create or upgrade the metadata schema, then exit."""
     from moorage.server import prepare_data
 
-    prepare_data(_settings(config, **flags))
+    prepare_data(load_cli_settings(config, **flags))
     click.echo("schema is up to date")
 
 
@@ -72,8 +53,12 @@ def fsck(config: Path | None, **flags: Any) -> None:
     """Check that every manifest's blobs are recorded and present in storage."""
     from moorage.integrity import check
 
-    problems = check(_settings(config, **flags))
+    problems = check(load_cli_settings(config, **flags))
     for problem in problems:
         click.echo(problem)
     click.echo(f"{len(problems)} problem(s) found")
     sys.exit(1 if problems else 0)
+
+
+for _group in COMMAND_GROUPS:
+    main.add_command(_group)

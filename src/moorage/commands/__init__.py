@@ -1,0 +1,20 @@
+"""Management commands of the `moorage` CLI: they call the services directly, not the HTTP API."""
+
+from __future__ import annotations
+
+import click
+
+from moorage.commands.accounts import group, token, user
+from moorage.commands.audit import audit, keys
+from moorage.commands.projects import member, project, robot
+
+COMMAND_GROUPS: tuple[click.Group, ...] = (
+    user,
+    group,
+    token,
+    project,
+    member,
+    robot,
+    audit,
+    keys,
+)

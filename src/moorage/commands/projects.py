@@ -1,0 +1,215 @@
+"""`moorage project`, `moorage member` and `moorage robot`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import click
+
+from moorage.commands.common import (
+    cli_actor,
+    parse_rules,
+    services,
+    show_secret,
+    table,
+    with_settings,
+)
+from moorage.config import Settings
+from moorage.services.identity import robot_full_name
+
+_PAGE = 500
+kind_option = click.option("--group", "is_group", is_flag=True, help="NAME is a group, not a user.")
+project_option = click.option(
+    "--project", help="The robot's project (leave out for a system robot)."
+)
+
+
+@click.group()
+def project() -> None:
+    """Projects."""
+
+
+@project.command("create")
+@click.argument("name")
+@click.option("--public", is_flag=True, help="Anyone may pull, even without signing in.")
+@click.option("--owner", help="A user to make project-admin.")
+@with_settings
+def create_project(settings: Settings, name: str, public: bool, owner: str | None) -> None:
+    """Create a project."""
+    with services(settings) as s:
+        owner_id = s.identity.user(owner).id if owner else None
+        s.projects.create(cli_actor(), name, public, owner_id)
+    click.echo(f"created project {name}")
+
+
+@project.command("list")
+@with_settings
+def list_projects(settings: Settings) -> None:
+    """Projects as NAME, public|private, CREATED BY."""
+    with services(settings) as s:
+        after: str | None = None
+        while page := s.projects.list_projects(None, after, _PAGE):
+            table([(p.name, "public" if p.public else "private", p.created_by) for p in page])
+            after = page[-1].name
+
+
+@project.command("set-public")
+@click.argument("name")
+@click.argument("public", type=click.BOOL)
+@with_settings
+def set_public(settings: Settings, name: str, public: bool) -> None:
+    """Make a project public (true) or private (false)."""
+    with services(settings) as s:
+        s.projects.update(cli_actor(), name, public)
+    click.echo(f"{name} is now {'public' if public else 'private'}")
+
+
+@project.command("delete")
+@click.argument("name")
+@click.confirmation_option(prompt="Delete this project with its members, grants and robots?")
+@with_settings
+def delete_project(settings: Settings, name: str) -> None:
+    """Delete a project's members, grants and robots (its repositories stay in storage)."""
+    with services(settings) as s:
+        s.projects.delete(cli_actor(), name)
+    click.echo(f"deleted project {name}")
+
+
+@click.group()
+def member() -> None:
+    """Project members and their roles."""
+
+
+@member.command("set")
+@click.argument("project_name", metavar="PROJECT")
+@click.argument("name")
+@click.argument("role")
+@kind_option
+@with_settings
+def set_member(settings: Settings, project_name: str, name: str, role: str, is_group: bool) -> None:
+    """Give a user (or --group) a role in a project."""
+    kind = "group" if is_group else "user"
+    with services(settings) as s:
+        s.projects.set_member(cli_actor(), project_name, kind, name, role)
+    click.echo(f"{kind} {name} is {role} in {project_name}")
+
+
+@member.command("remove")
+@click.argument("project_name", metavar="PROJECT")
+@click.argument("name")
+@kind_option
+@with_settings
+def remove_member(settings: Settings, project_name: str, name: str, is_group: bool) -> None:
+    """Take a user's (or --group's) role in a project away."""
+    kind = "group" if is_group else "user"
+    with services(settings) as s:
+        s.projects.remove_member(cli_actor(), project_name, kind, name)
+    click.echo(f"removed {kind} {name} from {project_name}")
+
+
+@member.command("list")
+@click.argument("project_name", metavar="PROJECT")
+@with_settings
+def list_members(settings: Settings, project_name: str) -> None:
+    """Members as KIND, NAME, ROLE."""
+    with services(settings) as s:
+        table(list(s.projects.members(project_name)))
+
+
+@click.group()
+def robot() -> None:
+    """Robot accounts (project robots, or system robots without --project)."""
+
+
+@robot.command("create")
+@click.argument("name")
+@project_option
+@click.option(
+    "--allow",
+    "rules",
+    multiple=True,
+    required=True,
+    metavar="PROJECT:PATTERN:ACTIONS",
+    help="What it may do, e.g. team:app/**:pull,push (PATTERN:ACTIONS with --project).",
+)
+@click.option("--description", help="What the robot is for.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), help="Expire after N days.")
+@with_settings
+def create_robot(
+    settings: Settings,
+    name: str,
+    project: str | None,
+    rules: tuple[str, ...],
+    description: str | None,
+    expires_days: int | None,
+) -> None:
+    """Create a robot and print its secret (once)."""
+    permissions = parse_rules(rules, default_project=project)
+    with services(settings) as s:
+        issued = s.identity.create_robot(
+            cli_actor(), name, permissions, project, expires_days, description
+        )
+    show_secret(f"created {issued.name}", issued.secret)
+
+
+@robot.command("list")
+@project_option
+@with_settings
+def list_robots(settings: Settings, project: str | None) -> None:
+    """Robots as NAME, enabled|disabled, EXPIRES, LAST USED, PERMISSIONS."""
+    with services(settings) as s:
+        rows = s.identity.robots(project)
+    table(
+        [
+            (
+                row.name,
+                "disabled" if row.disabled else "enabled",
+                row.expires_at,
+                row.last_used_at,
+                " ".join(_rule_text(rule) for rule in row.permissions),
+            )
+            for row in rows
+        ]
+    )
+
+
+def _rule_text(rule: Mapping[str, object]) -> str:
+    actions = rule["actions"]
+    listed = ",".join(map(str, actions)) if isinstance(actions, list) else str(actions)
+    return f"{rule['project']}:{rule['repositories']}:{listed}"
+
+
+@robot.command("rotate")
+@click.argument("name")
+@project_option
+@with_settings
+def rotate_robot(settings: Settings, name: str, project: str | None) -> None:
+    """Give a robot a new secret and print it (once); the old one stops working."""
+    with services(settings) as s:
+        issued = s.identity.rotate_robot(cli_actor(), robot_full_name(name, project), project)
+    show_secret(f"rotated {issued.name}", issued.secret)
+
+
+@robot.command("disable")
+@click.argument("name")
+@project_option
+@click.option("--enable", is_flag=True, help="Enable it again instead.")
+@with_settings
+def disable_robot(settings: Settings, name: str, project: str | None, enable: bool) -> None:
+    """Disable a robot (or --enable it again)."""
+    full_name = robot_full_name(name, project)
+    with services(settings) as s:
+        s.identity.update_robot(cli_actor(), full_name, project, disabled=not enable)
+    click.echo(f"{full_name} is {'enabled' if enable else 'disabled'}")
+
+
+@robot.command("delete")
+@click.argument("name")
+@project_option
+@with_settings
+def delete_robot(settings: Settings, name: str, project: str | None) -> None:
+    """Delete a robot."""
+    full_name = robot_full_name(name, project)
+    with services(settings) as s:
+        s.identity.delete_robot(cli_actor(), full_name, project)
+    click.echo(f"deleted {full_name}")

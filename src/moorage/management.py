@@ -1,0 +1,60 @@
+"""The service layer for one-shot management commands (the CLI), without HTTP.
+
+Built the way the server builds it, on the same database, except that audit entries are written
+at once instead of in batches: a command may exit right after its change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from moorage.config import Settings
+from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.iam_store import IamStore
+from moorage.services.audit import AuditLog, AuditService
+from moorage.services.events import EventBus
+from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.projects import ProjectService
+from moorage.services.tokens import TokenService, ensure_signing_key
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementServices:
+    identity: IdentityService
+    projects: ProjectService
+    tokens: TokenService
+    audit: AuditService
+    events: EventBus
+
+
+@contextmanager
+def management_services(settings: Settings) -> Iterator[ManagementServices]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(
+        settings.resolved_database_url,
+        pool_size=1,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
+    try:
+        migrate(engine)
+        store = IamStore(engine)
+        ensure_signing_key(store)
+        events = EventBus()
+        events.subscribe(AuditLog(store, immediate=True))
+        identity = IdentityService(
+            store, events, IdentityPolicy(min_password_length=settings.min_password_length)
+        )
+        tokens = TokenService(
+            store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
+        )
+        yield ManagementServices(
+            identity=identity,
+            projects=ProjectService(store, identity, events),
+            tokens=tokens,
+            audit=AuditService(store, tokens, events),
+            events=events,
+        )
+    finally:
+        engine.dispose()
