@@ -192,7 +192,7 @@ async def create_own_token(call: Call) -> IssuedToken:
     )
     rows = await call.run(identity.tokens, me.username)
     row = next(row for row in rows if row.name == issued.name)
-    return IssuedToken(**token_view(row).model_dump(), token=issued.secret)
+    return IssuedToken.model_validate({**token_view(row).model_dump(), "token": issued.secret})
 
 
 async def revoke_own_token(call: Call) -> None:
