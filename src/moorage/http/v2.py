@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from moorage.services.uploads import range_header
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
+T = TypeVar("T")
+
 
 # -- base and discovery
 
@@ -32,9 +35,9 @@ async def api_version(request: web.Request) -> web.Response:
 async def catalog(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     limit, last = _page(request, services.max_page_size)
-    names = await services.registry.list_repositories(last, limit) if limit else []
+    names, more = _one_page(await services.registry.list_repositories(last, limit + 1), limit)
     headers = {}
-    if limit and len(names) == limit:
+    if more and names:
         headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": names[-1]})
     return json_response({"repositories": names}, headers=headers)
 
@@ -43,12 +46,10 @@ async def list_tags(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name = request[REPOSITORY]
     limit, last = _page(request, services.max_page_size)
-    tags = await services.registry.list_tags(name, last, limit) if limit else []
-    if not limit:
-        # n=0 still answers for the repository: it must exist.
-        await services.registry.list_tags(name, None, 1)
+    # Also with n=0 the query runs: the repository must exist.
+    tags, more = _one_page(await services.registry.list_tags(name, last, limit + 1), limit)
     headers = {}
-    if limit and len(tags) == limit:
+    if more and tags:
         headers["Link"] = _next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": tags[-1]})
     return json_response({"name": name, "tags": tags}, headers=headers)
 
@@ -59,9 +60,11 @@ async def referrers(request: web.Request) -> web.Response:
     subject = Digest.parse(request.match_info["digest"])
     limit, last = _page(request, services.max_page_size, default_all=True)
     artifact_type = request.query.get("artifactType") or None
-    records = await services.registry.referrers(name, subject, artifact_type, last, limit)
+    records, more = _one_page(
+        await services.registry.referrers(name, subject, artifact_type, last, limit + 1), limit
+    )
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
-    if limit and len(records) == limit:
+    if more and records:
         query = {"n": str(limit), "last": records[-1].digest}
         if artifact_type:
             query["artifactType"] = artifact_type
@@ -278,7 +281,8 @@ def _page(
     if raw is None or raw == "":
         limit = max_page
     else:
-        if not raw.isdigit() or len(raw) > 9:
+        # isascii: str.isdigit() also admits digits such as '²' that int() rejects.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400
             )
@@ -287,6 +291,11 @@ def _page(
     if last is not None and len(last) > 512:
         raise RegistryError(ErrorCode.UNSUPPORTED, "last is too long", status=400)
     return limit, last
+
+
+def _one_page(items: list[T], limit: int) -> tuple[list[T], bool]:
+    """A listing asks for one item past the page: (the page, whether another page follows)."""
+    return items[:limit], len(items) > limit
 
 
 def _next_link(path: str, query: dict[str, str]) -> str:
