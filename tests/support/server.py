@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -59,7 +61,9 @@ class RegistryProcess:
         ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
         environment.update(self.env)
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -90,18 +94,17 @@ class RegistryProcess:
         if self.process is None:
             return
         try:
-            import psutil
-
             children = psutil.Process(self.process.pid).children(recursive=True)
-        except Exception:
+        except psutil.NoSuchProcess:
             children = []
         self.process.kill()
         for child in children:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-            except Exception:
-                pass
         self.process.wait(10)
+        # Orphaned workers must be gone before a restart binds the port again, or the kernel
+        # could still hand connections to their listening sockets.
+        psutil.wait_procs(children, timeout=10)
         self.process = None
 
     def restart(self) -> RegistryProcess:
