@@ -25,12 +25,14 @@ from moorage.http.access import (
 )
 from moorage.http.app import build_app
 from moorage.http.routes import ROUTES
+from moorage.server import prepare_data
 
 DIGEST = "sha256:" + "0" * 64
 
 
 def make_app(data_dir: Path, **kwargs: Any) -> web.Application:
     settings = load_settings(flags={"data_dir": data_dir}, environ={})
+    prepare_data(settings)  # what `moorage serve` does before it builds the application
     return build_app(settings, run_jobs=False, **kwargs)
 
 

@@ -24,7 +24,7 @@ from moorage.metadata.store import MetadataStore
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
-from moorage.services.uploads import UploadLimits, UploadService
+from moorage.services.uploads import UploadIds, UploadLimits, UploadService
 from moorage.storage.filesystem import FilesystemStorage
 
 log = logging.getLogger("moorage.http")
@@ -102,6 +102,7 @@ def build_app(
         threads,
         events,
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
+        UploadIds(lambda: metadata.server_secret("upload-session-ids")),
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size)
     app[AUTHORIZER] = authorizer or OpenAccess()
@@ -109,6 +110,7 @@ def build_app(
     app.on_response_prepare.append(_add_api_version)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await threads.run(uploads.ids.load)
         purge = None
         if run_jobs:
             purge = asyncio.create_task(

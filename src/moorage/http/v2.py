@@ -184,7 +184,7 @@ async def _may_mount_from(request: web.Request, source: str) -> bool:
 async def upload_status(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
-    size = await services.uploads.status(name, upload_id)
+    size = await services.uploads.status(name, upload_id, request[ACTOR])
     return web.Response(status=204, headers=_upload_headers(name, upload_id, size))
 
 
@@ -192,7 +192,12 @@ async def patch_upload(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
     size = await services.uploads.append(
-        name, upload_id, _content_range(request), request.content_length, _body(request)
+        name,
+        upload_id,
+        _content_range(request),
+        request.content_length,
+        _body(request),
+        request[ACTOR],
     )
     return web.Response(status=202, headers=_upload_headers(name, upload_id, size))
 
