@@ -10,6 +10,9 @@ from moorage.storage.filesystem import FilesystemStorage
 
 
 def check(settings: Settings) -> list[str]:
+    if settings.database_url is None and not (settings.data_dir / "moorage.db").is_file():
+        # A mistyped --data-dir must not be "repaired" into a fresh, empty and clean registry.
+        return [f"{settings.data_dir} holds no registry database (moorage.db)"]
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     migrate(engine)
     store = MetadataStore(engine)

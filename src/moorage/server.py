@@ -19,6 +19,7 @@ import sys
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
 from moorage.http.app import build_app
@@ -91,8 +92,50 @@ def bind_sockets(settings: Settings, count: int) -> list[socket.socket]:
     return sockets
 
 
-async def _serve(settings: Settings, sock: socket.socket, index: int) -> None:
+class _InFlight:
+    """Counts requests inside their handler, so a stop can wait for them to finish reading.
+
+    aiohttp's own graceful shutdown marks every connection closing first, and from then on it
+    drops incoming bytes: a request still receiving its body (a streaming PATCH) would starve
+    until the shutdown timeout and then be cut off. Waiting here, before aiohttp's shutdown
+    starts, lets such requests complete.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self._count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self._count -= 1
+            if not self._count:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+async def _stop_when_orphaned(supervisor: int, stop: asyncio.Event) -> None:
+    # A supervisor killed with SIGKILL cannot forward SIGTERM; without this its workers would
+    # keep serving unsupervised, next to whatever is started in its place.
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - a parent's death sets no event
+        await asyncio.sleep(1)
+    log.warning("supervisor %d is gone", supervisor)
+    stop.set()
+
+
+async def _serve(
+    settings: Settings, sock: socket.socket, index: int, supervisor: int | None
+) -> None:
     app = build_app(settings, run_jobs=index == 0)
+    in_flight = _InFlight()
+    app.middlewares.insert(0, in_flight.middleware)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -106,13 +149,24 @@ async def _serve(settings: Settings, sock: socket.socket, index: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    watchdog = None
+    if supervisor is not None:
+        watchdog = asyncio.create_task(_stop_when_orphaned(supervisor, stop))
     await stop.wait()
+    if watchdog is not None:
+        watchdog.cancel()
     log.info("worker %d stopping: finishing in-flight requests", index)
+    await site.stop()  # new connections are refused from here on
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(settings.shutdown_timeout_seconds):
+            await in_flight.idle()
     await runner.cleanup()
 
 
-def run_worker(settings: Settings, sock: socket.socket, index: int) -> None:
-    asyncio.run(_serve(settings, sock, index))
+def run_worker(
+    settings: Settings, sock: socket.socket, index: int, supervisor: int | None = None
+) -> None:
+    asyncio.run(_serve(settings, sock, index, supervisor))
 
 
 def serve(settings: Settings) -> int:
@@ -136,6 +190,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
     watched = _STOP_SIGNALS | {signal.SIGCHLD}
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     children: dict[int, int] = {}  # pid -> worker index
+    supervisor = os.getpid()
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -146,7 +201,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
                     sock.close()
             code = 0
             try:
-                run_worker(settings, sockets[index], index)
+                run_worker(settings, sockets[index], index, supervisor)
             except BaseException:
                 log.exception("worker %d crashed", index)
                 code = 1
@@ -165,6 +220,10 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
             stopping = True
             for pid in children:
                 _kill(pid, signal.SIGTERM)
+            # Our copies kept the listening sockets open (to respawn workers on them): close
+            # them, or the kernel keeps queueing connections nobody will ever accept.
+            for sock in sockets:
+                sock.close()
             continue
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)

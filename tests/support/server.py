@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.support.auth import ADMIN_PASSWORD
 
@@ -105,16 +106,17 @@ class RegistryProcess:
         if self.process is None:
             return
         try:
-            import psutil
-
             children = psutil.Process(self.process.pid).children(recursive=True)
-        except Exception:
+        except psutil.NoSuchProcess:
             children = []
         self.process.kill()
         for child in children:
-            with contextlib.suppress(Exception):  # it may have exited already
+            with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         self.process.wait(10)
+        # Orphaned workers must be gone before a restart binds the port again, or the kernel
+        # could still hand connections to their listening sockets.
+        psutil.wait_procs(children, timeout=10)
         self.process = None
 
     def restart(self) -> RegistryProcess:

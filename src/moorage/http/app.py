@@ -31,7 +31,7 @@ from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
-from moorage.services.uploads import UploadLimits, UploadService
+from moorage.services.uploads import UploadIds, UploadLimits, UploadService
 from moorage.storage.filesystem import FilesystemStorage
 
 log = logging.getLogger("moorage.http")
@@ -137,6 +137,7 @@ def build_app(
         threads,
         events,
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
+        UploadIds(lambda: metadata.server_secret("upload-session-ids")),
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size)
     app[IAM] = IamServices(
@@ -156,6 +157,7 @@ def build_app(
     app.on_response_prepare.append(_add_headers)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await threads.run(uploads.ids.load)
         tasks = [asyncio.create_task(audit.run(threads.run))]
         if run_jobs:
             tasks.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -16,11 +17,13 @@ from moorage.domain.negotiation import parse_accept
 from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, parse_range
 from moorage.http.access import ACTOR, CALLER, PULL, REPOSITORY, may
 from moorage.http.responses import BlobResponse, json_response
-from moorage.http.state import IAM, SERVICES
+from moorage.http.state import IAM, SERVICES, Services
 from moorage.services.registry import manifest_too_large, referrers_index
 from moorage.services.uploads import range_header
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+T = TypeVar("T")
 
 
 # -- base and discovery
@@ -39,33 +42,44 @@ async def catalog(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     limit, last = _page(request, services.max_page_size)
     visible = await _pull_filter(request)
-    names: list[str] = []
-    cursor, scanned, exhausted = last, 0, False
-    batch = limit if visible is None else services.max_page_size
-    while limit and len(names) < limit and scanned < _CATALOG_SCAN_LIMIT:
-        page = await services.registry.list_repositories(cursor, batch)
-        scanned += len(page)
-        for name in page:
-            cursor = name
-            if visible is None or visible(name):
-                names.append(name)
-                if len(names) == limit:
-                    break
-        # A short page read to its end means there is nothing after it.
-        if len(page) < batch and (not page or cursor == page[-1]):
-            exhausted = True
-            break
+    if visible is None:
+        page = await services.registry.list_repositories(last, limit + 1) if limit else []
+        names, more = _one_page(page, limit)
+        cursor = names[-1] if names else None
+    else:
+        names, more, cursor = await _visible_page(services, visible, last, limit)
     headers = {}
-    if limit and cursor and not exhausted:
+    if more and cursor:
         headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": cursor})
     return json_response({"repositories": names}, headers=headers)
+
+
+async def _visible_page(
+    services: Services, visible: Callable[[str], bool], last: str | None, limit: int
+) -> tuple[list[str], bool, str | None]:
+    """One page of the repositories `visible` admits: (names, more follow, cursor for next)."""
+    names: list[str] = []
+    cursor, scanned = last, 0
+    while limit and scanned < _CATALOG_SCAN_LIMIT:
+        batch = await services.registry.list_repositories(cursor, services.max_page_size)
+        for name in batch:
+            if visible(name):
+                if len(names) == limit:
+                    return names, True, names[-1]
+                names.append(name)
+            cursor = name
+        scanned += len(batch)
+        if len(batch) < services.max_page_size:
+            return names, False, cursor
+    # The scan limit cut this page short: the client continues from where it stopped.
+    return names, bool(limit), cursor
 
 
 async def _pull_filter(request: web.Request) -> Callable[[str], bool] | None:
     iam = request.app[IAM]
     subject = request[CALLER].subject
     access = await iam.threads.run(iam.identity.access_of, subject)
-    if access.is_admin:
+    if access.is_admin and access.limit is None:
         return None
     public = await iam.threads.run(iam.identity.public_projects)
     return lambda name: decide(access, Action.PULL, project_of(name), name, public)
@@ -75,12 +89,10 @@ async def list_tags(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name = request[REPOSITORY]
     limit, last = _page(request, services.max_page_size)
-    tags = await services.registry.list_tags(name, last, limit) if limit else []
-    if not limit:
-        # n=0 still answers for the repository: it must exist.
-        await services.registry.list_tags(name, None, 1)
+    # Also with n=0 the query runs: the repository must exist.
+    tags, more = _one_page(await services.registry.list_tags(name, last, limit + 1), limit)
     headers = {}
-    if limit and len(tags) == limit:
+    if more and tags:
         headers["Link"] = _next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": tags[-1]})
     return json_response({"name": name, "tags": tags}, headers=headers)
 
@@ -91,9 +103,11 @@ async def referrers(request: web.Request) -> web.Response:
     subject = Digest.parse(request.match_info["digest"])
     limit, last = _page(request, services.max_page_size, default_all=True)
     artifact_type = request.query.get("artifactType") or None
-    records = await services.registry.referrers(name, subject, artifact_type, last, limit)
+    records, more = _one_page(
+        await services.registry.referrers(name, subject, artifact_type, last, limit + 1), limit
+    )
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
-    if limit and len(records) == limit:
+    if more and records:
         query = {"n": str(limit), "last": records[-1].digest}
         if artifact_type:
             query["artifactType"] = artifact_type
@@ -213,7 +227,7 @@ async def _may_mount_from(request: web.Request, source: str) -> bool:
 async def upload_status(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
-    size = await services.uploads.status(name, upload_id)
+    size = await services.uploads.status(name, upload_id, request[ACTOR])
     return web.Response(status=204, headers=_upload_headers(name, upload_id, size))
 
 
@@ -221,7 +235,12 @@ async def patch_upload(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name, upload_id = request[REPOSITORY], request.match_info["upload_id"]
     size = await services.uploads.append(
-        name, upload_id, _content_range(request), request.content_length, _body(request)
+        name,
+        upload_id,
+        _content_range(request),
+        request.content_length,
+        _body(request),
+        request[ACTOR],
     )
     return web.Response(status=202, headers=_upload_headers(name, upload_id, size))
 
@@ -310,7 +329,8 @@ def _page(
     if raw is None or raw == "":
         limit = max_page
     else:
-        if not raw.isdigit() or len(raw) > 9:
+        # isascii: str.isdigit() also admits digits such as '²' that int() rejects.
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise RegistryError(
                 ErrorCode.UNSUPPORTED, "n must be a non-negative integer", status=400
             )
@@ -319,6 +339,11 @@ def _page(
     if last is not None and len(last) > 512:
         raise RegistryError(ErrorCode.UNSUPPORTED, "last is too long", status=400)
     return limit, last
+
+
+def _one_page(items: list[T], limit: int) -> tuple[list[T], bool]:
+    """A listing asks for one item past the page: (the page, whether another page follows)."""
+    return items[:limit], len(items) > limit
 
 
 def _next_link(path: str, query: dict[str, str]) -> str:

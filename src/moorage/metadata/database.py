@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +16,55 @@ from sqlalchemy.pool import QueuePool
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE = "moorage_write"
+_SINGLE_READ = "moorage_single_read"
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+pysqlite:///{path}"
+
+
+class WriteGate:
+    """Orders writers to one SQLite file: a thread lock, then an flock shared by all processes.
+
+    Waiting here is a fair, blocking wait that wakes the moment the previous writer commits.
+    Without it, writers wait in SQLite's busy handler, which polls with sleeps of up to 100 ms
+    and so hands the lock over late and unfairly under load.
+    """
+
+    def __init__(self, lock_path: Path | None) -> None:
+        self._lock_path = lock_path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def _descriptor(self) -> int:
+        # A descriptor inherited across fork() would share its lock with the parent: reopen.
+        if self._fd is None or self._pid != os.getpid():
+            assert self._lock_path is not None
+            self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        with self._thread_lock:
+            fd = self._descriptor()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
 
 
 def make_engine(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL") -> Engine:
@@ -26,7 +75,9 @@ def make_engine(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL
     tries to upgrade. WAL lets readers proceed while one writer commits.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+        _GATES[engine] = WriteGate(None)
+        return engine
 
     engine = create_engine(
         url,
@@ -34,6 +85,10 @@ def make_engine(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args={"check_same_thread": False, "timeout": 60},
+    )
+    database_file = _sqlite_file(url)
+    _GATES[engine] = WriteGate(
+        database_file.with_name(database_file.name + ".writelock") if database_file else None
     )
 
     @event.listens_for(engine, "connect")
@@ -49,18 +104,27 @@ def make_engine(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        write = connection.get_execution_options().get(_WRITE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get(_SINGLE_READ, False):
+            return  # one SELECT is consistent on its own: no BEGIN/COMMIT round trip
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
     return engine
 
 
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as connection:
+    with _GATES[engine].held(), engine.connect() as connection:
         connection = connection.execution_options(**{_WRITE: True})
         with connection.begin():
             yield connection
+
+
+@contextmanager
+def single_read(engine: Engine) -> Iterator[Connection]:
+    """A connection for exactly one SELECT (hot paths: no transaction statements around it)."""
+    with engine.connect() as connection:
+        yield connection.execution_options(**{_SINGLE_READ: True})
 
 
 @contextmanager

@@ -124,10 +124,13 @@ class IamStore:
 
     def _run_write(self, work: Any) -> Any:
         """Run `work(session)` in one write transaction that takes the write lock up front."""
-        with self._engine.connect() as connection:
-            connection = connection.execution_options(moorage_write=True)
-            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
-                return work(session)
+        with (
+            write_transaction(self._engine) as connection,
+            Session(bind=connection, expire_on_commit=False) as session,
+        ):
+            result = work(session)
+            session.flush()
+            return result
 
     # -- users
 

@@ -147,14 +147,10 @@ class Tag(Base):
     )
 
 
-class Upload(Base):
-    """An upload session. Its bytes live in the storage driver under the same id."""
+class ServerSecret(Base):
+    """Random keys the registry itself generates and every worker and node shares."""
 
-    __tablename__ = "uploads"
+    __tablename__ = "server_secrets"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    repository: Mapped[str] = mapped_column(NameString)
-    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    __table_args__ = (Index("ix_uploads_created_at", "created_at"),)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

@@ -7,16 +7,17 @@ return plain records, never ORM objects, so nothing outside this package sees SQ
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, exists, func, select
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from moorage.domain.manifest import ParsedManifest
-from moorage.metadata.database import read_transaction, write_transaction
+from moorage.metadata.database import read_transaction, single_read, write_transaction
 from moorage.metadata.models import (
     Blob,
     Manifest,
@@ -25,8 +26,8 @@ from moorage.metadata.models import (
     Repository,
     RepositoryBlob,
     RepositoryManifest,
+    ServerSecret,
     Tag,
-    Upload,
     utcnow,
 )
 
@@ -45,14 +46,6 @@ class ReferrerRecord:
     size: int
     artifact_type: str | None
     annotations: dict[str, str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRecord:
-    id: str
-    repository: str
-    owner: str | None
-    created_at: datetime
 
 
 class MissingReferencesError(Exception):
@@ -76,7 +69,30 @@ _manifests: Table = Manifest.__table__  # type: ignore[assignment]
 _mblobs: Table = ManifestBlob.__table__  # type: ignore[assignment]
 _mchildren: Table = ManifestChild.__table__  # type: ignore[assignment]
 _tags: Table = Tag.__table__  # type: ignore[assignment]
-_uploads: Table = Upload.__table__  # type: ignore[assignment]
+_secrets: Table = ServerSecret.__table__  # type: ignore[assignment]
+
+
+# The hot reads are built once: constructing SQLAlchemy expressions per call costs more than
+# running the (cached, compiled) statement.
+_BLOB_IN_REPOSITORY = (
+    select(_blobs.c.size)
+    .select_from(_rb.join(_repos, _repos.c.id == _rb.c.repository_id))
+    .join(_blobs, _blobs.c.digest == _rb.c.digest)
+    .where(_repos.c.name == bindparam("repository"), _rb.c.digest == bindparam("digest"))
+)
+_TAG = (
+    select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
+    .select_from(_tags.join(_repos, _repos.c.id == _tags.c.repository_id))
+    .join(_manifests, _manifests.c.digest == _tags.c.manifest_digest)
+    .where(_repos.c.name == bindparam("repository"), _tags.c.name == bindparam("tag"))
+)
+_MANIFEST_IN_REPOSITORY = (
+    select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
+    .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
+    .join(_manifests, _manifests.c.digest == _rm.c.digest)
+    .where(_repos.c.name == bindparam("repository"), _rm.c.digest == bindparam("digest"))
+)
+_MANIFEST_BODY = select(_manifests.c.body).where(_manifests.c.digest == bindparam("digest"))
 
 
 class MetadataStore:
@@ -124,14 +140,10 @@ class MetadataStore:
     # -- blobs
 
     def blob_size_in_repository(self, repository: str, digest: str) -> int | None:
-        query = (
-            select(_blobs.c.size)
-            .select_from(_rb.join(_repos, _repos.c.id == _rb.c.repository_id))
-            .join(_blobs, _blobs.c.digest == _rb.c.digest)
-            .where(_repos.c.name == repository, _rb.c.digest == digest)
-        )
-        with read_transaction(self._engine) as connection:
-            return connection.execute(query).scalar()
+        with single_read(self._engine) as connection:
+            return connection.execute(
+                _BLOB_IN_REPOSITORY, {"repository": repository, "digest": digest}
+            ).scalar()
 
     def blob_size(self, digest: str) -> int | None:
         with read_transaction(self._engine) as connection:
@@ -195,32 +207,20 @@ class MetadataStore:
     # -- manifests
 
     def resolve_tag(self, repository: str, tag: str) -> ManifestRecord | None:
-        query = (
-            select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
-            .select_from(_tags.join(_repos, _repos.c.id == _tags.c.repository_id))
-            .join(_manifests, _manifests.c.digest == _tags.c.manifest_digest)
-            .where(_repos.c.name == repository, _tags.c.name == tag)
-        )
-        with read_transaction(self._engine) as connection:
-            row = connection.execute(query).first()
+        with single_read(self._engine) as connection:
+            row = connection.execute(_TAG, {"repository": repository, "tag": tag}).first()
         return None if row is None else ManifestRecord(row[0], row[1], row[2])
 
     def resolve_digest(self, repository: str, digest: str) -> ManifestRecord | None:
-        query = (
-            select(_manifests.c.digest, _manifests.c.media_type, _manifests.c.size)
-            .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
-            .join(_manifests, _manifests.c.digest == _rm.c.digest)
-            .where(_repos.c.name == repository, _rm.c.digest == digest)
-        )
-        with read_transaction(self._engine) as connection:
-            row = connection.execute(query).first()
+        with single_read(self._engine) as connection:
+            row = connection.execute(
+                _MANIFEST_IN_REPOSITORY, {"repository": repository, "digest": digest}
+            ).first()
         return None if row is None else ManifestRecord(row[0], row[1], row[2])
 
     def manifest_body(self, digest: str) -> bytes | None:
-        with read_transaction(self._engine) as connection:
-            return connection.execute(
-                select(_manifests.c.body).where(_manifests.c.digest == digest)
-            ).scalar()
+        with single_read(self._engine) as connection:
+            return connection.execute(_MANIFEST_BODY, {"digest": digest}).scalar()
 
     def put_manifest(
         self, repository: str, manifest: ParsedManifest, body: bytes, tag: str | None
@@ -415,60 +415,24 @@ class MetadataStore:
             for row in rows
         ]
 
-    # -- upload sessions
+    # -- server secrets
 
-    def create_upload(self, upload_id: str, repository: str, owner: str | None) -> None:
-        with write_transaction(self._engine) as connection:
-            connection.execute(
-                _uploads.insert().values(
-                    id=upload_id, repository=repository, owner=owner, created_at=utcnow()
-                )
-            )
-
-    def get_upload(self, upload_id: str) -> UploadRecord | None:
+    def server_secret(self, name: str) -> bytes:
+        """A random 32-byte key shared by every worker, created on first use."""
         with read_transaction(self._engine) as connection:
-            row = connection.execute(
-                select(
-                    _uploads.c.id, _uploads.c.repository, _uploads.c.owner, _uploads.c.created_at
-                ).where(_uploads.c.id == upload_id)
-            ).first()
-        return None if row is None else UploadRecord(row[0], row[1], row[2], row[3])
-
-    def finish_upload(self, upload_id: str, repository: str, digest: str, size: int) -> None:
-        """Record the committed blob, link it to the repository and close the session."""
-        now = utcnow()
+            found = connection.execute(
+                select(_secrets.c.value).where(_secrets.c.name == name)
+            ).scalar()
+        if found is not None:
+            return bytes(found)
         with write_transaction(self._engine) as connection:
-            repository_id = self._repository_id(connection, repository, create=True)
             self._insert_ignore(
-                connection, _blobs, [{"digest": digest, "size": size, "created_at": now}]
+                connection, _secrets, [{"name": name, "value": secrets.token_bytes(32)}]
             )
-            self._insert_ignore(
-                connection,
-                _rb,
-                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
-            )
-            connection.execute(delete(_uploads).where(_uploads.c.id == upload_id))
-
-    def delete_upload(self, upload_id: str) -> bool:
-        with write_transaction(self._engine) as connection:
-            result = connection.execute(delete(_uploads).where(_uploads.c.id == upload_id))
-            return result.rowcount > 0
-
-    def uploads_created_before(self, cutoff: datetime, limit: int = 1000) -> list[str]:
-        with read_transaction(self._engine) as connection:
-            return list(
+            return bytes(
                 connection.execute(
-                    select(_uploads.c.id).where(_uploads.c.created_at < cutoff).limit(limit)
-                ).scalars()
-            )
-
-    def upload_ids(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(ids)
-        if not wanted:
-            return set()
-        with read_transaction(self._engine) as connection:
-            return set(
-                connection.execute(select(_uploads.c.id).where(_uploads.c.id.in_(wanted))).scalars()
+                    select(_secrets.c.value).where(_secrets.c.name == name)
+                ).scalar_one()
             )
 
     # -- integrity
@@ -492,5 +456,5 @@ class MetadataStore:
         with read_transaction(self._engine) as connection:
             return {
                 table.name: connection.execute(select(func.count()).select_from(table)).scalar_one()
-                for table in (_repos, _blobs, _manifests, _tags, _uploads)
+                for table in (_repos, _blobs, _manifests, _tags)
             }

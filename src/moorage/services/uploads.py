@@ -1,34 +1,42 @@
 """Blob uploads: sessions, chunks, verification and the atomic commit.
 
-The bytes a session holds are whatever its storage file holds, so a chunk cut short by a crash
-or a dropped connection is simply a shorter upload the client can resume. A sha256 state is
-kept per session in this process; when a request lands on a worker that does not have the state
-for the session's current size (another worker appended, or the server restarted), the state is
-rebuilt from the stored bytes.
+A session is its data in storage and nothing else: its id carries the creation time, a nonce
+and an HMAC over the repository and the subject that opened it, so any worker can check that a
+request names a real session of this repository and this caller without a database row, and
+another caller cannot read, append to or cancel it. The bytes a session holds are whatever its
+storage file holds, so a chunk cut short by a crash or a dropped connection is simply a shorter
+upload the client can resume.
+
+After each chunk the digest state of the bytes so far is saved beside the upload, so the next
+chunk can continue it on whichever worker receives it; when the state is missing or stale (a
+crash between writing a chunk and saving its state), it is rebuilt from the stored bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import secrets
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from time import time
+from datetime import timedelta
+from typing import Final
 
-from moorage.domain.digest import Digest, Hasher, new_hasher
+from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import Actor, EventKind, RegistryEvent
 from moorage.domain.ranges import ByteRange
-from moorage.metadata.store import MetadataStore, UploadRecord
+from moorage.hashing import ResumableHasher, new_resumable, resume
+from moorage.metadata.store import MetadataStore
 from moorage.services.events import EventBus
 from moorage.services.threads import Threads
 from moorage.storage.base import StorageDriver, UploadBusyError, UploadMissingError, UploadWriter
 
 log = logging.getLogger("moorage.uploads")
 
-_MAX_HASH_STATES = 1024
+_CHUNK_ALGORITHM: Final = "sha256"  # what a chunked upload is hashed with until its PUT says
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,25 +45,35 @@ class UploadLimits:
     expiry: timedelta
 
 
-class _HashStates:
-    """Per-process digest states of open sessions, valid only at the exact size recorded."""
+class UploadIds:
+    """Self-verifying session ids: 8 hex digits of creation time, 16 of nonce, 32 of HMAC.
 
-    def __init__(self) -> None:
-        self._states: OrderedDict[str, tuple[int, str, Hasher]] = OrderedDict()
+    The key is shared by every worker; it is loaded once (at startup) from `load_key`.
+    """
 
-    def take(self, upload_id: str, size: int, algorithm: str) -> Hasher | None:
-        state = self._states.pop(upload_id, None)
-        if state is None or state[0] != size or state[1] != algorithm:
-            return None
-        return state[2]
+    def __init__(self, load_key: Callable[[], bytes]) -> None:
+        self._load_key = load_key
+        self._key: bytes | None = None
 
-    def keep(self, upload_id: str, size: int, algorithm: str, hasher: Hasher) -> None:
-        self._states[upload_id] = (size, algorithm, hasher)
-        while len(self._states) > _MAX_HASH_STATES:
-            self._states.popitem(last=False)
+    def load(self) -> None:
+        if self._key is None:
+            self._key = self._load_key()
 
-    def drop(self, upload_id: str) -> None:
-        self._states.pop(upload_id, None)
+    def _mac(self, repository: str, owner: str, prefix: str) -> str:
+        self.load()
+        assert self._key is not None
+        message = f"{repository}\0{owner}\0{prefix}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
+    def new(self, repository: str, owner: str) -> str:
+        prefix = f"{int(time.time()):08x}{secrets.token_hex(8)}"
+        return prefix + self._mac(repository, owner, prefix)
+
+    def belongs_to(self, upload_id: str, repository: str, owner: str) -> bool:
+        if len(upload_id) != 56:
+            return False
+        prefix, mac = upload_id[:24], upload_id[24:]
+        return hmac.compare_digest(mac, self._mac(repository, owner, prefix))
 
 
 class UploadService:
@@ -66,31 +84,32 @@ class UploadService:
         threads: Threads,
         events: EventBus,
         limits: UploadLimits,
+        ids: UploadIds,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
         self._threads = threads
         self._events = events
         self._limits = limits
-        self._hashes = _HashStates()
+        self.ids = ids
 
     async def start(self, repository: str, actor: Actor) -> str:
-        upload_id = _new_upload_id()
+        upload_id = self.ids.new(repository, actor.name)
         await self._threads.run(self._storage.create_upload, upload_id)
-        await self._threads.run(self._metadata.create_upload, upload_id, repository, actor.name)
         return upload_id
 
-    async def session(self, repository: str, upload_id: str) -> UploadRecord:
-        record = await self._threads.run(self._metadata.get_upload, upload_id)
-        if record is None or record.repository != repository:
+    def _check_session(self, repository: str, upload_id: str, actor: Actor) -> None:
+        if not self.ids.belongs_to(upload_id, repository, actor.name):
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session not found")
-        if datetime.now(UTC) - _aware(record.created_at) > self._limits.expiry:
+        last_activity = self._storage.upload_activity(upload_id)
+        if last_activity is None:
+            raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session not found")
+        if time.time() - last_activity > self._limits.expiry.total_seconds():
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session expired")
-        return record
 
-    async def status(self, repository: str, upload_id: str) -> int:
-        await self.session(repository, upload_id)
-        size = await self._threads.run(self._storage.upload_size, upload_id)
+    async def status(self, repository: str, upload_id: str, actor: Actor) -> int:
+        self._check_session(repository, upload_id, actor)
+        size = self._storage.upload_size(upload_id)
         if size is None:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session has no data")
         return size
@@ -102,15 +121,20 @@ class UploadService:
         chunk_range: ByteRange | None,
         content_length: int | None,
         body: AsyncIterator[bytes],
+        actor: Actor,
     ) -> int:
         """Append one chunk; returns the session's new size."""
-        await self.session(repository, upload_id)
+        self._check_session(repository, upload_id, actor)
         writer = self._open(upload_id)
         try:
             self._check_chunk(writer.size, chunk_range, content_length)
-            hasher = await self._hasher_for(upload_id, writer, "sha256")
+            hasher = await self._hasher_for(upload_id, writer, _CHUNK_ALGORITHM)
             await self._stream(writer, hasher, body, content_length)
-            self._hashes.keep(upload_id, writer.size, "sha256", hasher)
+            state = hasher.state()
+            if state is not None:
+                await self._threads.run(
+                    self._storage.save_digest_state, upload_id, writer.size, state
+                )
             return writer.size
         finally:
             writer.close()
@@ -126,25 +150,22 @@ class UploadService:
         actor: Actor,
     ) -> int:
         """Append the optional last chunk, verify the whole blob and commit it; its size."""
-        await self.session(repository, upload_id)
+        self._check_session(repository, upload_id, actor)
         writer = self._open(upload_id)
         try:
             if content_length:
                 self._check_chunk(writer.size, chunk_range, content_length)
             hasher = await self._hasher_for(upload_id, writer, digest.algorithm)
             await self._stream(writer, hasher, body, content_length)
-            size = await self._verify_and_commit(writer, hasher, digest, upload_id)
+            size = await self._verify_and_commit(writer, hasher, digest)
         except RegistryError as error:
             if error.code is ErrorCode.DIGEST_INVALID:
                 # The session's bytes can never become this blob: drop them, keep nothing.
                 await self._threads.run(self._storage.delete_upload, upload_id)
-                await self._threads.run(self._metadata.delete_upload, upload_id)
             raise
         finally:
             writer.close()
-        await self._threads.run(
-            self._metadata.finish_upload, upload_id, repository, str(digest), size
-        )
+        await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
         )
@@ -158,15 +179,15 @@ class UploadService:
         body: AsyncIterator[bytes],
         actor: Actor,
     ) -> int:
-        """A single-request upload (`POST ?digest=`): no session row is ever written."""
-        upload_id = _new_upload_id()
+        """A single-request upload (`POST ?digest=`)."""
+        upload_id = self.ids.new(repository, actor.name)
         await self._threads.run(self._storage.create_upload, upload_id)
         writer = self._open(upload_id)
         committed = False
         try:
-            hasher = digest.hasher()
+            hasher = new_resumable(digest.algorithm)
             await self._stream(writer, hasher, body, content_length)
-            size = await self._verify_and_commit(writer, hasher, digest, upload_id)
+            size = await self._verify_and_commit(writer, hasher, digest)
             committed = True
         finally:
             writer.close()
@@ -179,33 +200,18 @@ class UploadService:
         return size
 
     async def cancel(self, repository: str, upload_id: str, actor: Actor) -> None:
-        await self.session(repository, upload_id)
-        self._hashes.drop(upload_id)
+        self._check_session(repository, upload_id, actor)
         await self._threads.run(self._storage.delete_upload, upload_id)
-        await self._threads.run(self._metadata.delete_upload, upload_id)
         self._events.publish(RegistryEvent(EventKind.UPLOAD_CANCELLED, repository, actor=actor))
 
     async def purge_expired(self) -> int:
-        """Remove sessions past their expiry, and upload files no session owns (crash leftovers)."""
+        """Remove sessions idle past their expiry (never one a request is writing to)."""
         return await self._threads.run(self._purge_expired_sync)
 
     def _purge_expired_sync(self) -> int:
-        cutoff = datetime.now(UTC) - self._limits.expiry
-        removed = 0
-        for upload_id in self._metadata.uploads_created_before(cutoff):
-            self._storage.delete_upload(upload_id)
-            self._metadata.delete_upload(upload_id)
-            removed += 1
-        stale_files = [
-            upload_id
-            for upload_id, mtime in self._storage.list_uploads()
-            if mtime < time() - self._limits.expiry.total_seconds()
-        ]
-        owned = self._metadata.upload_ids(stale_files)
-        for upload_id in stale_files:
-            if upload_id not in owned:
-                self._storage.delete_upload(upload_id)
-                removed += 1
+        cutoff = time.time() - self._limits.expiry.total_seconds()
+        stale = [upload_id for upload_id, mtime in self._storage.list_uploads() if mtime < cutoff]
+        removed = sum(1 for upload_id in stale if self._storage.delete_upload_if_idle(upload_id))
         if removed:
             log.info("purged %d expired upload sessions", removed)
         return removed
@@ -247,24 +253,30 @@ class UploadService:
                 headers={"Range": _range_header(size)},
             )
 
-    async def _hasher_for(self, upload_id: str, writer: UploadWriter, algorithm: str) -> Hasher:
-        hasher = self._hashes.take(upload_id, writer.size, algorithm)
-        if hasher is not None:
-            return hasher
-        hasher = new_hasher(algorithm)
-        if writer.size:
+    async def _hasher_for(
+        self, upload_id: str, writer: UploadWriter, algorithm: str
+    ) -> ResumableHasher:
+        """The digest state of the session's current bytes: saved, or rebuilt from storage."""
+        if writer.size == 0:
+            return new_resumable(algorithm)
+        saved = await self._threads.run(self._storage.load_digest_state, upload_id)
+        if saved is not None and saved[0] == writer.size:
+            resumed = resume(algorithm, saved[1])
+            if resumed is not None:
+                return resumed
+        hasher = new_resumable(algorithm)
 
-            def rehash() -> None:
-                for chunk in writer.read_all():
-                    hasher.update(chunk)
+        def rehash() -> None:
+            for chunk in writer.read_all():
+                hasher.update(chunk)
 
-            await self._threads.run(rehash)
+        await self._threads.run(rehash)
         return hasher
 
     async def _stream(
         self,
         writer: UploadWriter,
-        hasher: Hasher,
+        hasher: ResumableHasher,
         body: AsyncIterator[bytes],
         content_length: int | None,
     ) -> None:
@@ -284,9 +296,8 @@ class UploadService:
             hasher.update(chunk)
 
     async def _verify_and_commit(
-        self, writer: UploadWriter, hasher: Hasher, digest: Digest, upload_id: str
+        self, writer: UploadWriter, hasher: ResumableHasher, digest: Digest
     ) -> int:
-        self._hashes.drop(upload_id)
         actual = Digest(digest.algorithm, hasher.hexdigest())
         if actual != digest:
             raise RegistryError(
@@ -306,11 +317,3 @@ def range_header(size: int) -> str:
 def _range_header(size: int) -> str:
     # An empty upload reports "0-0" as Distribution does; clients read it as offset 0.
     return f"0-{max(size - 1, 0)}"
-
-
-def _new_upload_id() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -49,7 +49,21 @@ class UploadStore(Protocol):
 
     def upload_size(self, upload_id: str) -> int | None: ...
 
+    def upload_activity(self, upload_id: str) -> float | None:
+        """When the session's data last changed (seconds since the epoch), or None."""
+        ...
+
     def delete_upload(self, upload_id: str) -> None: ...
+
+    def delete_upload_if_idle(self, upload_id: str) -> bool:
+        """Delete unless a request is writing to it right now; whether it was deleted."""
+        ...
+
+    def save_digest_state(self, upload_id: str, size: int, state: bytes) -> None:
+        """Remember the digest state of the first `size` bytes (an optimisation, not truth)."""
+        ...
+
+    def load_digest_state(self, upload_id: str) -> tuple[int, bytes] | None: ...
 
     def list_uploads(self) -> Iterator[tuple[str, float]]:
         """(upload id, last modification time) of every session's data."""

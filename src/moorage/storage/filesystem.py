@@ -74,6 +74,8 @@ class FilesystemUploadWriter:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(self._path, target)
         _fsync_dir(target.parent)
+        with contextlib.suppress(FileNotFoundError):
+            _state_path(self._path).unlink()
         self.close()
 
     def close(self) -> None:
@@ -101,7 +103,7 @@ class FilesystemStorage:
     # uploads
 
     def _upload_path(self, upload_id: str) -> Path:
-        if not upload_id or "/" in upload_id or upload_id in (".", ".."):
+        if not upload_id or "/" in upload_id or "." in upload_id:
             raise UploadMissingError(upload_id)
         return self._uploads / upload_id
 
@@ -118,12 +120,49 @@ class FilesystemStorage:
         except (FileNotFoundError, UploadMissingError):
             return None
 
+    def upload_activity(self, upload_id: str) -> float | None:
+        try:
+            return self._upload_path(upload_id).stat().st_mtime
+        except (FileNotFoundError, UploadMissingError):
+            return None
+
     def delete_upload(self, upload_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._upload_path(upload_id).unlink()
+        path = self._upload_path(upload_id)
+        for victim in (path, _state_path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                victim.unlink()
+
+    def delete_upload_if_idle(self, upload_id: str) -> bool:
+        try:
+            writer = self.open_upload(upload_id)
+        except (UploadMissingError, UploadBusyError):
+            return False
+        try:
+            self.delete_upload(upload_id)
+        finally:
+            writer.close()
+        return True
+
+    def save_digest_state(self, upload_id: str, size: int, state: bytes) -> None:
+        path = _state_path(self._upload_path(upload_id))
+        temporary = path.with_name(path.name + ".tmp")
+        # No fsync: a lost or stale state only costs re-reading the upload.
+        temporary.write_bytes(size.to_bytes(8, "big") + state)
+        os.replace(temporary, path)
+
+    def load_digest_state(self, upload_id: str) -> tuple[int, bytes] | None:
+        try:
+            raw = _state_path(self._upload_path(upload_id)).read_bytes()
+        except (FileNotFoundError, UploadMissingError):
+            return None
+        if len(raw) < 8:
+            return None
+        return int.from_bytes(raw[:8], "big"), raw[8:]
 
     def list_uploads(self) -> Iterator[tuple[str, float]]:
         for entry in os.scandir(self._uploads):
+            if "." in entry.name:
+                continue  # digest state files live beside their upload
             with contextlib.suppress(FileNotFoundError):
                 yield entry.name, entry.stat().st_mtime
 
@@ -154,6 +193,10 @@ class FilesystemStorage:
                 for entry in os.scandir(prefix.path):
                     if len(entry.name) == length:
                         yield Digest(algorithm, entry.name)
+
+
+def _state_path(upload_path: Path) -> Path:
+    return upload_path.with_name(upload_path.name + ".state")
 
 
 def _fsync_dir(path: Path) -> None:

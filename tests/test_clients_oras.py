@@ -1,0 +1,62 @@
+"""The `oras` Python client pushes and pulls file artifacts through the real server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.images import fetch_blob, fetch_manifest, sha256_digest
+from tests.support.server import RegistryProcess
+
+oras_client = pytest.importorskip("oras.client", reason="the oras package is not installed")
+
+pytestmark = pytest.mark.clients
+
+
+def _client(registry: RegistryProcess) -> oras_client.OrasClient:
+    return oras_client.OrasClient(hostname=registry.host, insecure=True)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunked"),
+    [(1234, False), (3 * 1024 * 1024 + 17, True)],
+    ids=["small-monolithic", "large-chunked"],
+)
+def test_push_and_pull_file_artifact(
+    registry: RegistryProcess,
+    client: httpx.Client,
+    repo: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    chunked: bool,
+) -> None:
+    # oras refuses paths outside the working directory, so push from where the file lives.
+    monkeypatch.chdir(tmp_path)
+    payload = os.urandom(size)
+    Path("artifact.bin").write_bytes(payload)
+    target = f"{registry.host}/{repo}:v1"
+
+    response = _client(registry).push(
+        target=target,
+        files=["artifact.bin"],
+        do_chunked=chunked,
+        chunk_size=1024 * 1024,
+        quiet=True,
+    )
+    assert response.status_code == 201
+
+    manifest = fetch_manifest(client, repo, "v1")
+    assert sha256_digest(manifest.content) == manifest.headers["Docker-Content-Digest"]
+    (layer,) = manifest.json()["layers"]
+    assert layer["annotations"]["org.opencontainers.image.title"] == "artifact.bin"
+    assert layer["digest"] == "sha256:" + hashlib.sha256(payload).hexdigest()
+    assert fetch_blob(client, repo, layer["digest"]) == payload
+
+    pulled = _client(registry).pull(target=target, outdir=str(tmp_path / "pulled"))
+    assert [Path(path).name for path in pulled] == ["artifact.bin"]
+    assert Path(pulled[0]).read_bytes() == payload
