@@ -23,6 +23,7 @@ class Action(StrEnum):
     READ_SCAN = "read-scan"
     # project administration
     READ_PROJECT = "read-project"
+    READ_MEMBERS = "read-members"
     MANAGE_PROJECT = "manage-project"
     MANAGE_MEMBERS = "manage-members"
     MANAGE_ROBOTS = "manage-robots"
@@ -55,7 +56,7 @@ class Role(StrEnum):
 
 
 _LIMITED_GUEST = frozenset({Action.PULL, Action.READ_PROJECT})
-_GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT}
+_GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT, Action.READ_MEMBERS}
 _DEVELOPER = _GUEST | {Action.PUSH}
 _MAINTAINER = _DEVELOPER | {Action.DELETE, Action.DELETE_REPOSITORY, Action.MANAGE_POLICIES}
 _PROJECT_ADMIN = frozenset(Action)
@@ -78,7 +79,7 @@ class PatternError(ValueError):
 
 
 def validate_pattern(pattern: str) -> str:
-    if not pattern or len(pattern) > MAX_PATTERN_LENGTH or not _GLOB_CHARS.match(pattern):
+    if not pattern or len(pattern) > MAX_PATTERN_LENGTH or not _GLOB_CHARS.fullmatch(pattern):
         raise PatternError(
             "a repository pattern uses lowercase names, '/', '*', '**' and '?' (at most"
             f" {MAX_PATTERN_LENGTH} characters)"
@@ -175,6 +176,10 @@ def allowed_actions(
     )
 
 
+# What a public project lets anyone do: pull its images and see the project itself.
+_PUBLIC_ACTIONS: Final = frozenset({Action.PULL, Action.READ_PROJECT})
+
+
 def decide(
     access: SubjectAccess,
     action: Action,
@@ -187,7 +192,7 @@ def decide(
         return False
     if access.is_admin:
         return True
-    if action is Action.PULL and project in public_projects:
+    if action in _PUBLIC_ACTIONS and project in public_projects:
         return True
     if action in access.project_actions.get(project, frozenset()):
         return True

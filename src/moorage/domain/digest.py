@@ -30,7 +30,7 @@ class Digest:
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse and validate a digest; only verifiable algorithms are accepted."""
-        match = _DIGEST_RE.match(text)
+        match = _DIGEST_RE.fullmatch(text)
         if match is None:
             raise RegistryError(ErrorCode.DIGEST_INVALID, f"invalid digest {text[:200]!r}")
         algorithm, hex_part = match.groups()

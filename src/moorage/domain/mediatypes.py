@@ -31,7 +31,7 @@ _MEDIA_TYPE_RE: Final = re.compile(
 
 
 def is_valid_media_type(value: str) -> bool:
-    return _MEDIA_TYPE_RE.match(value) is not None
+    return _MEDIA_TYPE_RE.fullmatch(value) is not None
 
 
 def is_non_distributable(media_type: str) -> bool:

@@ -20,13 +20,13 @@ def validate_repository_name(name: str) -> str:
         raise RegistryError(
             ErrorCode.NAME_INVALID, f"repository name longer than {MAX_NAME_LENGTH} characters"
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name {name[:300]!r}")
     return name
 
 
 def is_valid_tag(tag: str) -> bool:
-    return _TAG_RE.match(tag) is not None
+    return _TAG_RE.fullmatch(tag) is not None
 
 
 def validate_tag(tag: str) -> str:

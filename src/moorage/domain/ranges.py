@@ -33,7 +33,7 @@ def parse_chunk_range(value: str) -> ByteRange:
 
     Clients in the wild also send `bytes <start>-<end>/<total>`; both are accepted.
     """
-    match = _CHUNK_RANGE_RE.match(value.strip())
+    match = _CHUNK_RANGE_RE.fullmatch(value.strip())
     if match is None:
         raise RangeError(f"malformed Content-Range {value[:100]!r}")
     start, end = int(match.group(1)), int(match.group(2))
@@ -49,7 +49,7 @@ def parse_range(value: str, size: int) -> ByteRange | None:
     whole blob is then sent, which RFC 9110 allows). Raises RangeError when the range
     is well-formed but unsatisfiable.
     """
-    match = _RANGE_RE.match(value.strip())
+    match = _RANGE_RE.fullmatch(value.strip())
     if match is None:
         return None
     first, last = match.group(1), match.group(2)

@@ -562,6 +562,10 @@ class IamStore:
                 select(PersonalAccessToken).where(PersonalAccessToken.public_id == public_id)
             )
 
+    def pat_by_id(self, token_id: int) -> PersonalAccessToken | None:
+        with self._read() as session:
+            return session.get(PersonalAccessToken, token_id)
+
     def list_pats(self, user_id: int) -> list[PersonalAccessToken]:
         with self._read() as session:
             return list(

@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -27,6 +27,7 @@ from moorage.domain.access import (
     PatternError,
     RepositoryGrant,
     SubjectAccess,
+    decide,
     validate_pattern,
 )
 from moorage.domain.events import AccessEvent, Actor
@@ -77,6 +78,10 @@ class Subject:
     limit: tuple[RepositoryGrant, ...] | None = None  # a scoped token narrows the user's access
     certificate: str | None = None
     credential: str | None = None  # e.g. "pat:ci-token", for the audit trail
+    # Which exact credential signed in (password version, robot secret, token id): checked
+    # again with the account, so a changed password or a rotated or revoked secret stops
+    # working everywhere within the liveness cache time.
+    proof: str | None = None
 
     def actor(self, client_ip: str | None) -> Actor:
         return Actor(self.name, self.kind, client_ip, self.certificate)
@@ -307,9 +312,10 @@ class IdentityService:
             ok = False
         if not ok or user is None:
             raise self._fail(keys, username, client_ip, "user")
-        return self._succeed(
-            keys, Subject("user", user.id, user.username, user.is_admin), client_ip
+        subject = Subject(
+            "user", user.id, user.username, user.is_admin, proof=_password_proof(user)
         )
+        return self._succeed(keys, subject, client_ip)
 
     def _authenticate_robot(self, name: str, secret: str, client_ip: str | None) -> Subject:
         keys = self._throttle_keys(name, client_ip)
@@ -323,9 +329,10 @@ class IdentityService:
         if not ok or robot is None:
             raise self._fail(keys, name, client_ip, "robot")
         self.store.touch("robot", robot.id)
-        return self._succeed(
-            keys, Subject("robot", robot.id, robot.name, credential="robot"), client_ip
+        subject = Subject(
+            "robot", robot.id, robot.name, credential="robot", proof=_robot_proof(robot)
         )
+        return self._succeed(keys, subject, client_ip)
 
     def _authenticate_pat(self, username: str, token: str, client_ip: str | None) -> Subject:
         keys = self._throttle_keys(username or "token", client_ip)
@@ -347,7 +354,13 @@ class IdentityService:
         self.store.touch("pat", row.id)
         limit = grants_from(row.scopes) if row.scopes else None
         subject = Subject(
-            "user", user.id, user.username, user.is_admin, limit, credential=f"pat:{row.name}"
+            "user",
+            user.id,
+            user.username,
+            user.is_admin,
+            limit,
+            credential=f"pat:{row.name}",
+            proof=f"pat:{row.id}",
         )
         return self._succeed(keys, subject, client_ip)
 
@@ -390,7 +403,7 @@ class IdentityService:
         """The cached answer of `is_live`, or None when it must be looked up."""
         if subject.kind == "anonymous":
             return True
-        found, value = self._live.peek((subject.kind, subject.id, subject.name))
+        found, value = self._live.peek((subject.kind, subject.id, subject.name, subject.proof))
         return bool(value) if found else None
 
     def project_exists_cached(self, name: str) -> bool | None:
@@ -405,15 +418,35 @@ class IdentityService:
         def load() -> bool:
             if subject.kind == "user" and subject.id is not None:
                 user = self.store.user_by_id(subject.id)
-                return user is not None and not user.disabled and user.username == subject.name
+                live = user is not None and not user.disabled and user.username == subject.name
+                return live and self._proof_holds(subject, user)
             if subject.kind == "robot" and subject.id is not None:
                 robot = self.store.robot_by_id(subject.id)
                 return (
-                    robot is not None and robot.name == subject.name and self._robot_usable(robot)
+                    robot is not None
+                    and robot.name == subject.name
+                    and self._robot_usable(robot)
+                    and subject.proof in (None, _robot_proof(robot))
                 )
             return False
 
-        return self._live.get_or_load((subject.kind, subject.id, subject.name), load)
+        return self._live.get_or_load((subject.kind, subject.id, subject.name, subject.proof), load)
+
+    def _proof_holds(self, subject: Subject, user: Any) -> bool:
+        proof = subject.proof
+        if proof is None:
+            return True
+        if proof.startswith("password:"):
+            return proof == _password_proof(user)
+        if proof.startswith("pat:"):
+            token = self.store.pat_by_id(int(proof[4:]))
+            return (
+                token is not None
+                and token.user_id == user.id
+                and not token.revoked
+                and not _expired(token.expires_at)
+            )
+        return False
 
     def access_of(self, subject: Subject) -> SubjectAccess:
         key = (subject.kind, subject.id, subject.limit)
@@ -628,6 +661,25 @@ class IdentityService:
 
     # -- robots
 
+    def assert_may_grant(
+        self, grantor: Subject | None, project: str | None, actions: Iterable[str]
+    ) -> None:
+        """Nobody hands out more than they hold: each action must be the grantor's own in
+        `project` (system robots: administrators only). `None` is the command line, acting as
+        the system on the host."""
+        if grantor is None:
+            return
+        access = self.access_of(grantor)
+        if access.is_admin and access.limit is None:
+            return
+        if project is None:
+            raise IdentityError("only administrators grant access across projects", 403)
+        missing = sorted({a for a in actions if not decide(access, Action(a), project)})
+        if missing:
+            raise IdentityError(
+                f"you cannot grant {', '.join(missing)} in {project}: you do not hold it", 403
+            )
+
     def create_robot(
         self,
         actor: Actor,
@@ -636,6 +688,8 @@ class IdentityService:
         project: str | None,
         expires_in_days: int | None,
         description: str | None = None,
+        *,
+        grantor: Subject | None = None,
     ) -> IssuedSecret:
         if not _ROBOT_NAME_RE.fullmatch(name):
             raise IdentityError("robot names are 1-64 lowercase letters, digits, '.', '_' or '-'")
@@ -645,6 +699,7 @@ class IdentityService:
             if project_row is None:
                 raise IdentityError(f"project {project} not found", 404)
         cleaned = parse_permissions(permissions, project=project)
+        self.assert_may_grant(grantor, project, (a for p in cleaned for a in p["actions"]))
         full_name = robot_full_name(name, project)
         secret = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
@@ -698,13 +753,16 @@ class IdentityService:
         *,
         disabled: bool | None = None,
         permissions: Sequence[dict[str, Any]] | None = None,
+        grantor: Subject | None = None,
     ) -> None:
         robot = self.robot(full_name, project)
         changes: dict[str, Any] = {}
         if disabled is not None:
             changes["disabled"] = disabled
         if permissions is not None:
-            changes["permissions"] = parse_permissions(permissions, project=project)
+            cleaned = parse_permissions(permissions, project=project)
+            self.assert_may_grant(grantor, project, (a for p in cleaned for a in p["actions"]))
+            changes["permissions"] = cleaned
         self.store.update_robot(robot.id, **changes)
         self.forget_cached()
         self._emit("robot:update", actor, project=project, resource=f"robot:{full_name}", **changes)
@@ -797,6 +855,16 @@ class IdentityService:
 
 def _is_self(actor: Actor, username: str) -> bool:
     return actor.kind == "user" and actor.name == username
+
+
+def _password_proof(user: Any) -> str:
+    changed = user.password_changed_at
+    return f"password:{changed.replace(tzinfo=None).isoformat()}"
+
+
+def _robot_proof(robot: Robot) -> str:
+    # A fingerprint of the stored hash: changes when the secret is rotated, reveals nothing.
+    return "robot:" + hashlib.sha256(robot.secret_hash.encode()).hexdigest()[:16]
 
 
 def _expired(moment: datetime | None) -> bool:

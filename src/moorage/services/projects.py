@@ -134,11 +134,22 @@ class ProjectService:
             return robot.id
         raise IdentityError("principal kind is user, group or robot")
 
-    def set_member(self, actor: Actor, project: str, kind: str, name: str, role: str) -> None:
+    def set_member(
+        self,
+        actor: Actor,
+        project: str,
+        kind: str,
+        name: str,
+        role: str,
+        *,
+        grantor: Subject | None = None,
+    ) -> None:
         if kind not in ("user", "group"):
             raise IdentityError("members are users or groups (robots get explicit permissions)")
-        if role not in self._identity.role_table():
+        roles = self._identity.role_table()
+        if role not in roles:
             raise IdentityError(f"unknown role {role}")
+        self._identity.assert_may_grant(grantor, project, (a.value for a in roles[role]))
         row = self.project(project)
         self._store.set_member(row.id, kind, self._principal(kind, name), role)
         self._emit(
@@ -156,7 +167,15 @@ class ProjectService:
     # -- per-repository grants
 
     def add_grant(
-        self, actor: Actor, project: str, kind: str, name: str, pattern: str, actions: Sequence[str]
+        self,
+        actor: Actor,
+        project: str,
+        kind: str,
+        name: str,
+        pattern: str,
+        actions: Sequence[str],
+        *,
+        grantor: Subject | None = None,
     ) -> int:
         row = self.project(project)
         try:
@@ -166,6 +185,7 @@ class ProjectService:
             raise IdentityError(str(error)) from None
         if not parsed:
             raise IdentityError("a grant needs at least one action")
+        self._identity.assert_may_grant(grantor, project, parsed)
         grant = self._store.add_grant(row.id, kind, self._principal(kind, name), pattern, parsed)
         self._emit(
             "grant:add",

@@ -162,6 +162,7 @@ class TokenService:
                 "id": subject.id,
                 "admin": subject.is_admin,
                 "credential": subject.credential,
+                "proof": subject.proof,
             },
         }
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
@@ -215,6 +216,7 @@ class TokenService:
             name=str(claims["sub"]),
             is_admin=bool(meta.get("admin", False)),
             credential=meta.get("credential"),
+            proof=meta.get("proof"),
         )
         access: dict[tuple[str, str], frozenset[str]] = {}
         for entry in claims.get("access") or []:

@@ -56,6 +56,7 @@ async def add_grant(call: Call) -> Grant:
         body.name,
         body.pattern,
         actions,
+        grantor=call.subject,
     )
     return Grant(
         id=grant_id,

@@ -29,7 +29,15 @@ async def list_members(call: Call) -> list[Member]:
 async def set_member(call: Call) -> Member:
     body = call.body(MemberRole)
     kind, name = call.param("kind"), call.param("member")
-    await call.run(call.iam.projects.set_member, call.actor, call.project, kind, name, body.role)
+    await call.run(
+        call.iam.projects.set_member,
+        call.actor,
+        call.project,
+        kind,
+        name,
+        body.role,
+        grantor=call.subject,
+    )
     return Member(kind=kind, name=name, role=body.role)
 
 
@@ -48,7 +56,7 @@ ROUTES: tuple[ApiRoute, ...] = (
         "GET",
         "/api/v1/projects/{project}/members",
         list_members,
-        project_permission(Action.READ_PROJECT),
+        project_permission(Action.READ_MEMBERS),
         "The members of a project and their roles",
         MEMBERS,
         response=Member,

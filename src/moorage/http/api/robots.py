@@ -105,6 +105,7 @@ async def _create(call: Call, system: bool) -> IssuedRobot:
         project,
         body.expires_in_days,
         body.description,
+        grantor=call.subject,
     )
     row = await call.run(identity.robot, issued.name, project)
     return IssuedRobot.model_validate({**robot_view(row).model_dump(), "secret": issued.secret})
@@ -127,6 +128,7 @@ async def _update(call: Call, system: bool) -> Robot:
         project,
         disabled=body.disabled,
         permissions=permissions,
+        grantor=call.subject,
     )
     return robot_view(await call.run(identity.robot, name, project))
 
