@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
 from moorage.domain.errors import ErrorCode, RegistryError
+from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
@@ -35,6 +36,8 @@ from moorage.services.uploads import UploadIds, UploadLimits, UploadService
 from moorage.storage.filesystem import FilesystemStorage
 
 log = logging.getLogger("moorage.http")
+
+_AUDIT_PRUNE_SECONDS = 6 * 3600
 
 # Router-level failures under /v2 are answered in the OCI error format too.
 _ROUTER_ERRORS = {
@@ -165,6 +168,14 @@ def build_app(
                     _every(settings.upload_purge_interval_seconds, uploads.purge_expired)
                 )
             )
+            if settings.audit_retention_days:
+                retention = timedelta(days=settings.audit_retention_days)
+
+                async def prune_audit() -> None:
+                    cutoff = datetime.now(UTC) - retention
+                    await threads.run(app[IAM].audit.prune, SYSTEM, cutoff)
+
+                tasks.append(asyncio.create_task(_every(_AUDIT_PRUNE_SECONDS, prune_audit)))
         yield
         for task in tasks:
             task.cancel()
