@@ -16,12 +16,16 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from tests.support.auth import RegistryAuth
 from tests.support.images import (
     Blob,
+    bearer,
     fetch_blob,
     fetch_manifest,
     push_blob,
     push_blob_chunked,
+    push_token,
+    registry_token,
     tiny_image,
 )
 from tests.support.server import RegistryProcess
@@ -42,13 +46,20 @@ def server(
     assert process.stop() == 0
 
 
-def all_at_once(action: Callable[[httpx.Client], T], server: RegistryProcess) -> list[T]:
-    """Run `action` on CLIENTS threads, each with its own connection, released together."""
+def all_at_once(
+    action: Callable[[httpx.Client], T], server: RegistryProcess, repository: str
+) -> list[T]:
+    """Run `action` on CLIENTS threads, each with its own connection, released together.
+
+    The token is fetched first, so no client spends the race asking the token service.
+    """
     barrier = threading.Barrier(CLIENTS)
+    headers = bearer(push_token(server.url, repository))
 
     def one_client(_: int) -> T:
-        with httpx.Client(base_url=server.url, timeout=120) as client:
-            client.get("/v2/")  # connect before the barrier so the requests really overlap
+        with httpx.Client(base_url=server.url, timeout=120, headers=headers) as client:
+            # Connect before the barrier so the requests really overlap.
+            assert client.get("/v2/").status_code == 200
             barrier.wait(timeout=60)
             return action(client)
 
@@ -68,7 +79,7 @@ def blob_files(server: RegistryProcess, blob: Blob) -> list[Path]:
 def assert_single_intact_blob(
     server: RegistryProcess, repository: str, blob: Blob, uploads_before: set[str]
 ) -> None:
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         assert fetch_blob(client, repository, blob.digest) == blob.data
         head = client.head(f"/v2/{repository}/blobs/{blob.digest}")
         assert int(head.headers["Content-Length"]) == blob.size
@@ -82,7 +93,7 @@ def test_same_blob_pushed_monolithically_by_many_clients(server: RegistryProcess
     blob = Blob("application/octet-stream", os.urandom(2 * 1024 * 1024 + 5))
     before = upload_files(server)
 
-    all_at_once(lambda client: push_blob(client, repository, blob), server)
+    all_at_once(lambda client: push_blob(client, repository, blob), server, repository)
 
     assert_single_intact_blob(server, repository, blob, before)
 
@@ -92,7 +103,9 @@ def test_same_blob_pushed_in_chunks_by_many_clients(server: RegistryProcess) -> 
     blob = Blob("application/octet-stream", os.urandom(1024 * 1024 + 77))
     before = upload_files(server)
 
-    all_at_once(lambda client: push_blob_chunked(client, repository, blob, pieces=4), server)
+    all_at_once(
+        lambda client: push_blob_chunked(client, repository, blob, pieces=4), server, repository
+    )
 
     assert_single_intact_blob(server, repository, blob, before)
 
@@ -100,7 +113,7 @@ def test_same_blob_pushed_in_chunks_by_many_clients(server: RegistryProcess) -> 
 def test_different_manifests_to_one_tag(server: RegistryProcess) -> None:
     repository = f"race/tag-{server.workers}"
     images = [tiny_image(f"{repository}-{number}") for number in range(CLIENTS)]
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         for image in images:
             for blob in image.blobs:
                 push_blob(client, repository, blob)
@@ -117,10 +130,10 @@ def test_different_manifests_to_one_tag(server: RegistryProcess) -> None:
         )
         return response.status_code
 
-    assert all_at_once(push_next, server) == [201] * CLIENTS
+    assert all_at_once(push_next, server, repository) == [201] * CLIENTS
 
     by_digest = {image.manifest.digest: image for image in images}
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         response = fetch_manifest(client, repository, "latest")
         winner = by_digest[response.headers["Docker-Content-Digest"]]
         assert response.content == winner.manifest.data
@@ -137,7 +150,7 @@ def test_different_manifests_to_one_tag(server: RegistryProcess) -> None:
 def test_same_manifest_pushed_by_many_clients(server: RegistryProcess) -> None:
     repository = f"race/same-{server.workers}"
     image = tiny_image(repository)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         for blob in image.blobs:
             push_blob(client, repository, blob)
 
@@ -149,13 +162,18 @@ def test_same_manifest_pushed_by_many_clients(server: RegistryProcess) -> None:
         )
         return response.status_code, response.headers.get("Docker-Content-Digest", "")
 
-    assert all_at_once(push, server) == [(201, image.manifest.digest)] * CLIENTS
+    assert all_at_once(push, server, repository) == [(201, image.manifest.digest)] * CLIENTS
 
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         for reference in ("stable", image.manifest.digest):
             response = fetch_manifest(client, repository, reference)
             assert response.headers["Docker-Content-Digest"] == image.manifest.digest
             assert response.content == image.manifest.data
         assert client.get(f"/v2/{repository}/tags/list").json()["tags"] == ["stable"]
-        catalog = client.get("/v2/_catalog").json()["repositories"]
+        # An anonymous catalog is answered (filtered to public projects) without a challenge,
+        # so the administrator's token is sent up front.
+        catalog_token = registry_token(server.url, "registry:catalog:*")
+        response = client.get("/v2/_catalog", headers=bearer(catalog_token))
+        assert response.status_code == 200, response.text
+        catalog = response.json()["repositories"]
         assert catalog.count(repository) == 1

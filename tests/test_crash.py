@@ -17,10 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.auth import RegistryAuth
 from tests.support.images import (
     BackgroundRequest,
     Blob,
     HeldBody,
+    bearer,
     fetch_blob,
     fetch_manifest,
     file_size,
@@ -29,6 +31,7 @@ from tests.support.images import (
     push_blob,
     push_blob_chunked,
     push_manifest,
+    push_token,
     sha256_digest,
     start_upload,
     stored_size,
@@ -55,7 +58,7 @@ def test_upload_resumes_after_kill_during_patch(
     first_chunk = 512 * 1024
     held_at = first_chunk + 700 * 1024  # bytes of the interrupted PATCH that reach the server
 
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         location = start_upload(client, repository)
         location = patch_chunk(client, location, data[:first_chunk], 0).headers["Location"]
 
@@ -66,7 +69,11 @@ def test_upload_resumes_after_kill_during_patch(
         "PATCH",
         location,
         content=iter(body),
-        headers={"Content-Type": "application/octet-stream"},
+        # The session is the administrator's: only the subject that opened it may continue it.
+        headers={
+            "Content-Type": "application/octet-stream",
+            **bearer(push_token(server.url, repository)),
+        },
     )
     stored = upload_file(server, location)
     wait_for(lambda: file_size(stored) == held_at, "the streamed bytes to reach storage")
@@ -77,7 +84,7 @@ def test_upload_resumes_after_kill_during_patch(
     assert isinstance(request.error, httpx.TransportError)
 
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         status = client.get(location)
         assert status.status_code == 204, status.text
         offset = stored_size(status.headers["Range"])
@@ -104,7 +111,7 @@ def push_until_stopped(
     base_url: str, repository: str, name: str, log: PushLog, killed: threading.Event
 ) -> None:
     """Push small images (one blob monolithic, one chunked, then the tagged manifest) forever."""
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, auth=RegistryAuth()) as client:
         for number in range(100_000):
             tag = f"{name}-{number}"
             image = tiny_image(f"{repository}-{tag}")
@@ -187,7 +194,7 @@ def test_kill_during_bulk_push_loses_nothing_acknowledged(
     assert len(log.acknowledged) >= 30
 
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         tags = assert_listed_manifests_are_complete(client, repository)
         for tag, digest in log.acknowledged:
             assert tag in tags
@@ -217,7 +224,7 @@ def test_fsck_reports_missing_and_truncated_blobs(
 ) -> None:
     server = start_registry()
     image = tiny_image("fsck-damage")
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         for blob in image.blobs:
             push_blob(client, "fsck/damaged", blob)
         push_manifest(client, "fsck/damaged", "v1", image.manifest)

@@ -13,15 +13,19 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.auth import RegistryAuth
 from tests.support.images import (
     BackgroundRequest,
     Blob,
     HeldBody,
+    bearer,
     fetch_blob,
     file_size,
     finish_upload,
     patch_chunk,
     push_blob,
+    push_token,
+    registry_token,
     sha256_digest,
     start_upload,
     stored_size,
@@ -33,6 +37,15 @@ from tests.support.server import RegistryProcess
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 
 
+def ping_token(server: RegistryProcess) -> str:
+    """A token without repository scopes: enough for the version check `GET /v2/`."""
+    return registry_token(server.url)
+
+
+def ping(server: RegistryProcess, token: str) -> int:
+    return httpx.get(f"{server.url}/v2/", headers=bearer(token), timeout=10).status_code
+
+
 def worker_pids(server: RegistryProcess) -> set[int]:
     assert server.process is not None
     return {child.pid for child in psutil.Process(server.process.pid).children()}
@@ -41,12 +54,15 @@ def worker_pids(server: RegistryProcess) -> set[int]:
 @contextlib.contextmanager
 def open_keepalive_connections(server: RegistryProcess, count: int) -> Iterator[set[int]]:
     """`count` connections that each completed a request and stay open; their local ports."""
+    request = (
+        f"GET /v2/ HTTP/1.1\r\nHost: registry\r\nAuthorization: Bearer {ping_token(server)}\r\n\r\n"
+    )
     with contextlib.ExitStack() as stack:
         ports = set()
         for _ in range(count):
             connection = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
             connection.settimeout(30)
-            connection.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+            connection.sendall(request.encode())
             reply = connection.recv(65536)
             assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
             ports.add(connection.getsockname()[1])
@@ -84,8 +100,9 @@ def test_a_killed_worker_is_replaced(start_registry: Callable[..., RegistryProce
     wait_for(lambda: len(worker_pids(server) - {victim}) == 2, "a replacement worker")
     assert survivor in worker_pids(server)
     # Whichever socket a new connection lands on, a live worker answers it.
+    token = ping_token(server)
     for _ in range(20):
-        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 200
+        assert ping(server, token) == 200
 
 
 def has_exited(process: psutil.Process) -> bool:
@@ -114,7 +131,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
                 worker.kill()
 
     server.start()  # the same port and data directory are free to use again
-    assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 200
+    assert ping(server, ping_token(server)) == 200
 
 
 def connection_refused(server: RegistryProcess) -> bool:
@@ -139,7 +156,7 @@ def test_sigterm_lets_a_streaming_patch_finish(
     server = start_registry(workers=workers)
     repository = "life/graceful"
     data = os.urandom(2 * 1024 * 1024 + 99)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         location = start_upload(client, repository)
     body = HeldBody(data, hold_at=1024 * 1024)
     request = BackgroundRequest(
@@ -148,6 +165,7 @@ def test_sigterm_lets_a_streaming_patch_finish(
         location,
         content=iter(body),
         headers={
+            **bearer(push_token(server.url, repository)),
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(data)),
             "Content-Range": f"0-{len(data) - 1}",
@@ -171,7 +189,7 @@ def test_sigterm_lets_a_streaming_patch_finish(
     assert connection_refused(server)
 
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         finish_upload(client, location, sha256_digest(data))
         assert fetch_blob(client, repository, sha256_digest(data)) == data
 
@@ -179,7 +197,7 @@ def test_sigterm_lets_a_streaming_patch_finish(
 def test_sigterm_lets_a_download_finish(start_registry: Callable[..., RegistryProcess]) -> None:
     server = start_registry(workers=2)
     blob = Blob("application/octet-stream", os.urandom(48 * 1024 * 1024))
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         push_blob(client, "life/download", blob)
         with client.stream("GET", f"/v2/life/download/blobs/{blob.digest}") as response:
             pieces = response.iter_bytes(64 * 1024)
@@ -197,13 +215,13 @@ def test_upload_session_survives_restart(start_registry: Callable[..., RegistryP
     server = start_registry()
     repository = "life/resume"
     data = os.urandom(900_000)
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         location = start_upload(client, repository)
         location = patch_chunk(client, location, data[:300_000], 0).headers["Location"]
     assert server.stop() == 0
 
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         status = client.get(location)
         assert status.status_code == 204
         assert stored_size(status.headers["Range"]) == 300_000
@@ -226,7 +244,7 @@ def test_expired_sessions_and_orphaned_files_are_purged(
     orphan.write_bytes(b"leftover")
     an_hour_ago = time.time() - 3600
     os.utime(orphan, (an_hour_ago, an_hour_ago))
-    with httpx.Client(base_url=server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
         location = start_upload(client, repository)
         patch_chunk(client, location, b"x" * 1000, 0)
         session_file = uploads / upload_id(location)

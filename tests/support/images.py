@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, basic_header
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -283,6 +285,32 @@ def read_layout_tag(path: Path, tag: str) -> dict[str, Any]:
 def layout_blob(path: Path, digest: str) -> bytes:
     algorithm, hex_part = digest.split(":", 1)
     return (path / "blobs" / algorithm / hex_part).read_bytes()
+
+
+# -- tokens for raw requests
+
+
+def registry_token(
+    base_url: str,
+    *scopes: str,
+    username: str | None = ADMIN_USER,
+    password: str = ADMIN_PASSWORD,
+) -> str:
+    """A registry token for `scopes` from the token service; `username=None` is anonymous."""
+    headers = {"Authorization": basic_header(username, password)} if username is not None else {}
+    params = [("service", "moorage"), *(("scope", scope) for scope in scopes)]
+    response = httpx.get(f"{base_url}/service/token", params=params, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
+def push_token(base_url: str, repository: str) -> str:
+    """An administrator's token that may pull and push `repository`."""
+    return registry_token(base_url, f"repository:{repository}:pull,push")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # -- pushing and reading over the HTTP API
