@@ -1,4 +1,16 @@
-"""The `oras` Python client pushes and pulls file artifacts through the real server."""
+"""The `oras` Python client pushes and pulls file artifacts through the real server.
+
+The registry requires authentication: the client signs in as the administrator (its Basic
+credentials then buy a token for each challenge), and the login is written to a private
+docker config, not the user's.
+
+oras-py keeps one token per client and, when a request is refused with 401, retries with that
+same token instead of asking for the challenge's scope (oras-project/oras-py#67). A push starts
+with a HEAD of each blob, which earns a pull-only token, so the push would then be refused; as
+with Distribution, asking for more scope on 401 is the client's job. The pushing client is
+therefore handed a pull+push token up front, obtained with the same credentials; pulling goes
+through the challenge flow unaided.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.images import fetch_blob, fetch_manifest, sha256_digest
+from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.images import fetch_blob, fetch_manifest, push_token, sha256_digest
 from tests.support.server import RegistryProcess
 
 oras_client = pytest.importorskip("oras.client", reason="the oras package is not installed")
@@ -17,8 +30,15 @@ oras_client = pytest.importorskip("oras.client", reason="the oras package is not
 pytestmark = pytest.mark.clients
 
 
-def _client(registry: RegistryProcess) -> oras_client.OrasClient:
-    return oras_client.OrasClient(hostname=registry.host, insecure=True)
+def _client(registry: RegistryProcess, config: Path) -> oras_client.OrasClient:
+    client = oras_client.OrasClient(hostname=registry.host, insecure=True)
+    client.login(
+        ADMIN_USER,
+        ADMIN_PASSWORD,
+        hostname=registry.host,
+        config_path=str(config),
+    )
+    return client
 
 
 @pytest.mark.parametrize(
@@ -41,7 +61,10 @@ def test_push_and_pull_file_artifact(
     Path("artifact.bin").write_bytes(payload)
     target = f"{registry.host}/{repo}:v1"
 
-    response = _client(registry).push(
+    config = tmp_path / "docker-config.json"
+    pusher = _client(registry, config)
+    pusher.auth.set_token_auth(push_token(registry.url, repo))
+    response = pusher.push(
         target=target,
         files=["artifact.bin"],
         do_chunked=chunked,
@@ -57,6 +80,6 @@ def test_push_and_pull_file_artifact(
     assert layer["digest"] == "sha256:" + hashlib.sha256(payload).hexdigest()
     assert fetch_blob(client, repo, layer["digest"]) == payload
 
-    pulled = _client(registry).pull(target=target, outdir=str(tmp_path / "pulled"))
+    pulled = _client(registry, config).pull(target=target, outdir=str(tmp_path / "pulled"))
     assert [Path(path).name for path in pulled] == ["artifact.bin"]
     assert Path(pulled[0]).read_bytes() == payload

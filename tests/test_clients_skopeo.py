@@ -2,7 +2,8 @@
 
 Every tool runs with a private policy, registries.conf, auth file, HOME and storage under the
 test's temporary directory, so nothing in /etc/containers, the user's home or the host's image
-store changes what is tested.
+store changes what is tested. The registry requires authentication: skopeo is given the
+administrator's credentials on its command line, podman signs in first.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.images import (
     Image,
     ImageIndex,
@@ -41,6 +43,7 @@ pytestmark = [
 
 _TIMEOUT = 180
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+ADMIN_CREDS = f"{ADMIN_USER}:{ADMIN_PASSWORD}"
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,18 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> ToolEnvironment:
     return _tool_environment(tmp_path_factory.mktemp("containers-tools"))
 
 
-def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    result = subprocess.run(command, env=env, capture_output=True, timeout=_TIMEOUT, check=False)
+def _execute(
+    command: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        command, env=env, input=stdin, capture_output=True, timeout=_TIMEOUT, check=False
+    )
+
+
+def _run(
+    command: list[str], env: dict[str, str], stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    result = _execute(command, env, stdin)
     assert result.returncode == 0, (
         f"{' '.join(command)} exited {result.returncode}:\n{result.stderr.decode(errors='replace')}"
     )
@@ -92,10 +105,14 @@ def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 @dataclass(frozen=True)
 class Skopeo:
-    tools: ToolEnvironment
+    """skopeo with private configuration; `creds` (user:secret) signs in to every registry
+    reference, None sends no credentials (the empty auth file holds none)."""
 
-    def run(self, *args: str) -> bytes:
-        command = [
+    tools: ToolEnvironment
+    creds: str | None = ADMIN_CREDS
+
+    def command(self, *args: str) -> list[str]:
+        return [
             "skopeo",
             "--policy",
             str(self.tools.policy),
@@ -103,22 +120,36 @@ class Skopeo:
             str(self.tools.registries_d),
             *args,
         ]
-        return _run(command, self.tools.env).stdout
 
-    def copy(self, source: str, destination: str, *extra: str) -> None:
-        self.run(
+    def run(self, *args: str) -> bytes:
+        return _run(self.command(*args), self.tools.env).stdout
+
+    def attempt(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run without requiring success; the caller checks the outcome."""
+        return _execute(self.command(*args), self.tools.env)
+
+    def creds_args(self, flag: str = "--creds") -> list[str]:
+        return [flag, self.creds] if self.creds is not None else []
+
+    def copy_args(self, source: str, destination: str, *extra: str) -> list[str]:
+        return [
             "copy",
             "--quiet",
             "--src-tls-verify=false",
             "--dest-tls-verify=false",
             "--preserve-digests",
+            *self.creds_args("--src-creds"),
+            *self.creds_args("--dest-creds"),
             *extra,
             source,
             destination,
-        )
+        ]
+
+    def copy(self, source: str, destination: str, *extra: str) -> None:
+        self.run(*self.copy_args(source, destination, *extra))
 
     def inspect(self, reference: str, *extra: str) -> bytes:
-        return self.run("inspect", "--tls-verify=false", *extra, reference)
+        return self.run("inspect", "--tls-verify=false", *self.creds_args(), *extra, reference)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +272,7 @@ def test_copy_converting_to_docker_schema2(
         "copy",
         "--quiet",
         "--dest-tls-verify=false",
+        *skopeo.creds_args("--dest-creds"),
         "--format",
         "v2s2",
         layout.reference,
@@ -301,7 +333,14 @@ def test_inspect_index_picks_the_requested_platform(
     for image in index.images:
         arch = image.platform.architecture
         summary = json.loads(
-            skopeo.run("--override-arch", arch, "inspect", "--tls-verify=false", reference)
+            skopeo.run(
+                "--override-arch",
+                arch,
+                "inspect",
+                "--tls-verify=false",
+                *skopeo.creds_args(),
+                reference,
+            )
         )
         assert summary["Architecture"] == arch
         assert summary["Layers"] == [layer.digest for layer in image.layers]
@@ -320,7 +359,12 @@ def test_list_tags(
         skopeo.copy(layout.reference, docker_ref(registry, repo, tag))
 
     listed = json.loads(
-        skopeo.run("list-tags", "--tls-verify=false", f"docker://{registry.host}/{repo}")
+        skopeo.run(
+            "list-tags",
+            "--tls-verify=false",
+            *skopeo.creds_args(),
+            f"docker://{registry.host}/{repo}",
+        )
     )
     assert listed["Repository"] == f"{registry.host}/{repo}"
     assert sorted(listed["Tags"]) == sorted(tags)
@@ -338,7 +382,9 @@ def test_delete_removes_tag_and_digest(
     skopeo.copy(layout.reference, docker_ref(registry, repo, "doomed"))
     assert fetch_manifest(client, repo, "doomed").status_code == 200
 
-    skopeo.run("delete", "--tls-verify=false", docker_ref(registry, repo, "doomed"))
+    skopeo.run(
+        "delete", "--tls-verify=false", *skopeo.creds_args(), docker_ref(registry, repo, "doomed")
+    )
 
     for reference in ("doomed", image.manifest.digest):
         response = client.get(f"/v2/{repo}/manifests/{reference}")
@@ -377,7 +423,7 @@ def test_copy_between_two_servers(
     skopeo.copy(layout.reference, docker_ref(registry, repo, "v1"))
     skopeo.copy(docker_ref(registry, repo, "v1"), docker_ref(other, "mirror/busybox", "v1"))
 
-    with httpx.Client(base_url=other.url, timeout=60) as other_client:
+    with httpx.Client(base_url=other.url, timeout=60, auth=RegistryAuth()) as other_client:
         response = fetch_manifest(other_client, "mirror/busybox", "v1")
         assert response.headers["Docker-Content-Digest"] == image.manifest.digest
         assert_image_in_registry(other_client, "mirror/busybox", image)
@@ -390,8 +436,27 @@ def test_copy_between_two_servers(
 class Podman:
     tools: ToolEnvironment
 
-    def run(self, *args: str) -> bytes:
-        return _run(["podman", "--storage-driver", "vfs", *args], self.tools.env).stdout
+    def command(self, *args: str) -> list[str]:
+        return ["podman", "--storage-driver", "vfs", *args]
+
+    def run(self, *args: str, stdin: bytes | None = None) -> bytes:
+        return _run(self.command(*args), self.tools.env, stdin).stdout
+
+    def attempt(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run without requiring success; the caller checks the outcome."""
+        return _execute(self.command(*args), self.tools.env)
+
+    def login(self, host: str, username: str, password: str) -> None:
+        """Sign in; the credentials go to the private auth file (REGISTRY_AUTH_FILE)."""
+        self.run(
+            "login",
+            "--tls-verify=false",
+            "--username",
+            username,
+            "--password-stdin",
+            host,
+            stdin=password.encode(),
+        )
 
     def image_info(self, reference: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(self.run("image", "inspect", reference))
@@ -439,6 +504,7 @@ def test_podman_pull_tag_push_and_pull_by_digest(
     skopeo.copy(layout.reference, docker_ref(registry, repo, "v1"))
     source = f"{registry.host}/{repo}:v1"
     target = f"{registry.host}/{repo}/retagged:v2"
+    podman.login(registry.host, ADMIN_USER, ADMIN_PASSWORD)
 
     podman.run("pull", "--quiet", "--tls-verify=false", source)
     pulled = podman.image_info(source)
