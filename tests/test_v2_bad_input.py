@@ -21,6 +21,7 @@ from tests.support.oci import (
     blob_chunks,
     digest_of,
     encode,
+    fetch_token,
     image_manifest,
     index_manifest,
     platform,
@@ -325,16 +326,25 @@ def test_streamed_manifest_over_4_mib_is_413(
     assert_oci_error(client.get(f"/v2/{repo}/manifests/bad"), 404, "MANIFEST_UNKNOWN")
 
 
-def huge_claim(method: str, path: str, body: bytes = b"tiny") -> bytes:
+def huge_claim(method: str, path: str, token: str | None = None, body: bytes = b"tiny") -> bytes:
     """A request whose Content-Length promises far more than it sends."""
+    authorization = f"Authorization: Bearer {token}\r\n" if token is not None else ""
     return (
         f"{method} {path} HTTP/1.1\r\nHost: registry\r\nContent-Length: {1 << 62}\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
+        f"Content-Type: application/octet-stream\r\n{authorization}\r\n"
     ).encode() + body
 
 
+def push_token(registry: RegistryProcess, repo: str) -> str:
+    return fetch_token(registry.url, [f"repository:{repo}:pull,push"])
+
+
 def test_huge_content_length_on_manifest_put_is_413(registry: RegistryProcess, repo: str) -> None:
-    response = raw_exchange(registry.port, huge_claim("PUT", f"/v2/{repo}/manifests/bad"))
+    # Without a token the challenge comes first, before anything waits for the body.
+    anonymous = raw_exchange(registry.port, huge_claim("PUT", f"/v2/{repo}/manifests/bad"))
+    raw_oci_error(anonymous, 401, "UNAUTHORIZED")
+    token = push_token(registry, repo)
+    response = raw_exchange(registry.port, huge_claim("PUT", f"/v2/{repo}/manifests/bad", token))
     raw_oci_error(response, 413, "MANIFEST_INVALID")
 
 
@@ -343,12 +353,15 @@ def test_huge_content_length_on_blob_uploads_is_413(
 ) -> None:
     location = start_upload(client, repo)
     digest = unknown_digest()
+    token = push_token(registry, repo)
     for method, path in (
         ("PATCH", location),
         ("PUT", f"{location}?digest={digest}"),
         ("POST", f"/v2/{repo}/blobs/uploads/?digest={digest}"),
     ):
-        response = raw_exchange(registry.port, huge_claim(method, path))
+        anonymous = raw_exchange(registry.port, huge_claim(method, path))
+        raw_oci_error(anonymous, 401, "UNAUTHORIZED")
+        response = raw_exchange(registry.port, huge_claim(method, path, token))
         raw_oci_error(response, 413, "SIZE_INVALID")
     # Nothing was written to the session.
     assert client.get(location).headers["Range"] == "0-0"

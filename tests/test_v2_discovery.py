@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.support.oci import OCI_MANIFEST, assert_oci_error, push_image, put_manifest
+from tests.support.api import PASSWORD, api_client, create_project, create_user, set_role
+from tests.support.oci import (
+    OCI_MANIFEST,
+    assert_oci_error,
+    bearer,
+    fetch_token,
+    push_image,
+    put_manifest,
+)
+from tests.support.server import RegistryProcess
 
 # ASCII byte order: digits < uppercase < underscore < lowercase, and "v1.10" < "v1.9".
 UNSORTED_TAGS = ["v1.9", "latest", "B", "a", "A1", "v1.10", "_x", "0", "Z", "a-b", "a.b", "a_b"]
@@ -166,6 +176,15 @@ def test_deleted_tag_leaves_the_listing(client: httpx.Client, repo: str) -> None
 
 
 @pytest.fixture
+def admin_catalog(registry: RegistryProcess) -> Iterator[httpx.Client]:
+    """The administrator with a catalog token: the catalog is filtered per caller, and only an
+    administrator sees every repository (other tests' too)."""
+    token = fetch_token(registry.url, ["registry:catalog:*"])
+    with httpx.Client(base_url=registry.url, headers=bearer(token), timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
 def catalog_names(client: httpx.Client) -> list[str]:
     """Repositories under a fresh prefix (so other tests' repositories sort elsewhere)."""
     prefix = f"catalog-{uuid.uuid4().hex}"
@@ -182,17 +201,19 @@ def catalog_after(client: httpx.Client, last: str, n: int) -> httpx.Response:
 
 
 def test_catalog_lists_repositories_in_order(
-    client: httpx.Client, catalog_names: list[str]
+    admin_catalog: httpx.Client, catalog_names: list[str]
 ) -> None:
     prefix = catalog_names[0].split("/")[0]
     # "/" sorts after "-" but before "0", so every name of this prefix follows `prefix`.
-    response = catalog_after(client, prefix, len(catalog_names))
+    response = catalog_after(admin_catalog, prefix, len(catalog_names))
     assert response.json() == {"repositories": catalog_names}
 
 
-def test_catalog_pages_via_link_header(client: httpx.Client, catalog_names: list[str]) -> None:
+def test_catalog_pages_via_link_header(
+    admin_catalog: httpx.Client, catalog_names: list[str]
+) -> None:
     prefix = catalog_names[0].split("/")[0]
-    first = catalog_after(client, prefix, 2)
+    first = catalog_after(admin_catalog, prefix, 2)
     assert first.json()["repositories"] == catalog_names[:2]
     link = next_link(first)
     assert link is not None
@@ -200,21 +221,56 @@ def test_catalog_pages_via_link_header(client: httpx.Client, catalog_names: list
     collected = list(catalog_names[:2])
     while len(collected) < len(catalog_names):
         assert link is not None
-        response = client.get(link)
+        response = admin_catalog.get(link)
         assert response.status_code == 200
         collected.extend(response.json()["repositories"])
         link = next_link(response)
     assert collected[: len(catalog_names)] == catalog_names
 
 
-def test_catalog_n_zero_is_empty(client: httpx.Client, catalog_names: list[str]) -> None:
-    response = client.get("/v2/_catalog", params={"n": 0})
+def test_catalog_n_zero_is_empty(admin_catalog: httpx.Client, catalog_names: list[str]) -> None:
+    response = admin_catalog.get("/v2/_catalog", params={"n": 0})
     assert response.status_code == 200
     assert response.json() == {"repositories": []}
     assert "Link" not in response.headers
 
 
-def test_catalog_is_sorted_and_unique(client: httpx.Client, catalog_names: list[str]) -> None:
-    names, _ = walk_links(client, "/v2/_catalog?n=7", "repositories")
+def test_catalog_is_sorted_and_unique(
+    admin_catalog: httpx.Client, catalog_names: list[str]
+) -> None:
+    names, _ = walk_links(admin_catalog, "/v2/_catalog?n=7", "repositories")
     assert names == sorted(set(names))
     assert set(catalog_names) <= set(names)
+
+
+def test_catalog_is_filtered_to_what_the_caller_may_pull(
+    registry: RegistryProcess, client: httpx.Client
+) -> None:
+    """A member sees its project's repositories (pages still link on), a stranger and an
+    anonymous caller see only public ones; the filter is the one a pull uses."""
+    with api_client(registry) as admin:
+        mine, hidden, public = (
+            create_project(admin, "cat"),
+            create_project(admin, "cat"),
+            create_project(admin, "cat", public=True),
+        )
+        member, stranger = create_user(admin, "member"), create_user(admin, "stranger")
+        set_role(admin, mine, member, "limited-guest")
+    repositories = {
+        project: [f"{project}/{leaf}" for leaf in ("a", "b", "c")]
+        for project in (mine, hidden, public)
+    }
+    for names in repositories.values():
+        for name in names:
+            push_image(client, name)
+    ours = set().union(*repositories.values())
+    expected: dict[tuple[str, str] | None, list[str]] = {
+        (member, PASSWORD): sorted(repositories[mine] + repositories[public]),
+        (stranger, PASSWORD): repositories[public],
+        None: repositories[public],
+    }
+    for credentials, visible in expected.items():
+        token = fetch_token(registry.url, ["registry:catalog:*"], credentials)
+        with httpx.Client(base_url=registry.url, headers=bearer(token), timeout=60) as http:
+            names, _ = walk_links(http, "/v2/_catalog?n=2", "repositories")
+        assert [name for name in names if name in ours] == visible, credentials

@@ -8,8 +8,10 @@ import pytest
 from tests.support.oci import (
     EMPTY_SHA256,
     assert_oci_error,
+    bearer,
     blob_chunks,
     digest_of,
+    fetch_token,
     patch_chunk,
     push_blob,
     push_blob_chunked,
@@ -19,6 +21,7 @@ from tests.support.oci import (
     unknown_digest,
     with_digest,
 )
+from tests.support.server import RegistryProcess
 
 
 def assert_blob_readable(client: httpx.Client, repo: str, digest: str, data: bytes) -> None:
@@ -353,24 +356,35 @@ def test_mount_links_a_blob_from_another_repository(client: httpx.Client, repo: 
 
 
 @pytest.mark.parametrize(
-    "source_query",
+    ("source_query", "source_scope"),
     [
-        pytest.param({"from": "{repo}/source"}, id="source-lacks-digest"),
-        pytest.param({"from": "{repo}/missing"}, id="source-does-not-exist"),
-        pytest.param({"from": "Not/Valid"}, id="invalid-from"),
-        pytest.param({"from": "../{repo}/source"}, id="traversal-from"),
-        pytest.param({"from": ""}, id="empty-from"),
-        pytest.param({}, id="no-from"),
+        pytest.param({"from": "{repo}/source"}, True, id="source-lacks-digest"),
+        pytest.param({"from": "{repo}/missing"}, True, id="source-does-not-exist"),
+        # A name that is not one cannot be put into a scope: the token covers the target only.
+        pytest.param({"from": "Not/Valid"}, False, id="invalid-from"),
+        pytest.param({"from": "../{repo}/source"}, False, id="traversal-from"),
+        pytest.param({"from": ""}, False, id="empty-from"),
+        pytest.param({}, False, id="no-from"),
     ],
 )
 def test_unusable_mount_opens_an_ordinary_session(
-    client: httpx.Client, repo: str, source_query: dict[str, str]
+    registry: RegistryProcess,
+    client: httpx.Client,
+    repo: str,
+    source_query: dict[str, str],
+    source_scope: bool,
 ) -> None:
     push_blob(client, f"{repo}/source", random_bytes())
     data = random_bytes()
     digest = digest_of(data)
     params = {"mount": digest, **{k: v.format(repo=repo) for k, v in source_query.items()}}
-    response = client.post(f"/v2/{repo}/target/blobs/uploads/", params=params)
+    scopes = [f"repository:{repo}/target:pull,push"]
+    if source_scope:
+        scopes.append(f"repository:{params['from']}:pull")
+    token = fetch_token(registry.url, scopes)
+    response = httpx.post(
+        f"{registry.url}/v2/{repo}/target/blobs/uploads/", params=params, headers=bearer(token)
+    )
     assert response.status_code == 202, response.text
     location = response.headers["Location"]
     assert location.startswith(f"/v2/{repo}/target/blobs/uploads/")
@@ -380,6 +394,34 @@ def test_unusable_mount_opens_an_ordinary_session(
     assert_created(
         client.put(with_digest(location, digest), content=data), f"{repo}/target", digest
     )
+
+
+def test_mount_needs_pull_on_the_source_in_the_same_token(
+    registry: RegistryProcess, client: httpx.Client, repo: str
+) -> None:
+    """Without pull on the source the mount is an ordinary session: whether the blob exists
+    there is not revealed, and the blob is not linked into the target."""
+    data = random_bytes()
+    digest = push_blob(client, f"{repo}/source", data)
+    target_only = fetch_token(registry.url, [f"repository:{repo}/target:pull,push"])
+    response = httpx.post(
+        f"{registry.url}/v2/{repo}/target/blobs/uploads/",
+        params={"mount": digest, "from": f"{repo}/source"},
+        headers=bearer(target_only),
+    )
+    assert response.status_code == 202, response.text
+    assert_blob_absent(client, f"{repo}/target", digest)
+    # The same mount with pull on the source in the token links the blob.
+    both = fetch_token(
+        registry.url, [f"repository:{repo}/target:pull,push", f"repository:{repo}/source:pull"]
+    )
+    response = httpx.post(
+        f"{registry.url}/v2/{repo}/target/blobs/uploads/",
+        params={"mount": digest, "from": f"{repo}/source"},
+        headers=bearer(both),
+    )
+    assert_created(response, f"{repo}/target", digest)
+    assert_blob_readable(client, f"{repo}/target", digest, data)
 
 
 def test_mount_without_from_does_not_find_blobs_elsewhere(client: httpx.Client, repo: str) -> None:

@@ -6,6 +6,7 @@ one server never depend on each other's blobs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -67,6 +70,37 @@ class Pushed:
 
     def descriptor(self, **extra: Any) -> dict[str, Any]:
         return {"mediaType": self.media_type, "digest": self.digest, "size": self.size, **extra}
+
+
+# -- registry tokens
+
+
+def fetch_token(
+    base_url: str,
+    scopes: list[str],
+    credentials: tuple[str, str] | None = (ADMIN_USER, ADMIN_PASSWORD),
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> str:
+    """A registry token from /service/token (anonymous when `credentials` is None)."""
+    params: list[tuple[str, str | int | float | bool | None]] = [("service", "moorage")]
+    params.extend(("scope", scope) for scope in scopes)
+    with httpx.Client(base_url=base_url, timeout=30, transport=transport) as http:
+        response = http.get("/service/token", params=params, auth=credentials)
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, read without verification (the registry verifies; tests inspect)."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert isinstance(claims, dict), claims
+    return claims
 
 
 # -- errors
