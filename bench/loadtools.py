@@ -117,7 +117,12 @@ def parse_wrk(output: str) -> LoadResult:
     )
 
 
-async def run_ab_head(url: str, *, connections: int, requests: int) -> LoadResult:
+async def run_ab_head(
+    url: str, *, connections: int, requests: int, headers: dict[str, str] | None = None
+) -> LoadResult:
+    extra: list[str] = []
+    for key, value in (headers or {}).items():
+        extra += ["-H", f"{key}: {value}"]
     command = [
         _need("ab"),
         "-i",  # HEAD
@@ -129,6 +134,7 @@ async def run_ab_head(url: str, *, connections: int, requests: int) -> LoadResul
         str(connections),
         "-n",
         str(requests),
+        *extra,
         url,
     ]
     return parse_ab(await _run(command, 600))

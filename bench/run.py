@@ -5,6 +5,8 @@
 Both servers are started on free loopback ports with their own temporary directories, every
 scenario runs against both with the same client code, and a table of Distribution, Moorage and
 the Moorage/Distribution ratio is printed. Both servers are stopped however the run ends.
+Moorage runs with token authentication on (the client signs in as admin with a password made
+for the run); Distribution runs without authentication.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from types import FrameType
 from plan import FULL, METRICS, QUICK
 from report import render, verdicts
 from scenarios import Bench, ScenarioFailed, rss_outcomes
-from servers import DistributionServer, MoorageServer, Sampler, ServerError, environment_info
+from servers import (
+    DistributionServer,
+    MoorageServer,
+    Sampler,
+    Server,
+    ServerError,
+    environment_info,
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +77,10 @@ def _notes(bench: Bench, labels: list[str]) -> list[str]:
     return notes
 
 
+def _authentication(servers: list[Server]) -> str:
+    return "; ".join(f"{server.label}: {server.authentication}" for server in servers)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     plan = QUICK if args.quick else FULL
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(servers)
     bench = Bench(plan, servers, sampler, only=only, log=lambda line: print(line, flush=True))
     environment = environment_info(args.workers)
+    environment["Authentication"] = _authentication(servers)
     environment["Client"] = f"aiohttp on {loop_name}, wrk, ab (same machine, same cores)"
     environment["Plan"] = plan.name
     started_at = datetime.datetime.now().astimezone()
@@ -95,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for server in servers:
             server.start()
-            print(f"{server.label} listening on {server.url} (data in {server.workdir})")
+            environment["Authentication"] = _authentication(servers)
+            print(
+                f"{server.label} listening on {server.url} (data in {server.workdir};"
+                f" authentication: {server.authentication})"
+            )
         sampler.start()
         print(f"plan: {plan.name}; Moorage --workers {args.workers}; data under {root}")
         asyncio.run(bench.run())

@@ -3,6 +3,11 @@
 Each scenario has an untimed setup per server and a timed part that is repeated; repeats
 alternate which server goes first (D, M, then M, D, ...) so that noise from other work on the
 machine lands on both. The value reported is the median of the repeats.
+
+Servers with credentials (Moorage) are used with docker's token flow. Tokens are fetched during
+the untimed setup of each sample (one per repository, before the clock starts, also for wrk, ab
+and the blob readers), except in the small-image pushes: each sample there is a new client that
+signs in as it goes, one token per repository, as real clients do.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TypeVar
 from yarl import URL
 
 from blobdata import OCI_MANIFEST, Blob, BlobFactory, Image, make_image
-from client import BlobReader, ProtocolError, RegistryClient
+from client import BlobReader, ProtocolError, RegistryClient, TokenAuth
 from loadtools import LoadResult, ToolError, run_ab_head, run_wrk
 from plan import MiB, Plan
 from servers import Sampler, Server, ServerError, cpu_seconds
@@ -167,6 +172,42 @@ class Bench:
             f"  server CPU {sample.server_cpu:5.2f}s  client CPU {sample.client_cpu:5.2f}s{extra}"
         )
 
+    # -- authentication (untimed unless a scenario says otherwise)
+
+    @staticmethod
+    def new_auth(server: Server) -> TokenAuth | None:
+        """Token authentication with no token yet, like a new docker client (None: no auth)."""
+        credentials = server.credentials
+        return TokenAuth(*credentials) if credentials is not None else None
+
+    def client(
+        self, server: Server, connections: int, auth: TokenAuth | None = None
+    ) -> RegistryClient:
+        """A client for `server`, sharing `auth`'s tokens, or signing in afresh if none given."""
+        if auth is None:
+            auth = self.new_auth(server)
+        return RegistryClient(server.url, connections=connections, auth=auth)
+
+    async def signed_in(self, server: Server, name: str) -> TokenAuth | None:
+        """Token authentication that already holds a fresh token for repository `name`."""
+        auth = self.new_auth(server)
+        if auth is not None:
+            async with self.client(server, 1, auth) as client:
+                await client.authorize(name)
+        return auth
+
+    async def authorization(self, server: Server, name: str) -> str | None:
+        """An Authorization header value for `name`, fetched now (None: none needed)."""
+        auth = self.new_auth(server)
+        if auth is None:
+            return None
+        async with self.client(server, 1, auth) as client:
+            return await client.authorize(name)
+
+    async def auth_headers(self, server: Server, name: str) -> dict[str, str]:
+        value = await self.authorization(server, name)
+        return {"Authorization": value} if value is not None else {}
+
     def wanted(self, *keys: str) -> bool:
         return self.only is None or any(key in self.only for key in keys)
 
@@ -214,15 +255,22 @@ class Bench:
                     for k in range(p.mono_blobs)
                 ]
                 name = f"bench/mono-{round_index}"
+                auth = await self.signed_in(server, name)
                 push = functools.partial(
-                    self._push_blobs, server, name, blobs, p.mono_concurrency, None
+                    self._push_blobs, server, auth, name, blobs, p.mono_concurrency, None
                 )
                 await self.timed("mono_push", server, push, flush_first=True)
 
     async def _push_blobs(
-        self, server: Server, name: str, blobs: list[Blob], concurrency: int, chunk: int | None
+        self,
+        server: Server,
+        auth: TokenAuth | None,
+        name: str,
+        blobs: list[Blob],
+        concurrency: int,
+        chunk: int | None,
     ) -> Sample:
-        async with RegistryClient(server.url, connections=concurrency) as client:
+        async with self.client(server, concurrency, auth) as client:
 
             async def push(blob: Blob) -> None:
                 if chunk is None:
@@ -253,8 +301,15 @@ class Bench:
                     for k in range(p.chunked_blobs)
                 ]
                 name = f"bench/chunked-{round_index}"
+                auth = await self.signed_in(server, name)
                 push = functools.partial(
-                    self._push_blobs, server, name, blobs, p.chunked_concurrency, p.chunk_size
+                    self._push_blobs,
+                    server,
+                    auth,
+                    name,
+                    blobs,
+                    p.chunked_concurrency,
+                    p.chunk_size,
                 )
                 await self.timed("chunked_push", server, push, flush_first=True)
 
@@ -270,26 +325,37 @@ class Bench:
         blobs: dict[str, Blob] = {}
         for server in self.servers:
             blob = self.factory.make(p.single_size, f"single/{server.label}")
-            async with RegistryClient(server.url, connections=1) as client:
+            async with self.client(server, 1) as client:
                 await client.push_monolithic(name, blob)
                 await client.verify_blob(name, blob.digest, blob.size)  # also warms the cache
             blobs[server.label] = blob
         for round_index in range(p.single_repeats):
             for server in self.order(round_index):
+                authorization = await self.authorization(server, name)
                 pull = functools.partial(
-                    self._pull, server, name, [blobs[server.label]], p.single_passes
+                    self._pull, server, authorization, name, [blobs[server.label]], p.single_passes
                 )
                 await self.timed("single_pull", server, pull)
 
-    async def _pull(self, server: Server, name: str, blobs: list[Blob], passes: int) -> Sample:
+    async def _pull(
+        self,
+        server: Server,
+        authorization: str | None,
+        name: str,
+        blobs: list[Blob],
+        passes: int,
+    ) -> Sample:
         """GET every blob at once, one connection each (opened before the clock starts), each
-        `passes` times back to back on its keep-alive connection."""
+        `passes` times back to back on its keep-alive connection, with `authorization`."""
 
         async def pull(reader: BlobReader, blob: Blob) -> int:
             return sum([await reader.pull(name, blob.digest, blob.size) for _ in range(passes)])
 
         async with contextlib.AsyncExitStack() as stack:
-            readers = [await stack.enter_async_context(BlobReader(server.url)) for _ in blobs]
+            readers = [
+                await stack.enter_async_context(BlobReader(server.url, authorization=authorization))
+                for _ in blobs
+            ]
             started = time.perf_counter()
             sizes = await asyncio.gather(
                 *(pull(reader, blob) for reader, blob in zip(readers, blobs, strict=True))
@@ -313,14 +379,15 @@ class Bench:
                 self.factory.make(p.many_size, f"many/{server.label}/{k}")
                 for k in range(p.many_count)
             ]
-            async with RegistryClient(server.url, connections=4) as client:
+            async with self.client(server, 4) as client:
                 await bounded(made, 4, lambda blob: client.push_monolithic(name, blob))
                 await client.verify_blob(name, made[0].digest, made[0].size)
             blobs[server.label] = made
         for round_index in range(p.many_repeats):
             for server in self.order(round_index):
+                authorization = await self.authorization(server, name)
                 pull = functools.partial(
-                    self._pull, server, name, blobs[server.label], p.many_passes
+                    self._pull, server, authorization, name, blobs[server.label], p.many_passes
                 )
                 await self.timed("many_pull", server, pull)
 
@@ -332,7 +399,7 @@ class Bench:
         images: dict[str, Image] = {}
         for server in self.servers:
             image = make_image(os.urandom(4096), f"manifest/{server.label}")
-            async with RegistryClient(server.url, connections=1) as client:
+            async with self.client(server, 1) as client:
                 await client.push_image(name, tag, image)
                 digest, body = await client.get_manifest(name, tag, OCI_MANIFEST)
                 if body != image.manifest or digest != image.manifest_digest:
@@ -348,13 +415,14 @@ class Bench:
             )
             for round_index in range(p.wrk_repeats):
                 for server in self.order(round_index):
+                    headers = {"Accept": OCI_MANIFEST, **await self.auth_headers(server, name)}
                     wrk = functools.partial(
                         run_wrk,
                         f"{server.url}/v2/{name}/manifests/{tag}",
                         threads=p.wrk_threads,
                         connections=p.wrk_connections,
                         seconds=p.wrk_seconds,
-                        headers={"Accept": OCI_MANIFEST},
+                        headers=headers,
                     )
                     await self.timed("manifest_get", server, functools.partial(self._load, wrk))
 
@@ -371,6 +439,7 @@ class Bench:
                         f"{server.url}/v2/{name}/blobs/{digest}",
                         connections=p.ab_connections,
                         requests=p.ab_requests,
+                        headers=await self.auth_headers(server, name),
                     )
                     await self.timed("blob_head", server, functools.partial(self._load, ab))
 
@@ -397,7 +466,8 @@ class Bench:
         expected = [f"t{k:05d}" for k in range(p.tag_count)]
         for server in self.servers:
             image = make_image(os.urandom(1024), f"tags/{server.label}")
-            async with RegistryClient(server.url, connections=p.tag_concurrency) as client:
+            async with self.client(server, p.tag_concurrency) as client:
+                await client.authorize(name)
                 await client.push_image(name, expected[0], image)
                 shuffled = expected[1:]
                 random.shuffle(shuffled)
@@ -417,8 +487,9 @@ class Bench:
 
         for round_index in range(p.tag_walks):
             for server in self.order(round_index):
-                walk = functools.partial(self._walk, server, name, expected)
-                await self.timed("tags_walk", server, walk)
+                auth = await self.signed_in(server, name)
+                run_walk = functools.partial(self._walk, server, auth, name, expected)
+                await self.timed("tags_walk", server, run_walk)
         for server in self.servers:
             walk = self.outcome("tags_walk", server)
             pages = self.outcome("tags_pages", server)
@@ -435,8 +506,10 @@ class Bench:
     async def _tag(client: RegistryClient, name: str, manifest: bytes, reference: str) -> None:
         await client.put_manifest(name, reference, manifest, OCI_MANIFEST)
 
-    async def _walk(self, server: Server, name: str, expected: list[str]) -> Sample:
-        async with RegistryClient(server.url, connections=1) as client:
+    async def _walk(
+        self, server: Server, auth: TokenAuth | None, name: str, expected: list[str]
+    ) -> Sample:
+        async with self.client(server, 1, auth) as client:
             seen: list[str] = []
             pages = 0
             page_sizes: list[int] = []
@@ -444,7 +517,7 @@ class Bench:
             following: URL | None = start
             started = time.perf_counter()
             while following is not None:
-                tags, following = await client.tags_page(following)
+                tags, following = await client.tags_page(name, following)
                 pages += 1
                 page_sizes.append(len(tags))
                 seen.extend(tags)
@@ -490,8 +563,11 @@ class Bench:
                 await self.timed("small_images", server, push, flush_first=True)
 
     async def _push_images(self, server: Server, images: list[tuple[str, str, Image]]) -> Sample:
+        """A new client per sample, signing in as it goes (timed): the first request is
+        challenged, then one token is fetched per repository and reused for all its images."""
         concurrency = self.plan.image_concurrency
-        async with RegistryClient(server.url, connections=concurrency) as client:
+        auth = self.new_auth(server)
+        async with self.client(server, concurrency, auth) as client:
 
             async def push(item: tuple[str, str, Image]) -> None:
                 await client.push_image(*item)
@@ -499,7 +575,10 @@ class Bench:
             started = time.perf_counter()
             await bounded(images, concurrency, push)
             seconds = time.perf_counter() - started
-        return Sample(len(images) / seconds, seconds, len(images))
+        notes: list[str] = []
+        if auth is not None:
+            notes.append(f"{auth.fetches} token fetches in {auth.fetch_seconds:.2f}s, timed")
+        return Sample(len(images) / seconds, seconds, len(images), notes=notes)
 
 
 def rss_outcomes(bench: Bench) -> None:

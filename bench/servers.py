@@ -3,13 +3,21 @@
 Both servers run from their own temporary directory on a free loopback port, in their own
 session (so a Ctrl-C in the terminal reaches only the benchmark, which then stops them), and
 are stopped with SIGTERM, then SIGKILL for anything left, including forked workers.
+
+Moorage runs with its default token authentication: its `admin` account gets a password
+generated for the run, and `MoorageServer.start` checks the docker token flow end to end before
+the benchmark begins. Distribution runs without authentication (see docs/performance.md).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import platform
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,8 +26,10 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 
 import psutil
@@ -52,6 +62,16 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) the client signs in with, or None: no authentication."""
+        return None
+
+    @property
+    def authentication(self) -> str:
+        """How clients authenticate, for the report header."""
+        return "none"
 
     @property
     def log_path(self) -> Path:
@@ -180,6 +200,48 @@ http:
 class MoorageServer(Server):
     label: str = "Moorage"
     workers: int = 2
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    challenge: str = ""  # the WWW-Authenticate of an anonymous GET /v2/, once checked
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        return ("admin", self.admin_password)
+
+    @property
+    def authentication(self) -> str:
+        if not self.challenge:
+            return "token authentication (not checked yet)"
+        return f"token authentication on ({self.challenge}; the client signs in as admin)"
+
+    def start(self, timeout: float = 60.0) -> None:
+        super().start(timeout)
+        self.check_token_auth()
+
+    def check_token_auth(self) -> None:
+        """Anonymous /v2/ must be challenged, and a token from the realm must open it."""
+        status, headers, _ = _get(f"{self.url}/v2/")
+        challenge = headers.get("WWW-Authenticate", "")
+        if status != 401 or not challenge.lower().startswith("bearer "):
+            raise ServerError(
+                f"{self.label}: expected a 401 Bearer challenge on /v2/, got {status} {challenge!r}"
+            )
+        params = dict(_PARAM_RE.findall(challenge))
+        if "realm" not in params:
+            raise ServerError(f"{self.label}: challenge without a realm: {challenge!r}")
+        query = urllib.parse.urlencode(
+            {"service": params.get("service", ""), "scope": "registry:catalog:*"}
+        )
+        raw = f"admin:{self.admin_password}".encode()
+        basic = "Basic " + base64.b64encode(raw).decode()
+        status, _, body = _get(f"{params['realm']}?{query}", {"Authorization": basic})
+        if status != 200:
+            raise ServerError(f"{self.label}: token request as admin got {status}: {body[:300]!r}")
+        token = json.loads(body)["token"]
+        status, _, body = _get(f"{self.url}/v2/", {"Authorization": f"Bearer {token}"})
+        if status != 200:
+            raise ServerError(f"{self.label}: /v2/ with a token got {status}: {body[:300]!r}")
+        path = urllib.parse.urlsplit(params["realm"]).path
+        self.challenge = f"Bearer tokens from {path}, service {params.get('service')!r}"
 
     def command(self) -> list[str]:
         return [
@@ -198,15 +260,34 @@ class MoorageServer(Server):
         ]
 
     def environment(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        # Read once, when the first start creates the admin account in the fresh data directory.
+        environment["MOORAGE_ADMIN_PASSWORD"] = self.admin_password
+        return environment
+
+
+_PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, Message, bytes]:
+    """GET on loopback: status, headers and body, whatever the status."""
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 - loopback only
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:  # noqa: S310 - loopback
+            return reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
 
 
 def _ping(url: str) -> bool:
+    """The server answers /v2/: 200, or 401 when it requires authentication."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as reply:  # noqa: S310 - loopback only
-            return bool(reply.status == 200)
+        status, _, _ = _get(url, timeout=1.0)
     except (urllib.error.URLError, OSError):
         return False
+    return status in (200, 401)
 
 
 # -- sampling
