@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,8 +16,10 @@ from moorage.config import ConfigError, Settings, load_settings
 from moorage.domain.access import Action
 from moorage.domain.errors import RegistryError
 from moorage.domain.events import Actor
-from moorage.management import ManagementServices, management_services
-from moorage.services.identity import IdentityError
+from moorage.services.errors import IdentityError
+
+if TYPE_CHECKING:
+    from moorage.management import ManagementServices
 
 config_option = click.option(
     "--config",
@@ -54,6 +56,8 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
 def services(settings: Settings) -> Iterator[ManagementServices]:
     """The services on the registry's database; refusals become a message and exit status 1."""
     try:
+        from moorage.management import management_services
+
         with management_services(settings) as opened:
             yield opened
     except IdentityError as error:

@@ -15,7 +15,7 @@ from moorage.commands.common import (
     with_settings,
 )
 from moorage.config import Settings
-from moorage.services.identity import robot_full_name
+from moorage.domain.access import robot_full_name
 
 _PAGE = 500
 kind_option = click.option("--group", "is_group", is_flag=True, help="NAME is a group, not a user.")

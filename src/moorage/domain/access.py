@@ -212,3 +212,8 @@ def decide_system(access: SubjectAccess, action: SystemAction) -> bool:
         return access.is_admin or access.may_create_projects
     # A scoped token narrows its user to repositories: it never carries administration.
     return access.is_admin and access.limit is None
+
+
+def robot_full_name(name: str, project: str | None) -> str:
+    """`robot$<project>+<name>` for a project robot, `robot$<name>` for a system robot."""
+    return f"robot${project}+{name}" if project else f"robot${name}"

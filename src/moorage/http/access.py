@@ -158,10 +158,10 @@ async def _authorize(
         elif action is SystemAction.CATALOG and caller.token is not None:
             allowed = caller.token.allows("registry", "catalog", "*")
         else:
+            # Without a token, anonymous callers are challenged even for the catalog: a client
+            # that signs in on challenge must get the chance to see its private repositories.
             access = await iam.threads.run(iam.identity.access_of, subject)
-            allowed = (not anonymous or action is SystemAction.CATALOG) and decide_system(
-                access, action
-            )
+            allowed = not anonymous and decide_system(access, action)
         if not allowed:
             _deny(request, iam, caller, permission, resource, "not allowed")
         return

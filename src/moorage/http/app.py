@@ -26,8 +26,9 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
 from moorage.metadata.store import MetadataStore
 from moorage.services.audit import AuditLog, AuditService
+from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus, log_subscriber
-from moorage.services.identity import IdentityError, IdentityPolicy, IdentityService
+from moorage.services.identity import IdentityPolicy, IdentityService
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads

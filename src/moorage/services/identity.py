@@ -28,12 +28,14 @@ from moorage.domain.access import (
     RepositoryGrant,
     SubjectAccess,
     decide,
+    robot_full_name,
     validate_pattern,
 )
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Group, PersonalAccessToken, Robot, User
 from moorage.metadata.iam_store import ConflictError, IamStore
+from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 
 log = logging.getLogger("moorage.identity")
@@ -45,16 +47,34 @@ _USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ROBOT_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # OWASP's argon2id parameters: 19 MiB, 2 passes, 1 lane. Bounded memory per concurrent sign-in.
 _HASHER: Final = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-_DUMMY_HASH: Final = _HASHER.hash(secrets.token_hex(16))
+# One argon2 computation at a time per process: each holds 19 MiB and a core for tens of
+# milliseconds, so a burst of sign-ins queues instead of multiplying memory and CPU.
+_HASHING: Final = threading.Lock()
+_dummy_hash: str | None = None
+
+
+def hash_password(password: str) -> str:
+    with _HASHING:
+        return _HASHER.hash(password)
+
+
+def password_matches(stored_hash: str, password: str) -> bool:
+    with _HASHING:
+        try:
+            return bool(_HASHER.verify(stored_hash, password))
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+def _unknown_user_hash() -> str:
+    """A real hash to verify against for unknown users, so they cost the same time."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(secrets.token_hex(16))
+    return _dummy_hash
+
+
 _CACHE_SECONDS: Final = 2.0
-
-
-class IdentityError(Exception):
-    """A request the identity service refuses; `status` is the HTTP status to report."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class AuthenticationError(Exception):
@@ -178,11 +198,6 @@ def parse_permissions(
     return cleaned
 
 
-def robot_full_name(name: str, project: str | None) -> str:
-    """`robot$<project>+<name>` for a project robot, `robot$<name>` for a system robot."""
-    return f"robot${project}+{name}" if project else f"robot${name}"
-
-
 def grants_from(permissions: Sequence[dict[str, Any]]) -> tuple[RepositoryGrant, ...]:
     return tuple(
         RepositoryGrant(
@@ -241,7 +256,7 @@ class IdentityService:
         else:
             self.check_password_rules(password)
         try:
-            self.store.create_user("admin", None, _HASHER.hash(password), True)
+            self.store.create_user("admin", None, hash_password(password), True)
         except ConflictError:
             return None  # another process created it first
         self._emit("user:create", Actor("moorage", "system"), resource="user:admin", admin=True)
@@ -303,13 +318,9 @@ class IdentityService:
         keys = self._throttle_keys(username, client_ip)
         self._check_throttle(keys)
         user = self.store.user_by_name(username)
-        stored = user.password_hash if user is not None else _DUMMY_HASH
-        try:
-            # Unknown users cost the same time as wrong passwords: no account enumeration.
-            _HASHER.verify(stored, password)
-            ok = user is not None and not user.disabled
-        except (VerificationError, InvalidHashError):
-            ok = False
+        stored = user.password_hash if user is not None else _unknown_user_hash()
+        # Unknown users cost the same time as wrong passwords: no account enumeration.
+        ok = password_matches(stored, password) and user is not None and not user.disabled
         if not ok or user is None:
             raise self._fail(keys, username, client_ip, "user")
         subject = Subject(
@@ -536,7 +547,7 @@ class IdentityService:
             raise IdentityError("usernames are 1-64 lowercase letters, digits, '.', '_' or '-'")
         self.check_password_rules(password)
         try:
-            user = self.store.create_user(username, email, _HASHER.hash(password), is_admin)
+            user = self.store.create_user(username, email, hash_password(password), is_admin)
         except ConflictError as error:
             raise IdentityError(str(error), 409) from None
         self._emit("user:create", actor, resource=f"user:{username}", email=email, admin=is_admin)
@@ -576,15 +587,16 @@ class IdentityService:
         if current_password is None and _is_self(actor, username):
             # A stolen session must not be enough to take the account over for good.
             raise IdentityError("change your own password with your current password", 409)
-        if current_password is not None:
-            try:
-                _HASHER.verify(user.password_hash, current_password)
-            except (VerificationError, InvalidHashError):
-                self._emit("user:password", actor, result="failure", resource=f"user:{username}")
-                raise IdentityError("the current password is wrong", 403) from None
+        if current_password is not None and not password_matches(
+            user.password_hash, current_password
+        ):
+            self._emit("user:password", actor, result="failure", resource=f"user:{username}")
+            raise IdentityError("the current password is wrong", 403)
         self.check_password_rules(new_password)
         self.store.update_user(
-            user.id, password_hash=_HASHER.hash(new_password), password_changed_at=datetime.now(UTC)
+            user.id,
+            password_hash=hash_password(new_password),
+            password_changed_at=datetime.now(UTC),
         )
         self._emit("user:password", actor, resource=f"user:{username}")
 

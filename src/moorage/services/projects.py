@@ -13,8 +13,9 @@ from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Project
 from moorage.metadata.iam_store import ConflictError, IamStore
+from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityError, IdentityService, Subject
+from moorage.services.identity import IdentityService, Subject
 
 _ROLE_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 

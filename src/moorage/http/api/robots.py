@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from moorage.domain.access import Action
+from moorage.domain.access import Action, robot_full_name
 from moorage.http.access import ADMIN, Permission, project_permission
 from moorage.http.api.common import (
     AccessRule,
@@ -28,7 +28,6 @@ from moorage.http.api.framework import (
     UtcDateTime,
 )
 from moorage.metadata.iam_models import Robot as RobotRow
-from moorage.services.identity import robot_full_name
 
 ROBOTS = "robots"
 PROJECT_ROBOTS = "/api/v1/projects/{project}/robots"

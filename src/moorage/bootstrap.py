@@ -1,0 +1,39 @@
+"""First-start preparation of a data directory: schema, signing key, the `admin` account."""
+
+from __future__ import annotations
+
+import logging
+
+from moorage.config import Settings
+from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.iam_store import IamStore
+from moorage.services.audit import AuditLog
+from moorage.services.events import EventBus
+from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.tokens import ensure_signing_key
+
+log = logging.getLogger("moorage.server")
+
+
+def prepare_data(settings: Settings) -> None:
+    """Migrate the schema, create the first signing key and the `admin` account (once)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
+    try:
+        migrate(engine)
+        store = IamStore(engine)
+        ensure_signing_key(store)
+        events = EventBus()
+        events.subscribe(AuditLog(store, immediate=True))
+        identity = IdentityService(
+            store, events, IdentityPolicy(min_password_length=settings.min_password_length)
+        )
+        generated = identity.bootstrap_admin(settings.initial_admin_password())
+        if generated is not None:
+            log.warning(
+                "created the admin account with a generated password, shown only this once: %s"
+                " -- change it, or set MOORAGE_ADMIN_PASSWORD before the first start",
+                generated,
+            )
+    finally:
+        engine.dispose()
