@@ -56,7 +56,7 @@ class ToolEnvironment:
     registries_d: Path
 
 
-def _tool_environment(root: Path) -> ToolEnvironment:
+def tool_environment(root: Path) -> ToolEnvironment:
     home = root / "home"
     tmp = root / "tmp"
     registries_d = root / "registries.d"
@@ -82,7 +82,7 @@ def _tool_environment(root: Path) -> ToolEnvironment:
 
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory: pytest.TempPathFactory) -> ToolEnvironment:
-    return _tool_environment(tmp_path_factory.mktemp("containers-tools"))
+    return tool_environment(tmp_path_factory.mktemp("containers-tools"))
 
 
 def _execute(
@@ -106,7 +106,7 @@ def _run(
 @dataclass(frozen=True)
 class Skopeo:
     """skopeo with private configuration; `creds` (user:secret) signs in to every registry
-    reference, None sends no credentials (the empty auth file holds none)."""
+    reference, None makes every reference anonymous (`--no-creds` and its kin)."""
 
     tools: ToolEnvironment
     creds: str | None = ADMIN_CREDS
@@ -129,7 +129,11 @@ class Skopeo:
         return _execute(self.command(*args), self.tools.env)
 
     def creds_args(self, flag: str = "--creds") -> list[str]:
-        return [flag, self.creds] if self.creds is not None else []
+        """`--creds user:secret` (or `--src-creds`, `--dest-creds`); without creds, the
+        matching `--no-creds` flag."""
+        if self.creds is None:
+            return [flag.replace("creds", "no-creds")]
+        return [flag, self.creds]
 
     def copy_args(self, source: str, destination: str, *extra: str) -> list[str]:
         return [
@@ -463,11 +467,9 @@ class Podman:
         return found[0]
 
 
-@pytest.fixture
-def podman(tmp_path: Path) -> Iterator[Podman]:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not on PATH")
-    tools = _tool_environment(tmp_path / "podman")
+def podman_environment(root: Path) -> Podman:
+    """podman with vfs storage, its own store, configuration and auth file under `root`."""
+    tools = tool_environment(root)
     storage_conf = tools.root / "storage.conf"
     storage_conf.write_text(
         "[storage]\n"
@@ -481,15 +483,17 @@ def podman(tmp_path: Path) -> Iterator[Podman]:
     tools.env["CONTAINERS_STORAGE_CONF"] = str(storage_conf)
     tools.env["CONTAINERS_CONF"] = str(containers_conf)
     tools.env["CONTAINERS_POLICY_JSON"] = str(tools.policy)
-    yield Podman(tools)
+    return Podman(tools)
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not on PATH")
+    tool = podman_environment(tmp_path / "podman")
+    yield tool
     # vfs layers are plain directories; drop them through podman so its locks stay consistent.
-    subprocess.run(
-        ["podman", "--storage-driver", "vfs", "rmi", "--all", "--force"],
-        env=tools.env,
-        capture_output=True,
-        timeout=_TIMEOUT,
-        check=False,
-    )
+    tool.attempt("rmi", "--all", "--force")
 
 
 def test_podman_pull_tag_push_and_pull_by_digest(

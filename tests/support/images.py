@@ -298,7 +298,7 @@ def registry_token(
 ) -> str:
     """A registry token for `scopes` from the token service; `username=None` is anonymous."""
     headers = {"Authorization": basic_header(username, password)} if username is not None else {}
-    params = [("service", "moorage"), *(("scope", scope) for scope in scopes)]
+    params = httpx.QueryParams([("service", "moorage"), *(("scope", scope) for scope in scopes)])
     response = httpx.get(f"{base_url}/service/token", params=params, headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     return str(response.json()["token"])
