@@ -278,11 +278,6 @@ ENDPOINTS = [
     Endpoint("DELETE", "/v2/{repo}/blobs/{blob}", DELETE),
 ]
 REPOSITORY_ENDPOINTS = [e for e in ENDPOINTS if e.permission.scope is Scope.REPOSITORY]
-ANONYMOUS_CATALOG_BUG = (
-    "access.py lets an anonymous caller without a token list the catalog (filtered to public"
-    " projects) instead of challenging for registry:catalog:*, so a client that signs in on"
-    " challenge (docker-style) never sees its private repositories"
-)
 
 
 def endpoint_id(endpoint: Endpoint) -> str:
@@ -345,16 +340,7 @@ def assert_challenge(
 
 @pytest.mark.parametrize(
     "endpoint",
-    [
-        pytest.param(
-            e,
-            id=endpoint_id(e),
-            marks=[pytest.mark.xfail(strict=True, reason=ANONYMOUS_CATALOG_BUG)]
-            if e.permission == CATALOG
-            else [],
-        )
-        for e in ENDPOINTS
-    ],
+    [pytest.param(e, id=endpoint_id(e)) for e in ENDPOINTS],
 )
 def test_anonymous_requests_are_challenged_for_the_scope_of_their_route(
     setup: Setup, endpoint: Endpoint

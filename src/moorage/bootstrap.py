@@ -9,7 +9,7 @@ from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.iam_store import IamStore
 from moorage.services.audit import AuditLog
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.identity import IdentityService, policy_from
 from moorage.services.tokens import ensure_signing_key
 
 log = logging.getLogger("moorage.server")
@@ -25,9 +25,7 @@ def prepare_data(settings: Settings) -> None:
         ensure_signing_key(store)
         events = EventBus()
         events.subscribe(AuditLog(store, immediate=True))
-        identity = IdentityService(
-            store, events, IdentityPolicy(min_password_length=settings.min_password_length)
-        )
+        identity = IdentityService(store, events, policy_from(settings))
         generated = identity.bootstrap_admin(settings.initial_admin_password())
         if generated is not None:
             log.warning(

@@ -68,6 +68,10 @@ class Settings(BaseModel):
     token_ttl_seconds: int = Field(300, ge=30, le=3600)
     v2_basic_auth: bool = Field(False, description="also accept Basic credentials on /v2")
     min_password_length: int = Field(12, ge=8, le=128)
+    login_failures_per_user: int = Field(5, ge=1, le=1000, description="then the account backs off")
+    login_failures_per_address: int = Field(
+        20, ge=1, le=100_000, description="then the client address backs off"
+    )
     audit_retention_days: int = Field(0, ge=0, description="0 keeps audit entries forever")
 
     # TLS and mutual TLS

@@ -15,7 +15,7 @@ from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.iam_store import IamStore
 from moorage.services.audit import AuditLog, AuditService
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.identity import IdentityService, policy_from
 from moorage.services.projects import ProjectService
 from moorage.services.tokens import TokenService, ensure_signing_key
 
@@ -43,9 +43,7 @@ def management_services(settings: Settings) -> Iterator[ManagementServices]:
         ensure_signing_key(store)
         events = EventBus()
         events.subscribe(AuditLog(store, immediate=True))
-        identity = IdentityService(
-            store, events, IdentityPolicy(min_password_length=settings.min_password_length)
-        )
+        identity = IdentityService(store, events, policy_from(settings))
         tokens = TokenService(
             store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
         )

@@ -28,7 +28,7 @@ from moorage.metadata.store import MetadataStore
 from moorage.services.audit import AuditLog, AuditService
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus, log_subscriber
-from moorage.services.identity import IdentityPolicy, IdentityService
+from moorage.services.identity import IdentityService, policy_from
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
@@ -120,9 +120,7 @@ def build_app(
     events.subscribe(log_subscriber)
     audit = AuditLog(iam_store)
     events.subscribe(audit)
-    identity = IdentityService(
-        iam_store, events, IdentityPolicy(min_password_length=settings.min_password_length)
-    )
+    identity = IdentityService(iam_store, events, policy_from(settings))
     tokens = TokenService(
         iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
     )

@@ -78,6 +78,10 @@ class Authenticator:
         if scheme == "bearer":
             value = header[7:].strip()
             if value.startswith(PAT_PREFIX):
+                if not allow_basic:
+                    # Direct credentials on /v2 follow the Basic setting; clients trade them
+                    # at the token service instead.
+                    raise InvalidTokenError("a personal access token is not a registry token")
                 return Caller(await self._credentials(request, "", value))
             return await self._bearer(value)
         if scheme == "basic" and allow_basic:
@@ -107,6 +111,10 @@ class Authenticator:
         hit = self._verified.get(key)
         if hit is not None and hit[0] > time.monotonic():
             subject = hit[1]
+            # A lock (user or address) stops cached credentials too; so does a revoked one.
+            await self._threads.run(
+                self._identity.check_not_locked, username or subject.name, request.remote
+            )
             if await self._threads.run(self._identity.is_live, subject):
                 return subject
         subject = await self._threads.run(

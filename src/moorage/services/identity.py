@@ -6,6 +6,7 @@ Synchronous: the HTTP layer calls it on the worker threads; the CLI calls it dir
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -21,6 +22,7 @@ from typing import Any, Final, TypeVar
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from moorage.config import Settings
 from moorage.domain.access import (
     ROLE_ACTIONS,
     Action,
@@ -113,11 +115,21 @@ ANONYMOUS: Final = Subject("anonymous", None, "anonymous")
 @dataclass(frozen=True, slots=True)
 class IdentityPolicy:
     min_password_length: int = 12
-    max_failures: int = 5
+    max_failures: int = 5  # per account
+    # Per client address: higher, because many people can share one (NAT, proxies).
+    max_failures_per_address: int = 20
     failure_window_seconds: float = 900
     base_lock_seconds: float = 30
     max_lock_seconds: float = 900
     refresh_token_days: int = 30
+
+
+def policy_from(settings: Settings) -> IdentityPolicy:
+    return IdentityPolicy(
+        min_password_length=settings.min_password_length,
+        max_failures=settings.login_failures_per_user,
+        max_failures_per_address=settings.login_failures_per_address,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +229,7 @@ class IdentityService:
         self._access = _TtlCache(_CACHE_SECONDS)
         self._live = _TtlCache(_CACHE_SECONDS)
         self._projects = _TtlCache(_CACHE_SECONDS)
+        self._locks = _TtlCache(_CACHE_SECONDS)
 
     # -- events
 
@@ -281,26 +294,37 @@ class IdentityService:
     def _check_throttle(self, keys: list[str]) -> None:
         now = datetime.now(UTC)
         for key in keys:
-            row = self.store.throttle(key)
-            if row is not None and row.locked_until is not None:
-                until = (
-                    row.locked_until
-                    if row.locked_until.tzinfo
-                    else row.locked_until.replace(tzinfo=UTC)
-                )
-                if until > now:
-                    raise ThrottledError(int((until - now).total_seconds()) + 1)
+            until = self._locks.get_or_load(key, functools.partial(self._locked_until, key))
+            if until is not None and until > now:
+                raise ThrottledError(int((until - now).total_seconds()) + 1)
+
+    def _locked_until(self, key: str) -> datetime | None:
+        row = self.store.throttle(key)
+        if row is None or row.locked_until is None:
+            return None
+        locked = row.locked_until
+        return locked if locked.tzinfo else locked.replace(tzinfo=UTC)
+
+    def check_not_locked(self, username: str, client_ip: str | None) -> None:
+        """Raise ThrottledError while the user or the address is locked out.
+
+        Credentials verified earlier (and cached by the HTTP layer) pass through here too, so
+        a lock stops them as well."""
+        self._check_throttle(self._throttle_keys(username, client_ip))
 
     def _fail(
         self, keys: list[str], username: str, client_ip: str | None, kind: str
     ) -> AuthenticationError:
         now = datetime.now(UTC)
+        self._locks.clear()
         for key in keys:
             self.store.record_failure(
                 key,
                 now,
                 self.policy.failure_window_seconds,
-                self.policy.max_failures,
+                self.policy.max_failures
+                if key.startswith("user:")
+                else self.policy.max_failures_per_address,
                 self.policy.base_lock_seconds,
                 self.policy.max_lock_seconds,
             )
@@ -308,9 +332,13 @@ class IdentityService:
         return AuthenticationError("invalid credentials")
 
     def _succeed(self, keys: list[str], subject: Subject, client_ip: str | None) -> Subject:
-        for key in keys:
+        # Only the account's own count is cleared: an address's failures stand until their
+        # window ends, so one valid account cannot be used to keep guessing others' passwords.
+        user_keys = [key for key in keys if key.startswith("user:")]
+        for key in user_keys:
             if self.store.throttle(key) is not None:
                 self.store.clear_failures(key)
+                self._locks.clear()
         self._emit("login", subject.actor(client_ip), credential=subject.credential or "password")
         return subject
 
