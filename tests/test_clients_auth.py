@@ -571,12 +571,6 @@ def test_an_upload_session_is_unknown_to_another_pusher(
 # -- narrowed credentials stay narrow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the token service's create-on-push exception (http/token.py"
-    " granted_access) ignores a scoped token's limit, so a pull-only personal access token of a"
-    " user who may create projects is granted push on any project that does not exist yet",
-)
 def test_a_pull_only_personal_access_token_cannot_push_into_a_new_project(
     server: RegistryProcess,
     admin_api: httpx.Client,
@@ -607,11 +601,6 @@ def test_a_pull_only_personal_access_token_cannot_push_into_a_new_project(
     assert admin_api.get(f"/projects/{new_project}").status_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: http/access.py _authorize creates the missing project (_ensure_project)"
-    " before it checks that the token grants push, so a refused push still creates a project",
-)
 def test_a_push_refused_for_lack_of_scope_creates_no_project(
     server: RegistryProcess, admin_api: httpx.Client
 ) -> None:

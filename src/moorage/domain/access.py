@@ -201,6 +201,19 @@ def decide(
     return False
 
 
+def within_limit(access: SubjectAccess, action: Action, repository: str) -> bool:
+    """Whether the credential's own limit (robot allow-list, token scopes) admits the action."""
+    return _within_limit(access, action, repository, project_of(repository))
+
+
+def may_push_new_project(access: SubjectAccess, repository: str) -> bool:
+    """A push that would create the repository's (missing) project: allowed to subjects who
+    may create projects, within the limits of the credential they signed in with."""
+    return (access.is_admin or access.may_create_projects) and _within_limit(
+        access, Action.PUSH, repository, project_of(repository)
+    )
+
+
 def decide_system(access: SubjectAccess, action: SystemAction) -> bool:
     if action in (SystemAction.PING, SystemAction.CATALOG):
         return True

@@ -30,6 +30,12 @@ class Actor:
     kind: str = "anonymous"  # anonymous | user | robot | system
     client_ip: str | None = None
     certificate: str | None = None  # subject of a verified client certificate
+    id: int | None = None  # the account's id (a re-created account with the same name differs)
+
+    @property
+    def identity(self) -> str:
+        """Who, precisely enough to own something (an upload session)."""
+        return f"{self.kind}:{self.id}:{self.name}"
 
 
 SYSTEM = Actor(name="moorage", kind="system")

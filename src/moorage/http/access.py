@@ -16,7 +16,13 @@ from enum import StrEnum
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage.domain.access import Action, SystemAction, decide, decide_system
+from moorage.domain.access import (
+    Action,
+    SystemAction,
+    decide,
+    decide_system,
+    may_push_new_project,
+)
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import project_of, validate_repository_name
@@ -173,8 +179,6 @@ async def _authorize(
         return
     assert resource is not None
     project = project_of(resource)
-    if permission.scope is Scope.REPOSITORY and action is Action.PUSH:
-        await _ensure_project(request, iam, caller, project)
     if caller.token is not None and permission.scope is Scope.REPOSITORY:
         token_action = _TOKEN_ACTIONS.get(action, action.value)
         allowed = caller.token.allows("repository", resource, token_action)
@@ -182,7 +186,13 @@ async def _authorize(
         access = await iam.threads.run(iam.identity.access_of, subject)
         public = await iam.threads.run(iam.identity.public_projects)
         repository = resource if permission.scope is Scope.REPOSITORY else None
-        allowed = decide(access, action, project, repository, public)
+        allowed = decide(access, action, project, repository, public) or (
+            repository is not None
+            and action is Action.PUSH
+            and may_push_new_project(access, repository)
+        )
+    if permission.scope is Scope.REPOSITORY and action is Action.PUSH:
+        await _push_into_missing_project(request, iam, caller, resource, allowed=allowed)
     if not allowed:
         _deny(
             request,
@@ -194,18 +204,31 @@ async def _authorize(
         )
 
 
-async def _ensure_project(
-    request: web.Request, iam: IamServices, caller: Caller, project: str
+async def _push_into_missing_project(
+    request: web.Request, iam: IamServices, caller: Caller, repository: str, *, allowed: bool
 ) -> None:
+    """A push whose project does not exist yet.
+
+    Only a push that is itself allowed, by a subject that may create projects, creates it
+    (private, the pusher as project admin). A caller who could be allowed by asking for a
+    token with push gets the usual challenge; anyone else is refused naming the project.
+    """
+    project = project_of(repository)
     exists = iam.identity.project_exists_cached(project)
     if exists is None:
         exists = await iam.threads.run(iam.identity.project_exists, project)
-    if exists:
-        return
-    if caller.subject.kind == "anonymous" and caller.token is None:
-        return  # the challenge comes first; the caller has not signed in yet
-    created = await iam.threads.run(
-        iam.identity.create_project_on_push, caller.subject, project, request.remote
+    if exists or caller.subject.kind == "anonymous":
+        return  # the normal decision (or the anonymous challenge) stands
+    access = await iam.threads.run(iam.identity.access_of, caller.subject)
+    may_create = may_push_new_project(access, repository)
+    if not allowed and may_create:
+        return  # challenged: a token with push would be granted
+    created = (
+        allowed
+        and may_create
+        and await iam.threads.run(
+            iam.identity.create_project_on_push, caller.subject, project, request.remote
+        )
     )
     if not created:
         raise AccessDenied(

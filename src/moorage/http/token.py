@@ -13,12 +13,11 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from moorage.domain.access import Action, decide
+from moorage.domain.access import Action, decide, may_push_new_project, within_limit
 from moorage.domain.names import project_of
 from moorage.domain.scopes import Scope, ScopeError, parse_scopes
 from moorage.http.state import IAM, IamServices
 from moorage.services.identity import (
-    ANONYMOUS,
     AuthenticationError,
     IdentityService,
     Subject,
@@ -160,15 +159,18 @@ def granted_access(
             if decide(access, _SCOPE_ACTIONS[name], project, scope.name, public)
         }
         # A push into a project that does not exist yet: allowed when the caller may create
-        # projects; the registry creates it (private, caller as admin) on the first write.
+        # projects (within its credential's limits); the registry creates the project (private,
+        # caller as admin) on the first write.
         if (
             "push" in scope.actions
             and "push" not in actions
-            and subject is not ANONYMOUS
-            and (access.is_admin or access.may_create_projects)
+            and subject.kind != "anonymous"
+            and may_push_new_project(access, scope.name)
             and not identity.project_exists(project)
         ):
-            actions |= ({"pull"} & scope.actions) | {"push"}
+            actions.add("push")
+            if "pull" in scope.actions and within_limit(access, Action.PULL, scope.name):
+                actions.add("pull")
         if actions:
             granted.append({"type": "repository", "name": scope.name, "actions": sorted(actions)})
     return granted

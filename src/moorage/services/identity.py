@@ -77,6 +77,8 @@ def _unknown_user_hash() -> str:
 
 
 _CACHE_SECONDS: Final = 2.0
+# Names the audit log uses for callers that are not accounts.
+_RESERVED_NAMES: Final = frozenset({"anonymous", "moorage", "system"})
 
 
 class AuthenticationError(Exception):
@@ -106,7 +108,7 @@ class Subject:
     proof: str | None = None
 
     def actor(self, client_ip: str | None) -> Actor:
-        return Actor(self.name, self.kind, client_ip, self.certificate)
+        return Actor(self.name, self.kind, client_ip, self.certificate, self.id)
 
 
 ANONYMOUS: Final = Subject("anonymous", None, "anonymous")
@@ -573,6 +575,8 @@ class IdentityService:
     ) -> int:
         if not _USERNAME_RE.fullmatch(username) or username.startswith("robot"):
             raise IdentityError("usernames are 1-64 lowercase letters, digits, '.', '_' or '-'")
+        if username in _RESERVED_NAMES:
+            raise IdentityError(f"{username!r} is reserved", 409)
         self.check_password_rules(password)
         try:
             user = self.store.create_user(username, email, hash_password(password), is_admin)

@@ -94,12 +94,12 @@ class UploadService:
         self.ids = ids
 
     async def start(self, repository: str, actor: Actor) -> str:
-        upload_id = self.ids.new(repository, actor.name)
+        upload_id = self.ids.new(repository, actor.identity)
         await self._threads.run(self._storage.create_upload, upload_id)
         return upload_id
 
     def _check_session(self, repository: str, upload_id: str, actor: Actor) -> None:
-        if not self.ids.belongs_to(upload_id, repository, actor.name):
+        if not self.ids.belongs_to(upload_id, repository, actor.identity):
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session not found")
         last_activity = self._storage.upload_activity(upload_id)
         if last_activity is None:
@@ -180,7 +180,7 @@ class UploadService:
         actor: Actor,
     ) -> int:
         """A single-request upload (`POST ?digest=`)."""
-        upload_id = self.ids.new(repository, actor.name)
+        upload_id = self.ids.new(repository, actor.identity)
         await self._threads.run(self._storage.create_upload, upload_id)
         writer = self._open(upload_id)
         committed = False
