@@ -123,3 +123,41 @@ def test_a_public_project_is_readable_by_a_non_member(
         assert api.get(f"/projects/{public}").status_code == 200
         assert_problem(api.get(f"/projects/{private}"), 403)
         assert_problem(api.get(f"/projects/{public}/members"), 403)
+
+
+def _push_session(server: RegistryProcess, repository: str, user: str) -> httpx.Response:
+    token = httpx.get(
+        f"{server.url}/service/token",
+        params={"service": "moorage", "scope": f"repository:{repository}:pull,push"},
+        auth=(user, PASSWORD),
+    ).json()["token"]
+    return httpx.post(
+        f"{server.url}/v2/{repository}/blobs/uploads/", headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+def test_a_push_into_a_missing_project_is_denied_naming_it_unless_creation_is_open(
+    admin_api: httpx.Client, api_registry: RegistryProcess
+) -> None:
+    user = create_user(admin_api, "creator")
+    project = f"{user}-new"
+    refused = _push_session(api_registry, f"{project}/app", user)
+    assert refused.status_code == 403
+    error = refused.json()["errors"][0]
+    assert error["code"] == "DENIED"
+    assert project in error["message"]
+    assert_problem(admin_api.get(f"/projects/{project}"), 404)
+
+    assert (
+        admin_api.patch("/settings", json={"projectCreation": "authenticated"}).status_code == 200
+    )
+    try:
+        eventually(
+            lambda: _push_session(api_registry, f"{project}/app", user).status_code == 202,
+            what="push allowed once project creation is open",
+        )
+        assert admin_api.get(f"/projects/{project}").json()["public"] is False
+        members = admin_api.get(f"/projects/{project}/members").json()
+        assert {"kind": "user", "name": user, "role": "project-admin"} in members
+    finally:
+        admin_api.patch("/settings", json={"projectCreation": "admins"})
