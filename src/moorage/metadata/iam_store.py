@@ -30,9 +30,10 @@ from moorage.metadata.iam_models import (
     SigningKey,
     User,
 )
-from moorage.metadata.models import utcnow
+from moorage.metadata.models import Base, utcnow
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Base)
 
 GENESIS_HASH = "0" * 64
 
@@ -132,6 +133,19 @@ class IamStore:
             session.flush()
             return result
 
+    def _update(self, model: type[M], row_id: int, changes: dict[str, Any]) -> M | None:
+        """Set `changes` on one row in one write transaction; None when there is no such row."""
+
+        def work(session: Session) -> M | None:
+            row = session.get(model, row_id)
+            if row is None:
+                return None
+            for key, value in changes.items():
+                setattr(row, key, value)
+            return row
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
     # -- users
 
     def create_user(
@@ -165,15 +179,7 @@ class IamStore:
             return list(session.scalars(query))
 
     def update_user(self, user_id: int, **changes: Any) -> User | None:
-        def work(session: Session) -> User | None:
-            user = session.get(User, user_id)
-            if user is None:
-                return None
-            for key, value in changes.items():
-                setattr(user, key, value)
-            return user
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._update(User, user_id, changes)
 
     def delete_user(self, user_id: int) -> bool:
         def work(session: Session) -> bool:
@@ -309,15 +315,7 @@ class IamStore:
             return list(session.scalars(query))
 
     def update_project(self, project_id: int, **changes: Any) -> Project | None:
-        def work(session: Session) -> Project | None:
-            project = session.get(Project, project_id)
-            if project is None:
-                return None
-            for key, value in changes.items():
-                setattr(project, key, value)
-            return project
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._update(Project, project_id, changes)
 
     def delete_project(self, project_id: int) -> bool:
         def work(session: Session) -> bool:
@@ -516,15 +514,7 @@ class IamStore:
             return list(session.scalars(query))
 
     def update_robot(self, robot_id: int, **changes: Any) -> Robot | None:
-        def work(session: Session) -> Robot | None:
-            robot = session.get(Robot, robot_id)
-            if robot is None:
-                return None
-            for key, value in changes.items():
-                setattr(robot, key, value)
-            return robot
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._update(Robot, robot_id, changes)
 
     def delete_robot(self, robot_id: int) -> bool:
         def work(session: Session) -> bool:
@@ -577,15 +567,7 @@ class IamStore:
             )
 
     def update_pat(self, token_id: int, **changes: Any) -> PersonalAccessToken | None:
-        def work(session: Session) -> PersonalAccessToken | None:
-            token = session.get(PersonalAccessToken, token_id)
-            if token is None:
-                return None
-            for key, value in changes.items():
-                setattr(token, key, value)
-            return token
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._update(PersonalAccessToken, token_id, changes)
 
     def touch(self, model: str, row_id: int) -> None:
         """Record last use of a robot or token (best effort, one short write)."""
