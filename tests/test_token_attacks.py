@@ -236,3 +236,57 @@ def test_a_token_is_not_a_credential_for_the_token_service(server: RegistryProce
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.status_code == 401
+
+
+def _api(server: RegistryProcess) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{server.url}/api/v1", auth=(ADMIN_USER, ADMIN_PASSWORD), timeout=30
+    )
+
+
+def _refused_within(server: RegistryProcess, token: str, seconds: float = 20.0) -> None:
+    """Identity facts are cached for 2 s per worker: poll, with a deadline, for the refusal."""
+    deadline = time.monotonic() + seconds
+    while _get(server, BLOB, token).status_code != 401:
+        assert time.monotonic() < deadline, "the token still works"
+        time.sleep(0.2)
+    _refused(_get(server, BLOB, token))
+
+
+def test_a_robots_token_dies_when_the_robot_is_revoked(
+    server: RegistryProcess, repository: str
+) -> None:
+    with _api(server) as api:
+        created = api.post(
+            "/projects/attack/robots",
+            json={
+                "name": "revoked-bot",
+                "permissions": [{"project": "attack", "repositories": "**", "actions": ["pull"]}],
+            },
+        )
+        assert created.status_code == 201, created.text
+        robot, secret = created.json()["name"], created.json()["secret"]
+        token = _token(server, f"repository:{repository}:pull", auth=(robot, secret))
+        assert _get(server, BLOB, token).status_code == 200
+        assert api.delete("/projects/attack/robots/revoked-bot").status_code == 204
+    _refused_within(server, token)
+
+
+def test_a_users_token_dies_when_the_user_is_deleted(
+    server: RegistryProcess, repository: str
+) -> None:
+    with _api(server) as api:
+        assert (
+            api.post(
+                "/users", json={"username": "leaver", "password": "a-long-enough-password"}
+            ).status_code
+            == 201
+        )
+        member = api.put("/projects/attack/members/user/leaver", json={"role": "guest"})
+        assert member.status_code == 200, member.text
+        token = _token(
+            server, f"repository:{repository}:pull", auth=("leaver", "a-long-enough-password")
+        )
+        assert _get(server, BLOB, token).status_code == 200
+        assert api.delete("/users/leaver").status_code == 204
+    _refused_within(server, token)
