@@ -5,10 +5,10 @@ decision function used by every entry point (/v2, the token service, the managem
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Final
 
 from moorage.domain.names import project_of
@@ -69,7 +69,7 @@ ROLE_ACTIONS: Final[dict[str, frozenset[Action]]] = {
     Role.PROJECT_ADMIN: _PROJECT_ADMIN,
 }
 
-# Glob patterns are short and compile to linear regexes; the caps keep matching cheap.
+# Glob patterns are short, and `glob_match` never backtracks exponentially: matching stays cheap.
 MAX_PATTERN_LENGTH: Final = 255
 _GLOB_CHARS: Final = re.compile(r"^[a-z0-9._/*?-]+$")
 
@@ -89,32 +89,109 @@ def validate_pattern(pattern: str) -> str:
     return pattern
 
 
-@lru_cache(maxsize=4096)
-def _compile(pattern: str) -> re.Pattern[str]:
+_STARS: Final = frozenset({"**/", "**", "*"})
+# Up to this many `*`/`**` wildcards a pattern runs as a regular expression (backtracking costs
+# at most quadratic time over a 255-character name); more run on the state-set matcher below,
+# whose cost is linear in the name. Unbounded backtracking would be exponential: `*a*a*a*a*a*b`
+# against a long run of `a` takes seconds.
+_REGEX_WILDCARDS: Final = 2
+
+
+def _tokens(pattern: str) -> tuple[str, ...]:
+    """`**/`, `**`, `*`, `?` or one literal character each."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
         if pattern.startswith("**/", i):
-            out.append("(?:[^/]+/)*")  # zero or more whole segments
+            out.append("**/")
             i += 3
         elif pattern.startswith("**", i):
-            out.append(".*")
+            out.append("**")
             i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
         else:
-            out.append(re.escape(pattern[i]))
+            out.append(pattern[i])
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    return tuple(out)
+
+
+_REGEX_OF_TOKEN: Final = {
+    "**/": "(?:[^/]+/)*",  # zero or more whole segments
+    "**": ".*",
+    "*": "[^/]*",
+    "?": "[^/]",
+}
+
+
+def _regex(tokens: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(
+        "".join(_REGEX_OF_TOKEN.get(piece) or re.escape(piece) for piece in tokens) + r"\Z",
+        re.DOTALL,
+    )
+
+
+def _closure(tokens: tuple[str, ...], states: set[int]) -> set[int]:
+    """Add the states reachable without input: every wildcard may match nothing."""
+    pending = [state for state in states if state >= 0]
+    while pending:
+        state = pending.pop()
+        if state < len(tokens) and tokens[state] in _STARS and state + 1 not in states:
+            states.add(state + 1)
+            pending.append(state + 1)
+    return states
+
+
+def _simulate(tokens: tuple[str, ...], value: str) -> bool:
+    """Run all match positions at once (a Thompson simulation): O(len(value) * len(tokens)).
+
+    State `i` has matched `tokens[:i]`; state `~i` is inside a segment of the `**/` at `i`.
+    """
+    end = len(tokens)
+    states = _closure(tokens, {0})
+    for char in value:
+        following: set[int] = set()
+        for state in states:
+            if state < 0:  # inside a `**/` segment: more of it, or its closing slash
+                following.add(~state if char == "/" else state)
+                continue
+            if state == end:
+                continue
+            piece = tokens[state]
+            if piece == "**":
+                following.add(state)
+            elif piece == "*":
+                if char != "/":
+                    following.add(state)
+            elif piece == "**/":
+                if char != "/":
+                    following.add(~state)
+            elif piece == "?":
+                if char != "/":
+                    following.add(state + 1)
+            elif piece == char:
+                following.add(state + 1)
+        if not following:
+            return False
+        states = _closure(tokens, following)
+    return end in states
+
+
+@lru_cache(maxsize=4096)
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    tokens = _tokens(pattern)
+    if sum(piece in _STARS for piece in tokens) <= _REGEX_WILDCARDS:
+        regex = _regex(tokens)
+        return lambda value: regex.match(value) is not None
+    return partial(_simulate, tokens)
 
 
 def glob_match(pattern: str, value: str) -> bool:
-    """Doublestar matching: `*` within a path segment, `**` across segments, `?` one char."""
-    return _compile(pattern).match(value) is not None
+    """Doublestar matching: `*` within a path segment, `**` across segments, `**/` zero or more
+    whole segments, `?` one character.
+
+    Never exponential: a pattern with at most two wildcards is a regular expression (at most
+    quadratic backtracking), any other runs in O(len(value) * len(pattern)) steps.
+    """
+    return _matcher(pattern)(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from moorage.services.audit import AuditLog, AuditService
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityService, policy_from
+from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
@@ -124,12 +125,16 @@ def build_app(
     tokens = TokenService(
         iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
     )
+    # The registry's own policies join any the caller passes in.
+    policies = policies if policies is not None else PolicySet()
+    immutability = ImmutabilityService(iam_store, events)
+    ImmutableTagPolicy(immutability, metadata, threads).register(policies)
     registry = RegistryService(
         storage,
         metadata,
         threads,
         events,
-        policies or PolicySet(),
+        policies,
         max_manifest_bytes=settings.max_manifest_bytes,
         manifest_cache_bytes=settings.manifest_cache_bytes,
     )
@@ -145,6 +150,7 @@ def build_app(
     app[IAM] = IamServices(
         identity=identity,
         projects=ProjectService(iam_store, identity, events),
+        immutability=immutability,
         tokens=tokens,
         authenticator=Authenticator(
             identity, tokens, threads, certificate_identity=settings.tls_client_identity

@@ -10,6 +10,7 @@ from moorage.http.authn import Authenticator
 from moorage.services.audit import AuditService
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
+from moorage.services.immutability import ImmutabilityService
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
@@ -28,6 +29,7 @@ class Services:
 class IamServices:
     identity: IdentityService
     projects: ProjectService
+    immutability: ImmutabilityService
     tokens: TokenService
     authenticator: Authenticator
     threads: Threads

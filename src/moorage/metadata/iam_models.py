@@ -106,6 +106,22 @@ class RepositoryGrantRow(Base):
     __table_args__ = (Index("ix_repository_grants_principal", "principal_kind", "principal_id"),)
 
 
+class ImmutableTagRuleRow(Base):
+    """A project's rule of repository and tag globs whose tags may not be moved or deleted."""
+
+    __tablename__ = "immutable_tag_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    repositories: Mapped[str] = mapped_column(String(255))  # glob, relative to the project
+    tags: Mapped[str] = mapped_column(String(255))  # glob over the tag
+    mode: Mapped[str] = mapped_column(String(16))  # matching | excluding
+    created_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_immutable_tag_rules_project", "project_id"),)
+
+
 class Robot(Base):
     """A machine account with an explicit allow-list; its secret is stored only as a hash."""
 

@@ -19,6 +19,7 @@ from moorage.metadata.iam_models import (
     CustomRole,
     Group,
     GroupMember,
+    ImmutableTagRuleRow,
     LoginThrottle,
     PersonalAccessToken,
     Project,
@@ -40,6 +41,17 @@ GENESIS_HASH = "0" * 64
 
 class ConflictError(Exception):
     """The object already exists (unique name)."""
+
+
+class LimitExceededError(Exception):
+    """Adding the object would exceed a cap (e.g. rules per project)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewImmutableTagRule:
+    repositories: str
+    tags: str
+    mode: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +464,112 @@ class IamStore:
                 .where(condition)
             ).all()
         return [(name, pattern, list(actions)) for name, pattern, actions in rows]
+
+    # -- immutable tag rules
+
+    def immutable_tag_rules(self, project_id: int) -> list[ImmutableTagRuleRow]:
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(ImmutableTagRuleRow)
+                    .where(ImmutableTagRuleRow.project_id == project_id)
+                    .order_by(ImmutableTagRuleRow.id)
+                )
+            )
+
+    def immutable_tag_rules_of(self, project: str) -> list[ImmutableTagRuleRow]:
+        """The rules of the project named `project` (none when there is no such project)."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(ImmutableTagRuleRow)
+                    .join(Project, Project.id == ImmutableTagRuleRow.project_id)
+                    .where(Project.name == project)
+                    .order_by(ImmutableTagRuleRow.id)
+                )
+            )
+
+    def add_immutable_tag_rule(
+        self, project_id: int, rule: NewImmutableTagRule, created_by: str | None, max_rules: int
+    ) -> ImmutableTagRuleRow:
+        """Add a rule; refused when the project already has `max_rules` or the same rule."""
+
+        def work(session: Session) -> ImmutableTagRuleRow:
+            existing = list(
+                session.scalars(
+                    select(ImmutableTagRuleRow).where(ImmutableTagRuleRow.project_id == project_id)
+                )
+            )
+            for row in existing:
+                if (row.repositories, row.tags, row.mode) == (
+                    rule.repositories,
+                    rule.tags,
+                    rule.mode,
+                ):
+                    raise ConflictError(f"the same rule already exists (rule {row.id})")
+            if len(existing) >= max_rules:
+                raise LimitExceededError(f"a project has at most {max_rules} immutable tag rules")
+            row = ImmutableTagRuleRow(
+                project_id=project_id,
+                repositories=rule.repositories,
+                tags=rule.tags,
+                mode=rule.mode,
+                created_by=created_by,
+            )
+            session.add(row)
+            session.flush()
+            return row
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def replace_immutable_tag_rules(
+        self, project_id: int, rules: Sequence[NewImmutableTagRule], created_by: str | None
+    ) -> tuple[list[ImmutableTagRuleRow], list[ImmutableTagRuleRow]]:
+        """Replace every rule of the project in one transaction; (removed, added)."""
+
+        def work(session: Session) -> tuple[list[ImmutableTagRuleRow], list[ImmutableTagRuleRow]]:
+            removed = list(
+                session.scalars(
+                    select(ImmutableTagRuleRow)
+                    .where(ImmutableTagRuleRow.project_id == project_id)
+                    .order_by(ImmutableTagRuleRow.id)
+                )
+            )
+            session.execute(
+                delete(ImmutableTagRuleRow).where(ImmutableTagRuleRow.project_id == project_id)
+            )
+            added = [
+                ImmutableTagRuleRow(
+                    project_id=project_id,
+                    repositories=rule.repositories,
+                    tags=rule.tags,
+                    mode=rule.mode,
+                    created_by=created_by,
+                )
+                for rule in rules
+            ]
+            session.add_all(added)
+            session.flush()
+            return removed, added
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def delete_immutable_tag_rule(
+        self, project_id: int, rule_id: int
+    ) -> ImmutableTagRuleRow | None:
+        """Remove one rule of the project; the removed rule, or None."""
+
+        def work(session: Session) -> ImmutableTagRuleRow | None:
+            row = session.scalar(
+                select(ImmutableTagRuleRow).where(
+                    ImmutableTagRuleRow.id == rule_id, ImmutableTagRuleRow.project_id == project_id
+                )
+            )
+            if row is not None:
+                session.delete(row)
+            return row
+
+        return self._run_write(work)  # type: ignore[no-any-return]
 
     # -- custom roles
 

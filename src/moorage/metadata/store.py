@@ -61,6 +61,17 @@ class StillReferencedError(Exception):
         super().__init__(f"still referenced by {self.by}")
 
 
+@dataclass(frozen=True, slots=True)
+class TagPrecondition:
+    """A write goes ahead only if the tag still points at `digest` (None: still absent)."""
+
+    digest: str | None
+
+
+class PreconditionFailedError(Exception):
+    """What a policy decision was based on changed before the write: decide again."""
+
+
 _rb: Table = RepositoryBlob.__table__  # type: ignore[assignment]
 _rm: Table = RepositoryManifest.__table__  # type: ignore[assignment]
 _repos: Table = Repository.__table__  # type: ignore[assignment]
@@ -93,6 +104,12 @@ _MANIFEST_IN_REPOSITORY = (
     .where(_repos.c.name == bindparam("repository"), _rm.c.digest == bindparam("digest"))
 )
 _MANIFEST_BODY = select(_manifests.c.body).where(_manifests.c.digest == bindparam("digest"))
+_MANIFEST_TAGS = (
+    select(_tags.c.name)
+    .select_from(_tags.join(_repos, _repos.c.id == _tags.c.repository_id))
+    .where(_repos.c.name == bindparam("repository"), _tags.c.manifest_digest == bindparam("digest"))
+    .order_by(_tags.c.name)
+)
 
 
 class MetadataStore:
@@ -222,13 +239,30 @@ class MetadataStore:
         with single_read(self._engine) as connection:
             return connection.execute(_MANIFEST_BODY, {"digest": digest}).scalar()
 
+    def manifest_tags(self, repository: str, digest: str) -> list[str]:
+        """The tags of `repository` that point at `digest`, sorted."""
+        with single_read(self._engine) as connection:
+            return list(
+                connection.execute(
+                    _MANIFEST_TAGS, {"repository": repository, "digest": digest}
+                ).scalars()
+            )
+
     def put_manifest(
-        self, repository: str, manifest: ParsedManifest, body: bytes, tag: str | None
+        self,
+        repository: str,
+        manifest: ParsedManifest,
+        body: bytes,
+        tag: str | None,
+        *,
+        tag_precondition: TagPrecondition | None = None,
     ) -> None:
         """Store a manifest in a repository (and point `tag` at it), all or nothing.
 
         Every blob the manifest needs must be linked to the repository and every child
         manifest must be in it, checked inside the same write transaction that stores it.
+        With `tag_precondition`, the tag must still point where it did when the push was
+        checked (`PreconditionFailedError` otherwise).
         """
         digest = str(manifest.digest)
         required_blobs = sorted({str(d) for d in manifest.required_blobs()})
@@ -237,6 +271,14 @@ class MetadataStore:
         with write_transaction(self._engine) as connection:
             repository_id = self._repository_id(connection, repository, create=True)
             assert repository_id is not None
+            if tag is not None and tag_precondition is not None:
+                current = connection.execute(
+                    select(_tags.c.manifest_digest).where(
+                        _tags.c.repository_id == repository_id, _tags.c.name == tag
+                    )
+                ).scalar()
+                if current != tag_precondition.digest:
+                    raise PreconditionFailedError(f"tag {tag} now points at {current}")
             missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
             missing_children = self._missing(connection, _rm, repository_id, children)
             if missing_blobs or missing_children:
@@ -312,10 +354,14 @@ class MetadataStore:
         )
         return [d for d in wanted if d not in present]
 
-    def delete_manifest(self, repository: str, digest: str) -> list[str] | None:
+    def delete_manifest(
+        self, repository: str, digest: str, *, expected_tags: Sequence[str] | None = None
+    ) -> list[str] | None:
         """Remove a manifest (and its tags) from a repository; the removed tags, or None.
 
-        Refused while an index in the same repository still lists it as a child.
+        Refused while an index in the same repository still lists it as a child. With
+        `expected_tags`, the manifest must still have exactly those tags when it is removed
+        (`PreconditionFailedError` otherwise).
         """
         with write_transaction(self._engine) as connection:
             repository_id = self._repository_id(connection, repository, create=False)
@@ -340,6 +386,8 @@ class MetadataStore:
                     )
                 ).scalars()
             )
+            if expected_tags is not None and set(tags) != set(expected_tags):
+                raise PreconditionFailedError(f"manifest {digest} now has tags {sorted(tags)}")
             connection.execute(
                 delete(_tags).where(
                     _tags.c.repository_id == repository_id, _tags.c.manifest_digest == digest

@@ -49,6 +49,9 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "member:remove": frozenset({"kind", "member"}),
     "grant:add": frozenset({"kind", "principal", "pattern", "actions"}),
     "grant:delete": frozenset({"grant"}),
+    "immutable-rule:create": frozenset({"rule", "repositories", "tags", "mode"}),
+    "immutable-rule:delete": frozenset({"rule", "repositories", "tags", "mode"}),
+    "immutable-rule:replace": frozenset({"rules", "removed"}),
     "role:upsert": frozenset({"actions"}),
     "role:delete": frozenset(),
     "robot:create": frozenset({"permissions", "expires_at"}),
@@ -66,6 +69,8 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "manifest:deleted": frozenset(),
     "tag:deleted": frozenset({"tag"}),
     "access:denied": frozenset({"action", "reason"}),
+    # a PolicySet check refused (immutable tags, and later gates): which point, policy, why
+    "policy:denied": frozenset({"point", "policy", "reason"}),
 }
 _FLUSH_SECONDS: Final = 0.2
 

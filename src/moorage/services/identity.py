@@ -13,8 +13,7 @@ import logging
 import re
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -37,6 +36,7 @@ from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Group, PersonalAccessToken, Robot, User
 from moorage.metadata.iam_store import ConflictError, IamStore
+from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 
@@ -143,36 +143,6 @@ class IssuedSecret:
     id: int
 
 
-class _TtlCache:
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._values: dict[Any, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-
-    def peek(self, key: Any) -> tuple[bool, Any]:
-        """(True, value) when a fresh value is cached; never loads (safe on the event loop)."""
-        hit = self._values.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return True, hit[1]
-        return False, None
-
-    def get_or_load(self, key: Any, load: Callable[[], T]) -> T:
-        now = time.monotonic()
-        hit = self._values.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[no-any-return]
-        value = load()
-        with self._lock:
-            if len(self._values) > 10_000:
-                self._values.clear()
-            self._values[key] = (now + self._seconds, value)
-        return value
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
-
 def hash_secret(secret: str) -> str:
     """Robot and token secrets carry 256 random bits: a fast hash suffices for them."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -228,10 +198,10 @@ class IdentityService:
         self.store = store
         self._events = events
         self.policy = policy or IdentityPolicy()
-        self._access = _TtlCache(_CACHE_SECONDS)
-        self._live = _TtlCache(_CACHE_SECONDS)
-        self._projects = _TtlCache(_CACHE_SECONDS)
-        self._locks = _TtlCache(_CACHE_SECONDS)
+        self._access = TtlCache(_CACHE_SECONDS)
+        self._live = TtlCache(_CACHE_SECONDS)
+        self._projects = TtlCache(_CACHE_SECONDS)
+        self._locks = TtlCache(_CACHE_SECONDS)
 
     # -- events
 

@@ -10,17 +10,19 @@ from typing import Any, BinaryIO
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import Actor, EventKind, RegistryEvent
+from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent
 from moorage.domain.manifest import ParsedManifest, parse_manifest
-from moorage.domain.names import Reference
+from moorage.domain.names import Reference, project_of
 from moorage.domain.negotiation import DEFAULT_PLATFORM, is_acceptable
 from moorage.domain.policy import DecisionPoint, PolicyContext, PolicySet
 from moorage.metadata.store import (
     ManifestRecord,
     MetadataStore,
     MissingReferencesError,
+    PreconditionFailedError,
     ReferrerRecord,
     StillReferencedError,
+    TagPrecondition,
 )
 from moorage.services.cache import DigestCache
 from moorage.services.events import EventBus
@@ -39,6 +41,64 @@ class BlobLocation:
 class FetchedManifest:
     record: ManifestRecord
     body: bytes
+
+
+# How often a write is checked again when what its checks read changed before it committed.
+_DECISION_ATTEMPTS = 3
+
+
+class ObservedState:
+    """The repository's current state for policy checks (`RepositoryState`), read on first use.
+
+    It remembers what it read, so the write that follows can insist that it still holds.
+    """
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        threads: Threads,
+        repository: str,
+        tag: str | None,
+        digest: str | None,
+    ) -> None:
+        self._metadata = metadata
+        self._threads = threads
+        self._repository = repository
+        self._tag = tag
+        self._digest = digest
+        self._tag_read = False
+        self._tag_digest: str | None = None
+        self._manifest_tags: tuple[str, ...] | None = None
+
+    async def tag_digest(self) -> str | None:
+        if not self._tag_read and self._tag is not None:
+            record = await self._threads.run(
+                self._metadata.resolve_tag, self._repository, self._tag
+            )
+            self._tag_digest = record.digest if record is not None else None
+            self._tag_read = True
+        return self._tag_digest
+
+    async def manifest_tags(self) -> tuple[str, ...]:
+        if self._manifest_tags is None:
+            self._manifest_tags = (
+                tuple(
+                    await self._threads.run(
+                        self._metadata.manifest_tags, self._repository, self._digest
+                    )
+                )
+                if self._digest is not None
+                else ()
+            )
+        return self._manifest_tags
+
+    def tag_precondition(self) -> TagPrecondition | None:
+        """What the tag must still point at when written, if a check looked at it."""
+        return TagPrecondition(self._tag_digest) if self._tag_read else None
+
+    def expected_tags(self) -> tuple[str, ...] | None:
+        """The manifest's tags as a check saw them, if one looked."""
+        return self._manifest_tags
 
 
 class RegistryService:
@@ -65,8 +125,28 @@ class RegistryService:
 
     async def _enforce(self, context: PolicyContext) -> None:
         denials = await self._policies.evaluate(context)
-        if denials:
-            raise RegistryError(ErrorCode.DENIED, "; ".join(d.reason for d in denials))
+        if not denials:
+            return
+        resource = context.repository
+        if context.tag is not None:
+            resource += f":{context.tag}"
+        elif context.digest is not None:
+            resource += f"@{context.digest}"
+        for denial in denials:
+            self._events.publish(
+                AccessEvent(
+                    "policy:denied",
+                    context.actor,
+                    "denied",
+                    project_of(context.repository),
+                    resource,
+                    {"point": str(context.point), "policy": denial.policy, "reason": denial.reason},
+                )
+            )
+        raise RegistryError(ErrorCode.DENIED, "; ".join(d.reason for d in denials))
+
+    def _state(self, repository: str, tag: str | None, digest: str | None) -> ObservedState:
+        return ObservedState(self._metadata, self._threads, repository, tag, digest)
 
     # -- blobs
 
@@ -206,28 +286,41 @@ class RegistryService:
                 f"manifest content has digest {digest}, not {reference.digest}",
             )
         manifest = parse_manifest(body, content_type, digest)
-        await self._enforce(
-            PolicyContext(
-                DecisionPoint.PUSH_MANIFEST,
-                repository,
-                actor,
-                str(digest),
-                reference.tag,
-                manifest.media_type,
+        for _ in range(_DECISION_ATTEMPTS):
+            state = self._state(repository, reference.tag, str(digest))
+            await self._enforce(
+                PolicyContext(
+                    DecisionPoint.PUSH_MANIFEST,
+                    repository,
+                    actor,
+                    str(digest),
+                    reference.tag,
+                    manifest.media_type,
+                    state,
+                )
             )
-        )
-        try:
-            await self._threads.run(
-                self._metadata.put_manifest, repository, manifest, body, reference.tag
-            )
-        except MissingReferencesError as error:
-            missing = error.blobs + error.manifests
-            raise RegistryError(
-                ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                f"manifest references {len(missing)} unknown blob(s) or manifest(s), first"
-                f" {missing[0]}",
-                detail={"blobs": error.blobs, "manifests": error.manifests},
-            ) from None
+            try:
+                await self._threads.run(
+                    self._metadata.put_manifest,
+                    repository,
+                    manifest,
+                    body,
+                    reference.tag,
+                    tag_precondition=state.tag_precondition(),
+                )
+            except PreconditionFailedError:
+                continue  # the tag moved while the push was checked: check again
+            except MissingReferencesError as error:
+                missing = error.blobs + error.manifests
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"manifest references {len(missing)} unknown blob(s) or manifest(s), first"
+                    f" {missing[0]}",
+                    detail={"blobs": error.blobs, "manifests": error.manifests},
+                ) from None
+            break
+        else:
+            raise _changed_meanwhile(f"tag {reference.tag}")
         self._bodies.put(str(digest), body)
         self._events.publish(
             RegistryEvent(
@@ -256,18 +349,33 @@ class RegistryService:
             return
         assert reference.digest is not None
         digest_text = str(reference.digest)
-        await self._enforce(
-            PolicyContext(DecisionPoint.DELETE_MANIFEST, repository, actor, digest_text)
-        )
-        try:
-            tags = await self._threads.run(self._metadata.delete_manifest, repository, digest_text)
-        except StillReferencedError as error:
-            raise RegistryError(
-                ErrorCode.DENIED,
-                f"manifest {digest_text} is a child of index {error.by[0]}; delete the index first",
-                detail={"referencedBy": error.by},
-                status=409,
-            ) from None
+        for _ in range(_DECISION_ATTEMPTS):
+            state = self._state(repository, None, digest_text)
+            await self._enforce(
+                PolicyContext(
+                    DecisionPoint.DELETE_MANIFEST, repository, actor, digest_text, state=state
+                )
+            )
+            try:
+                tags = await self._threads.run(
+                    self._metadata.delete_manifest,
+                    repository,
+                    digest_text,
+                    expected_tags=state.expected_tags(),
+                )
+            except PreconditionFailedError:
+                continue  # the manifest was tagged or untagged meanwhile: check again
+            except StillReferencedError as error:
+                raise RegistryError(
+                    ErrorCode.DENIED,
+                    f"manifest {digest_text} is a child of index {error.by[0]}; delete the index"
+                    " first",
+                    detail={"referencedBy": error.by},
+                    status=409,
+                ) from None
+            break
+        else:
+            raise _changed_meanwhile(f"the tags of manifest {digest_text}")
         if tags is None:
             raise RegistryError(ErrorCode.MANIFEST_UNKNOWN, f"manifest {digest_text} not found")
         self._events.publish(
@@ -296,6 +404,14 @@ class RegistryService:
         return await self._threads.run(
             self._metadata.referrers, repository, str(subject), artifact_type, after, limit
         )
+
+
+def _changed_meanwhile(what: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.DENIED,
+        f"{what} kept changing while the request was checked; try again",
+        status=409,
+    )
 
 
 def manifest_too_large(limit: int) -> RegistryError:

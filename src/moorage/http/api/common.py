@@ -49,6 +49,7 @@ PATH_PARAMETERS: Final[Mapping[str, Mapping[str, Any]]] = {
     "project": {"type": "string", "pattern": PROJECT_PATTERN, "maxLength": 255},
     "kind": {"type": "string", "enum": ["user", "group"]},
     "grant": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "rule": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
 }
 
 

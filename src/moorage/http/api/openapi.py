@@ -82,8 +82,8 @@ def build_document(routes: Sequence[ApiRoute], min_password_length: int) -> dict
         "info": {
             "title": "Moorage management API",
             "version": "1",
-            "description": "Users, groups, projects, members, grants, roles, robots, tokens,"
-            " settings and the audit log. Errors are RFC 9457 problem details.",
+            "description": "Users, groups, projects, members, grants, immutable tag rules, roles,"
+            " robots, tokens, settings and the audit log. Errors are RFC 9457 problem details.",
         },
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
