@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Result, Table, delete, func, or_, select
+from sqlalchemy import ColumnElement, Engine, Result, Table, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from moorage.metadata.database import write_transaction
@@ -145,6 +145,18 @@ class IamStore:
             session.flush()
             return result
 
+    def _insert_unique(self, row: M, same: ColumnElement[bool], what: str) -> M:
+        """Insert `row` unless a row matching `same` exists (ConflictError naming `what`)."""
+
+        def work(session: Session) -> M:
+            if session.scalar(select(type(row)).where(same).limit(1)) is not None:
+                raise ConflictError(f"{what} already exists")
+            session.add(row)
+            session.flush()
+            return row
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
     def _update(self, model: type[M], row_id: int, changes: dict[str, Any]) -> M | None:
         """Set `changes` on one row in one write transaction; None when there is no such row."""
 
@@ -217,15 +229,7 @@ class IamStore:
     # -- groups
 
     def create_group(self, name: str) -> Group:
-        def work(session: Session) -> Group:
-            if session.scalar(select(Group.id).where(Group.name == name)) is not None:
-                raise ConflictError(f"group {name} already exists")
-            group = Group(name=name)
-            session.add(group)
-            session.flush()
-            return group
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._insert_unique(Group(name=name), Group.name == name, f"group {name}")
 
     def group_by_name(self, name: str) -> Group | None:
         with self._read() as session:
@@ -277,15 +281,8 @@ class IamStore:
     # -- projects
 
     def create_project(self, name: str, public: bool, created_by: str | None) -> Project:
-        def work(session: Session) -> Project:
-            if session.scalar(select(Project.id).where(Project.name == name)) is not None:
-                raise ConflictError(f"project {name} already exists")
-            project = Project(name=name, public=public, created_by=created_by)
-            session.add(project)
-            session.flush()
-            return project
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        row = Project(name=name, public=public, created_by=created_by)
+        return self._insert_unique(row, Project.name == name, f"project {name}")
 
     def create_project_with_admin(
         self, name: str, creator_kind: str, creator_id: int | None, creator_name: str
@@ -606,14 +603,7 @@ class IamStore:
     # -- robots
 
     def create_robot(self, robot: Robot) -> Robot:
-        def work(session: Session) -> Robot:
-            if session.scalar(select(Robot.id).where(Robot.name == robot.name)) is not None:
-                raise ConflictError(f"robot {robot.name} already exists")
-            session.add(robot)
-            session.flush()
-            return robot
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        return self._insert_unique(robot, Robot.name == robot.name, f"robot {robot.name}")
 
     def robot_by_name(self, name: str) -> Robot | None:
         with self._read() as session:
@@ -649,20 +639,10 @@ class IamStore:
     # -- personal access tokens
 
     def create_pat(self, token: PersonalAccessToken) -> PersonalAccessToken:
-        def work(session: Session) -> PersonalAccessToken:
-            exists = session.scalar(
-                select(PersonalAccessToken.id).where(
-                    PersonalAccessToken.user_id == token.user_id,
-                    PersonalAccessToken.name == token.name,
-                )
-            )
-            if exists is not None:
-                raise ConflictError(f"a token named {token.name} already exists")
-            session.add(token)
-            session.flush()
-            return token
-
-        return self._run_write(work)  # type: ignore[no-any-return]
+        same_name = (PersonalAccessToken.user_id == token.user_id) & (
+            PersonalAccessToken.name == token.name
+        )
+        return self._insert_unique(token, same_name, f"a token named {token.name}")
 
     def pat_by_public_id(self, public_id: str) -> PersonalAccessToken | None:
         with self._read() as session:
