@@ -13,7 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Final
 
-from moorage.scanning.catalog import apk, dpkg, java, npm, os_release, python, rpm
+from moorage.scanning.catalog import (
+    apk,
+    cargo_auditable,
+    dpkg,
+    elf,
+    java,
+    npm,
+    os_release,
+    python,
+    rpm,
+)
 from moorage.scanning.layers import (
     FileRead,
     FileSkipped,
@@ -29,7 +39,7 @@ from moorage.scanning.packages import FileFindings, LayerInventory
 
 # Bump whenever any cataloger would report something different for the same bytes, so that
 # cached layer inventories are computed again.
-CATALOGER_VERSION: Final = "1"
+CATALOGER_VERSION: Final = "2"
 
 _DIFF_ID_ALGORITHMS: Final = ("sha256", "sha512")
 
@@ -51,6 +61,10 @@ def catalogers(archive_limits: java.ArchiveLimits | None = None) -> tuple[Catalo
         Cataloger("python", python.wants, python.catalog),
         Cataloger("npm", npm.wants, npm.catalog),
         Cataloger("java", java.wants, functools.partial(java.catalog, limits=archive_limits)),
+        Cataloger("cargo-lock", cargo_auditable.wants_lock, cargo_auditable.catalog_lock),
+        # Go build info and cargo-auditable data, from ELF executables; asked last, as it wants
+        # every extensionless file outside data directories.
+        Cataloger("binary", elf.wants, elf.catalog),
     )
 
 
