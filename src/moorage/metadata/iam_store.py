@@ -73,16 +73,8 @@ class AuditRecord:
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            **_content(self),
             "at": self.at.isoformat(),
-            "actorKind": self.actor_kind,
-            "actor": self.actor,
-            "clientIp": self.client_ip,
-            "certificate": self.certificate,
-            "action": self.action,
-            "project": self.project,
-            "resource": self.resource,
-            "result": self.result,
-            "details": self.details,
             "prevHash": self.prev_hash,
             "hash": self.hash,
         }
@@ -102,10 +94,9 @@ class NewAuditEntry:
     details: dict[str, Any] | None
 
 
-def entry_hash(prev_hash: str, entry: NewAuditEntry | AuditRecord) -> str:
-    """sha256 over the previous hash and the entry's canonical JSON form."""
-    body = {
-        "at": _aware_iso(entry.at),
+def _content(entry: NewAuditEntry | AuditRecord) -> dict[str, Any]:
+    """What an entry says, as the export and the hash both name it (time left to the caller)."""
+    return {
         "actorKind": entry.actor_kind,
         "actor": entry.actor,
         "clientIp": entry.client_ip,
@@ -116,6 +107,11 @@ def entry_hash(prev_hash: str, entry: NewAuditEntry | AuditRecord) -> str:
         "result": entry.result,
         "details": entry.details,
     }
+
+
+def entry_hash(prev_hash: str, entry: NewAuditEntry | AuditRecord) -> str:
+    """sha256 over the previous hash and the entry's canonical JSON form."""
+    body = {"at": _aware_iso(entry.at), **_content(entry)}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
