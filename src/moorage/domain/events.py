@@ -20,6 +20,7 @@ class EventKind(StrEnum):
     MANIFEST_DELETED = "manifest:deleted"
     TAG_DELETED = "tag:deleted"
     UPLOAD_CANCELLED = "upload:cancelled"
+    SCAN_COMPLETED = "scan:completed"  # a report reached Success or Error
 
 
 @dataclass(frozen=True, slots=True)
