@@ -7,6 +7,7 @@ import click
 from moorage.commands.accounts import group, token, user
 from moorage.commands.audit import audit, keys
 from moorage.commands.projects import member, project, robot
+from moorage.commands.vulndb import vulndb
 
 COMMAND_GROUPS: tuple[click.Group, ...] = (
     user,
@@ -17,4 +18,5 @@ COMMAND_GROUPS: tuple[click.Group, ...] = (
     robot,
     audit,
     keys,
+    vulndb,
 )
