@@ -15,7 +15,7 @@ contains the layer; `to_json`/`from_json` give it a storable form.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 from urllib.parse import quote
@@ -132,6 +132,33 @@ class Inventory:
     packages: tuple[Package, ...]
     notes: tuple[Note, ...] = ()
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "distro": _distro_to_json(self.distro) if self.distro is not None else None,
+            "packages": [
+                _package_to_json(package) | ({"layer": package.layer} if package.layer else {})
+                for package in self.packages
+            ],
+            "notes": [{"path": note.path, "message": note.message} for note in self.notes],
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Inventory:
+        """Rebuild a stored inventory; raises ValueError (or KeyError) on anything malformed."""
+        record = _mapping(data)
+        distro_record = record.get("distro")
+        distro = _distro_from_json(distro_record) if distro_record is not None else None
+        packages = []
+        for item in _sequence(record["packages"]):
+            package = _package_from_json(item)
+            layer = _optional_text(_mapping(item).get("layer"))
+            packages.append(replace(package, distro=distro, layer=layer))
+        notes = tuple(
+            Note(_text(_mapping(note)["path"]), _text(_mapping(note)["message"]))
+            for note in _sequence(record.get("notes", []))
+        )
+        return cls(distro=distro, packages=tuple(packages), notes=notes)
+
 
 @dataclass(frozen=True, slots=True)
 class FileFindings:
@@ -222,16 +249,29 @@ def _findings_to_json(findings: FileFindings) -> dict[str, object]:
     if findings.packages:
         result["packages"] = [_package_to_json(package) for package in findings.packages]
     if findings.distro is not None:
-        distro = findings.distro
-        result["distro"] = {
-            "id": distro.id,
-            "version_id": distro.version_id,
-            "id_like": list(distro.id_like),
-            "pretty_name": distro.pretty_name,
-        }
+        result["distro"] = _distro_to_json(findings.distro)
     if findings.notes:
         result["notes"] = list(findings.notes)
     return result
+
+
+def _distro_to_json(distro: Distro) -> dict[str, object]:
+    return {
+        "id": distro.id,
+        "version_id": distro.version_id,
+        "id_like": list(distro.id_like),
+        "pretty_name": distro.pretty_name,
+    }
+
+
+def _distro_from_json(data: object) -> Distro:
+    fields = _mapping(data)
+    return Distro(
+        id=_text(fields["id"]),
+        version_id=_optional_text(fields.get("version_id")),
+        id_like=tuple(_text(item) for item in _sequence(fields.get("id_like", []))),
+        pretty_name=_optional_text(fields.get("pretty_name")),
+    )
 
 
 def _package_to_json(package: Package) -> dict[str, str]:
@@ -243,15 +283,7 @@ def _package_to_json(package: Package) -> dict[str, str]:
 def _findings_from_json(data: object) -> FileFindings:
     record = _mapping(data)
     distro_record = record.get("distro")
-    distro = None
-    if distro_record is not None:
-        fields = _mapping(distro_record)
-        distro = Distro(
-            id=_text(fields["id"]),
-            version_id=_optional_text(fields.get("version_id")),
-            id_like=tuple(_text(item) for item in _sequence(fields.get("id_like", []))),
-            pretty_name=_optional_text(fields.get("pretty_name")),
-        )
+    distro = _distro_from_json(distro_record) if distro_record is not None else None
     return FileFindings(
         path=_text(record["path"]),
         packages=tuple(_package_from_json(item) for item in _sequence(record.get("packages", []))),

@@ -43,6 +43,8 @@ class ScanReport:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     notes: tuple[str, ...] = field(default=())  # files or records that were skipped
+    matched_at: datetime | None = None  # when the findings were last computed
+    rematches: int = 0  # re-matches from the stored inventory since the last full scan
 
     @property
     def summary(self) -> dict[str, int]:
