@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from moorage.config import load_settings
 from moorage.http.access import (
+    AUTHENTICATED,
     CATALOG,
     DELETE,
     PERMISSIONS,
@@ -83,7 +84,7 @@ def test_repository_routes_and_only_those_are_repository_scoped() -> None:
     for route in ROUTES:
         if "{name" in route.path:
             expected = Scope.REPOSITORY
-        elif route.path.startswith("/v2/"):
+        elif route.path.startswith(("/v2/", "/scanner/api/v1/")):
             expected = Scope.REGISTRY
         else:
             expected = Scope.PUBLIC
@@ -98,6 +99,9 @@ def expected_permission(method: str, path: str) -> Permission:
         return PING
     if path == "/v2/_catalog":
         return CATALOG
+    if path.startswith("/scanner/api/v1/"):
+        # The repository is in the body or the scan id: the handler decides on it (access.may).
+        return AUTHENTICATED
     if "/blobs/uploads/" in path:
         return PUSH  # cancelling an upload is part of pushing
     if method in ("GET", "HEAD"):

@@ -31,6 +31,7 @@ class OutboundURLError(ValueError):
 @dataclass(frozen=True, slots=True)
 class OutboundTLS:
     ca_bundle: Path | None = None
+    ca_pem: str | None = None  # a CA bundle held as text (PEM) rather than in a file
     client_cert: Path | None = None
     client_key: Path | None = None
     verify: bool = True
@@ -96,7 +97,9 @@ class GuardedResolver(AbstractResolver):
 def ssl_context(tls: OutboundTLS) -> ssl.SSLContext | bool:
     if not tls.verify:
         return False
-    context = ssl.create_default_context(cafile=str(tls.ca_bundle) if tls.ca_bundle else None)
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_bundle) if tls.ca_bundle else None, cadata=tls.ca_pem
+    )
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.client_cert is not None:
         context.load_cert_chain(tls.client_cert, tls.client_key)

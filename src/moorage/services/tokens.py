@@ -35,6 +35,8 @@ ALGORITHM: Final = "ES256"
 ISSUER: Final = "moorage"
 _RELOAD_SECONDS: Final = 30.0
 _VERIFIED_CACHE: Final = 4096
+# Pull-only tokens handed to external scanner adapters may outlive ordinary tokens.
+PULL_ONLY_MAX_TTL: Final = 1800
 
 
 class TokenError(Exception):
@@ -104,7 +106,8 @@ class TokenService:
         with self._lock:
             # A retired key verifies tokens until every token it signed has expired; its public
             # half is kept for good so signed audit checkpoints stay verifiable.
-            cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_seconds + 60)
+            longest = max(self.ttl_seconds, PULL_ONLY_MAX_TTL)
+            cutoff = datetime.now(UTC) - timedelta(seconds=longest + 60)
             public: dict[str, ec.EllipticCurvePublicKey] = {}
             for_tokens: dict[str, ec.EllipticCurvePublicKey] = {}
             active = None
@@ -142,19 +145,22 @@ class TokenService:
         self._load()
         return dict(self._all_public)
 
-    def issue(self, subject: Subject, access: list[dict[str, Any]]) -> tuple[str, int, datetime]:
+    def issue(
+        self, subject: Subject, access: list[dict[str, Any]], ttl_seconds: int | None = None
+    ) -> tuple[str, int, datetime]:
         """A signed token for `subject` granting exactly `access` (Docker's claim shape)."""
         self._load()
         assert self._private is not None
         kid, key = self._private
         now = datetime.now(UTC)
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         claims: dict[str, Any] = {
             "iss": ISSUER,
             "sub": subject.name,
             "aud": self.service,
             "iat": int(now.timestamp()),
             "nbf": int(now.timestamp()) - 5,
-            "exp": int(now.timestamp()) + self.ttl_seconds,
+            "exp": int(now.timestamp()) + ttl,
             "jti": secrets.token_urlsafe(12),
             "access": access,
             "moorage": {
@@ -166,7 +172,17 @@ class TokenService:
             },
         }
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
-        return token, self.ttl_seconds, now
+        return token, ttl, now
+
+    def issue_pull_only(self, repository: str, holder: str, ttl_seconds: int) -> str:
+        """A token that can only pull `repository`, for a service the registry calls on
+        (an external scanner adapter). It stands for no account: `holder` names it in the
+        audit trail, and it expires within `PULL_ONLY_MAX_TTL`."""
+        ttl = max(30, min(ttl_seconds, PULL_ONLY_MAX_TTL))
+        subject = Subject("anonymous", None, holder, credential=holder)
+        access = [{"type": "repository", "name": repository, "actions": ["pull"]}]
+        token, _, _ = self.issue(subject, access, ttl)
+        return token
 
     def verify(self, token: str) -> VerifiedToken:
         cache_key = hashlib.sha256(token.encode()).hexdigest()
