@@ -73,6 +73,45 @@ class Settings(BaseModel):
         20, ge=1, le=100_000, description="then the client address backs off"
     )
     audit_retention_days: int = Field(0, ge=0, description="0 keeps audit entries forever")
+    vulndb_public_key: Path | None = Field(
+        None,
+        description="PEM public key (Ed25519, ECDSA P-256 or RSA) that vulnerability database"
+        " bundles are signed with; a signed bundle is then verified",
+    )
+    vulndb_require_signature: bool = Field(
+        False, description="import only bundles signed with vulndb_public_key"
+    )
+    vulndb_max_upload_bytes: int = Field(
+        4 * GiB, ge=MiB, description="largest vulnerability database file the API accepts"
+    )
+    scan_concurrency: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="image scans run at once by the process that runs background jobs (0: this"
+        " node runs no scans; another node sharing the database does)",
+    )
+    vulndb_poll_seconds: float = Field(
+        30.0,
+        ge=0.1,
+        le=86_400,
+        description="how often to look for a newly imported vulnerability database generation",
+    )
+    scan_lease_seconds: int = Field(
+        300,
+        ge=5,
+        le=86_400,
+        description="a scan job whose worker stopped renewing it this long is run again",
+    )
+    scan_max_attempts: int = Field(
+        3, ge=1, le=100, description="runs of one scan job before it ends in Error"
+    )
+    scanner_timeout_seconds: int = Field(
+        900,
+        ge=5,
+        le=86_400,
+        description="how long one scan by an external scanner adapter may take, polling included",
+    )
 
     # TLS and mutual TLS
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables HTTPS")
@@ -97,6 +136,22 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_auth != "none" and (self.tls_client_ca is None or self.tls_cert is None):
             raise ValueError("client certificate authentication needs tls_cert and tls_client_ca")
+        return self
+
+    @model_validator(mode="after")
+    def _check_vulndb(self) -> Settings:
+        if self.vulndb_require_signature and self.vulndb_public_key is None:
+            raise ValueError("vulndb_require_signature needs vulndb_public_key")
+        if self.vulndb_public_key is not None:
+            # Checked here so a bad key stops `serve` with a message, not on the first import.
+            from moorage.vulnerability.bundle import BundleError, load_public_key
+
+            try:
+                load_public_key(self.vulndb_public_key.read_bytes())
+            except OSError as error:
+                raise ValueError(f"cannot read vulndb_public_key: {error}") from None
+            except BundleError as error:
+                raise ValueError(f"vulndb_public_key: {error}") from None
         return self
 
     @property

@@ -21,6 +21,7 @@ class Action(StrEnum):
     DELETE = "delete"  # delete manifests, tags and blobs
     DELETE_REPOSITORY = "delete-repository"
     READ_SCAN = "read-scan"
+    SCAN = "scan"  # ask for a scan of a manifest
     # project administration
     READ_PROJECT = "read-project"
     READ_MEMBERS = "read-members"
@@ -43,7 +44,14 @@ class SystemAction(StrEnum):
 
 
 REPOSITORY_ACTIONS: Final = frozenset(
-    {Action.PULL, Action.PUSH, Action.DELETE, Action.DELETE_REPOSITORY, Action.READ_SCAN}
+    {
+        Action.PULL,
+        Action.PUSH,
+        Action.DELETE,
+        Action.DELETE_REPOSITORY,
+        Action.READ_SCAN,
+        Action.SCAN,
+    }
 )
 
 
@@ -57,7 +65,7 @@ class Role(StrEnum):
 
 _LIMITED_GUEST = frozenset({Action.PULL, Action.READ_PROJECT})
 _GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT, Action.READ_MEMBERS}
-_DEVELOPER = _GUEST | {Action.PUSH}
+_DEVELOPER = _GUEST | {Action.PUSH, Action.SCAN}
 _MAINTAINER = _DEVELOPER | {Action.DELETE, Action.DELETE_REPOSITORY, Action.MANAGE_POLICIES}
 _PROJECT_ADMIN = frozenset(Action)
 

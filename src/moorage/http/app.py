@@ -20,11 +20,21 @@ from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
-from moorage.http.state import IAM, SERVICES, IamServices, Services
+from moorage.http.scanner_api import (
+    BUILTIN_SCANNER_ENDPOINT,
+    builtin_scanner_endpoint,
+    scanner_errors,
+)
+from moorage.http.scanner_client import scanner_adapters
+from moorage.http.state import IAM, SCANNER_ADAPTERS, SERVICES, IamServices, Services
 from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
+from moorage.metadata.scan_store import ScanStore
+from moorage.metadata.scanner_store import ScannerStore
 from moorage.metadata.store import MetadataStore
+from moorage.metadata.trust_store import TrustStore
+from moorage.metadata.vulnerability_policy_store import VulnerabilityPolicyStore
 from moorage.services.audit import AuditLog, AuditService
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus, log_subscriber
@@ -32,10 +42,19 @@ from moorage.services.identity import IdentityService, policy_from
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
+from moorage.services.sbom import SbomService
+from moorage.services.scanning import ScanService, ScanServiceOptions
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
+from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadIds, UploadLimits, UploadService
+from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.vulnerability_policy import (
+    VulnerabilityPolicyCheck,
+    VulnerabilityPolicyService,
+)
 from moorage.storage.filesystem import FilesystemStorage
+from moorage.vulnerability.database import VulnerabilityDatabase
 
 log = logging.getLogger("moorage.http")
 
@@ -106,7 +125,8 @@ def build_app(
     run_jobs: bool = True,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, access_middleware], client_max_size=1 << 20
+        middlewares=[error_middleware, scanner_errors, access_middleware],
+        client_max_size=1 << 20,
     )
     threads = Threads(settings.db_threads)
     engine = make_engine(
@@ -125,10 +145,40 @@ def build_app(
     tokens = TokenService(
         iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
     )
+    # Registered external scanner adapters; `scanner_resolver` is what the scan service asks.
+    adapters, scanner_resolver = scanner_adapters(
+        settings, ScannerStore(engine), metadata.server_secret, events, threads, tokens
+    )
+    app[SCANNER_ADAPTERS] = adapters
     # The registry's own policies join any the caller passes in.
     policies = policies if policies is not None else PolicySet()
     immutability = ImmutabilityService(iam_store, events)
     ImmutableTagPolicy(immutability, metadata, threads).register(policies)
+    # The scan service reads the vulnerability database and serves reports (ReportReader).
+    vulnerability_database = VulnerabilityDatabase(database_directory(settings))
+    scans = ScanService(
+        ScanStore(engine),
+        metadata,
+        storage,
+        threads,
+        events,
+        vulnerability_database,
+        resolver=scanner_resolver,
+        options=ScanServiceOptions(
+            concurrency=settings.scan_concurrency,
+            lease_seconds=settings.scan_lease_seconds,
+            max_attempts=settings.scan_max_attempts,
+            vulndb_poll_seconds=settings.vulndb_poll_seconds,
+        ),
+    )
+    events.subscribe(scans.on_event)
+    vulnerability_policy = VulnerabilityPolicyService(VulnerabilityPolicyStore(engine), events)
+    vulnerability_gate = VulnerabilityPolicyCheck(vulnerability_policy, scans, metadata, threads)
+    vulnerability_gate.register(policies)
+    trust_store = TrustStore(engine)
+    trust = TrustService(trust_store, iam_store, events)
+    signatures = SignaturePolicy(trust, trust_store, metadata, storage, threads, events)
+    signatures.register(policies)
     registry = RegistryService(
         storage,
         metadata,
@@ -146,11 +196,21 @@ def build_app(
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
         UploadIds(lambda: metadata.server_secret("upload-session-ids")),
     )
+    # SBOMs of scanned images; attached as referrers when a scan completes (attach_sbom).
+    sboms = SbomService(scans, registry, uploads, threads, public_url=settings.public_url)
+    events.subscribe(sboms.on_event)
     app[SERVICES] = Services(registry, uploads, settings.max_page_size)
     app[IAM] = IamServices(
         identity=identity,
         projects=ProjectService(iam_store, identity, events),
         immutability=immutability,
+        vulnerability_policy=vulnerability_policy,
+        vulnerability_gate=vulnerability_gate,
+        trust=trust,
+        signatures=signatures,
+        scans=scans,
+        sboms=sboms,
+        vulndb=VulnerabilityDatabaseService.from_settings(settings, events, vulnerability_database),
         tokens=tokens,
         authenticator=Authenticator(
             identity, tokens, threads, certificate_identity=settings.tls_client_identity
@@ -160,6 +220,9 @@ def build_app(
         audit=AuditService(iam_store, tokens, events),
         v2_basic_auth=settings.v2_basic_auth,
         public_url=settings.public_url,
+    )
+    app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
+        settings, scans, vulnerability_database
     )
     install_routes(app)
     app.on_response_prepare.append(_add_headers)
@@ -181,6 +244,8 @@ def build_app(
                     await threads.run(app[IAM].audit.prune, SYSTEM, cutoff)
 
                 tasks.append(asyncio.create_task(_every(_AUDIT_PRUNE_SECONDS, prune_audit)))
+            tasks.append(asyncio.create_task(scans.run()))
+            tasks.append(asyncio.create_task(sboms.run()))
         yield
         for task in tasks:
             task.cancel()

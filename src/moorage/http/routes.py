@@ -13,8 +13,9 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage.http import token, v2
+from moorage.http import scanner_api, token, v2
 from moorage.http.access import (
+    AUTHENTICATED,
     CATALOG,
     DELETE,
     PERMISSIONS,
@@ -81,6 +82,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"/v2/{NAME}/blobs/{DIGEST}", v2.get_blob, PULL),
     Route("HEAD", f"/v2/{NAME}/blobs/{DIGEST}", v2.get_blob, PULL),
     Route("DELETE", f"/v2/{NAME}/blobs/{DIGEST}", v2.delete_blob, DELETE),
+    # Harbor's scanner adapter API over the built-in scanner. The repository is in the body or
+    # the scan id, so each handler decides on it through `access.may` (scan / read-scan).
+    Route("GET", f"{scanner_api.PREFIX}/metadata", scanner_api.metadata, AUTHENTICATED),
+    Route("POST", f"{scanner_api.PREFIX}/scan", scanner_api.scan, AUTHENTICATED),
+    Route(
+        "GET",
+        f"{scanner_api.PREFIX}/scan/{{scan_id:[^/]+}}/report",
+        scanner_api.report,
+        AUTHENTICATED,
+    ),
 )
 
 

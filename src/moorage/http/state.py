@@ -13,9 +13,18 @@ from moorage.services.identity import IdentityService
 from moorage.services.immutability import ImmutabilityService
 from moorage.services.projects import ProjectService
 from moorage.services.registry import RegistryService
+from moorage.services.sbom import SbomService
+from moorage.services.scanner_adapters import ScannerAdapterService
+from moorage.services.scanning import ScanService
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
+from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadService
+from moorage.services.vulndb import VulnerabilityDatabaseService
+from moorage.services.vulnerability_policy import (
+    VulnerabilityPolicyCheck,
+    VulnerabilityPolicyService,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +39,13 @@ class IamServices:
     identity: IdentityService
     projects: ProjectService
     immutability: ImmutabilityService
+    vulnerability_policy: VulnerabilityPolicyService
+    vulnerability_gate: VulnerabilityPolicyCheck  # the pull check; `evaluate` for other gates
+    trust: TrustService
+    signatures: SignaturePolicy  # the pull check; `evaluate` for the promotion gate
+    scans: ScanService
+    sboms: SbomService
+    vulndb: VulnerabilityDatabaseService
     tokens: TokenService
     authenticator: Authenticator
     threads: Threads
@@ -41,3 +57,4 @@ class IamServices:
 
 SERVICES = web.AppKey("services", Services)
 IAM = web.AppKey("iam", IamServices)
+SCANNER_ADAPTERS = web.AppKey("scanner_adapters", ScannerAdapterService)

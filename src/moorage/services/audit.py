@@ -52,6 +52,31 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "immutable-rule:create": frozenset({"rule", "repositories", "tags", "mode"}),
     "immutable-rule:delete": frozenset({"rule", "repositories", "tags", "mode"}),
     "immutable-rule:replace": frozenset({"rules", "removed"}),
+    "trust-key:add": frozenset({"name", "algorithm", "fingerprint"}),
+    "trust-key:delete": frozenset({"name", "fingerprint"}),
+    "trust-store:add": frozenset({"name", "certificates"}),
+    "trust-store:update": frozenset({"name", "certificates"}),
+    "trust-store:delete": frozenset({"name"}),
+    "trust-rule:create": frozenset({"rule"}),
+    "trust-rule:replace": frozenset({"version", "rules", "removed"}),
+    "trust-rule:delete": frozenset({"rule"}),
+    # a pull the trust policy would refuse, allowed because the rule is in audit mode
+    "signature:unverified": frozenset({"rule", "mode", "reason"}),
+    "vulnerability-policy:update": frozenset(
+        {
+            "enabled",
+            "severity",
+            "unknown_as",
+            "block_unscanned",
+            "block_failed",
+            "ignore_unfixed",
+            "previous",
+        }
+    ),
+    "allowlist:add": frozenset(
+        {"entry", "scope", "vulnerability_id", "reason", "owner", "expires_at"}
+    ),
+    "allowlist:remove": frozenset({"entry", "scope", "vulnerability_id", "owner", "expires_at"}),
     "role:upsert": frozenset({"actions"}),
     "role:delete": frozenset(),
     "robot:create": frozenset({"permissions", "expires_at"}),
@@ -61,8 +86,24 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "token:create": frozenset({"scopes", "expires_at"}),
     "token:revoke": frozenset(),
     "settings:update": frozenset({"key", "value"}),
+    # scanner adapters: never the credential (it is not in the event either)
+    "scanner:create": frozenset(
+        {"url", "auth", "skip_tls_verify", "allow_private_network", "ca_bundle"}
+    ),
+    "scanner:update": frozenset(
+        {"changed", "url", "auth", "skip_tls_verify", "allow_private_network", "ca_bundle"}
+    ),
+    "scanner:delete": frozenset(),
     "signing-key:rotate": frozenset({"kid"}),
     "audit:prune": frozenset({"before", "removed"}),
+    # vulnerability database: what was imported and what became current (no key material)
+    "vulndb:import": frozenset(
+        {"generation", "records", "skipped", "source", "source_checksum", "signed", "reason"}
+    ),
+    "vulndb:rollback": frozenset({"generation", "records", "source_checksum", "reason"}),
+    "scan-settings:update": frozenset({"scan_on_push", "attach_sbom", "scanner"}),
+    "scan:request": frozenset({"digest"}),
+    "scan:all": frozenset({"queued"}),
     # registry events
     "manifest:pushed": frozenset({"tag", "media_type", "size"}),
     "manifest:pulled": frozenset({"tag", "media_type"}),

@@ -217,6 +217,12 @@ class RegistryService:
             self._bodies.put(digest, body)
         return body
 
+    async def read_manifest(self, repository: str, digest: Digest) -> FetchedManifest:
+        """A manifest for the registry's own readers (SBOM export): no pull policy, no pull
+        counted. Raises MANIFEST_UNKNOWN when the repository does not hold it."""
+        record = await self._resolve(repository, Reference(digest=digest))
+        return FetchedManifest(record, await self._body(record.digest))
+
     async def get_manifest(
         self,
         repository: str,

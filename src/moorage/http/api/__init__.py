@@ -11,8 +11,14 @@ from moorage.http.api import (
     projects,
     robots,
     roles,
+    sbom,
+    scanners,
+    scans,
     settings,
+    trust,
     users,
+    vulndb,
+    vulnerability_policy,
 )
 from moorage.http.api.framework import ApiRoute
 from moorage.http.api.openapi import document_route
@@ -24,9 +30,15 @@ RESOURCE_ROUTES: tuple[ApiRoute, ...] = (
     *members.ROUTES,
     *grants.ROUTES,
     *immutable_tags.ROUTES,
+    *vulnerability_policy.ROUTES,
+    *trust.ROUTES,
     *robots.ROUTES,
     *roles.ROUTES,
+    *scanners.ROUTES,
+    *scans.ROUTES,
+    *sbom.ROUTES,
     *settings.ROUTES,
     *audit.ROUTES,
+    *vulndb.ROUTES,
 )
 API_ROUTES: tuple[ApiRoute, ...] = (*RESOURCE_ROUTES, document_route(RESOURCE_ROUTES))

@@ -21,6 +21,8 @@ PROJECT_OR_ALL_PATTERN: Final = rf"^(?:\*|{PROJECT_PATTERN[1:-1]})$"
 GLOB_PATTERN: Final = r"^[a-z0-9._/*?-]+$"
 # a user, a group, or a robot's full name (robot$project+name)
 PRINCIPAL_PATTERN: Final = r"^[a-z0-9][a-z0-9._$+-]{0,254}$"
+REPOSITORY_PATTERN: Final = rf"^{PROJECT_PATTERN[1:-1]}(?:/{PROJECT_PATTERN[1:-1]})*$"
+DIGEST_PATTERN: Final = r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$"
 PRINTABLE_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
 EMAIL_PATTERN: Final = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 
@@ -50,6 +52,13 @@ PATH_PARAMETERS: Final[Mapping[str, Mapping[str, Any]]] = {
     "kind": {"type": "string", "enum": ["user", "group"]},
     "grant": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     "rule": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "scanner": _NAME_SCHEMA,
+    "key": _NAME_SCHEMA,
+    "store": _NAME_SCHEMA,
+    "entry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    # a repository (it may contain slashes) and a manifest digest, as /v2 spells them
+    "name": {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 255},
+    "digest": {"type": "string", "pattern": DIGEST_PATTERN, "maxLength": 135},
 }
 
 

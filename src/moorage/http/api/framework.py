@@ -86,7 +86,16 @@ class Page:
     next: Mapping[str, str] | None = None
 
 
-Result = ApiModel | Sequence[ApiModel] | Page | None
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A document sent as it is (an SBOM), for a route that declares its media types."""
+
+    body: bytes
+    media_type: str
+    filename: str
+
+
+Result = ApiModel | Sequence[ApiModel] | Page | Download | None
 Endpoint = Callable[["Call"], Awaitable[Result]]
 
 
@@ -167,6 +176,8 @@ class ApiRoute:
     paged: bool = False  # ... with a Link header to the next page
     status: int = 200
     errors: tuple[int, ...] = ()  # statuses beyond those every route of its kind may answer
+    produces: tuple[str, ...] = ()  # media types of a `Download` reply (instead of `response`)
+    consumes: tuple[str, ...] = ()  # media types of a raw (file) body the endpoint streams itself
 
     @property
     def handler(self) -> Handler:
@@ -236,6 +247,17 @@ def field_errors(error: ValidationError) -> list[dict[str, str]]:
 
 
 def render(route: ApiRoute, request: web.Request, result: Result) -> web.StreamResponse:
+    if route.produces:
+        if not isinstance(result, Download) or result.media_type not in route.produces:
+            raise TypeError(f"{route.path} must answer with a Download of {route.produces}")
+        return web.Response(
+            status=route.status,
+            body=result.body,
+            headers={
+                "Content-Type": result.media_type,
+                "Content-Disposition": f'attachment; filename="{result.filename}"',
+            },
+        )
     model = route.response
     if model is None:
         if result is not None:

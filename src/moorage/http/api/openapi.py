@@ -136,6 +136,12 @@ def _operation(route: ApiRoute, refs: dict[SchemaKey, dict[str, Any]]) -> dict[s
             "required": True,
             "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
         }
+    elif route.consumes:
+        # OpenAPI 3.1: a media type without a schema is any bytes (a file upload).
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media_type: {} for media_type in route.consumes},
+        }
     problem = refs[(Problem, "serialization")]
     operation["responses"] = {
         str(route.status): _success(route, refs),
@@ -188,6 +194,17 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _success(route: ApiRoute, refs: dict[SchemaKey, dict[str, Any]]) -> dict[str, Any]:
+    if route.produces:
+        return {
+            "description": route.summary,
+            "content": {kind: {"schema": {"type": "object"}} for kind in route.produces},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "attachment; filename=...",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
     if route.response is None:
         return {"description": "done"}
     schema = refs[(route.response, "serialization")]
