@@ -21,6 +21,8 @@ class Action(StrEnum):
     DELETE = "delete"  # delete manifests, tags and blobs
     DELETE_REPOSITORY = "delete-repository"
     READ_SCAN = "read-scan"
+    # bring new content into a proxy-cache project from its upstream (separate from pull)
+    UPSTREAM_FETCH = "upstream-fetch"
     # project administration
     READ_PROJECT = "read-project"
     READ_MEMBERS = "read-members"
@@ -43,7 +45,14 @@ class SystemAction(StrEnum):
 
 
 REPOSITORY_ACTIONS: Final = frozenset(
-    {Action.PULL, Action.PUSH, Action.DELETE, Action.DELETE_REPOSITORY, Action.READ_SCAN}
+    {
+        Action.PULL,
+        Action.PUSH,
+        Action.DELETE,
+        Action.DELETE_REPOSITORY,
+        Action.READ_SCAN,
+        Action.UPSTREAM_FETCH,
+    }
 )
 
 
@@ -58,7 +67,12 @@ class Role(StrEnum):
 _LIMITED_GUEST = frozenset({Action.PULL, Action.READ_PROJECT})
 _GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT, Action.READ_MEMBERS}
 _DEVELOPER = _GUEST | {Action.PUSH}
-_MAINTAINER = _DEVELOPER | {Action.DELETE, Action.DELETE_REPOSITORY, Action.MANAGE_POLICIES}
+_MAINTAINER = _DEVELOPER | {
+    Action.DELETE,
+    Action.DELETE_REPOSITORY,
+    Action.MANAGE_POLICIES,
+    Action.UPSTREAM_FETCH,
+}
 _PROJECT_ADMIN = frozenset(Action)
 
 ROLE_ACTIONS: Final[dict[str, frozenset[Action]]] = {
