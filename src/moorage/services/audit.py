@@ -52,6 +52,20 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "immutable-rule:create": frozenset({"rule", "repositories", "tags", "mode"}),
     "immutable-rule:delete": frozenset({"rule", "repositories", "tags", "mode"}),
     "immutable-rule:replace": frozenset({"rules", "removed"}),
+    "proxy:configure": frozenset(
+        {
+            "url",
+            "flavor",
+            "username",
+            "credential",
+            "tls",
+            "allow_private_network",
+            "tag_ttl_seconds",
+            "platforms",
+            "anonymous_fetch",
+        }
+    ),
+    "proxy:remove": frozenset(),
     "role:upsert": frozenset({"actions"}),
     "role:delete": frozenset(),
     "robot:create": frozenset({"permissions", "expires_at"}),
@@ -66,6 +80,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     # registry events
     "manifest:pushed": frozenset({"tag", "media_type", "size"}),
     "manifest:pulled": frozenset({"tag", "media_type"}),
+    "manifest:cached": frozenset({"tag", "media_type", "size"}),
     "manifest:deleted": frozenset(),
     "tag:deleted": frozenset({"tag"}),
     "access:denied": frozenset({"action", "reason"}),
