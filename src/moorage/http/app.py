@@ -21,6 +21,7 @@ from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
 from moorage.http.state import IAM, SERVICES, IamServices, Services
+from moorage.http.upstream import HttpUpstreamClients
 from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
@@ -31,6 +32,7 @@ from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityService, policy_from
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.projects import ProjectService
+from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
@@ -146,11 +148,25 @@ def build_app(
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
         UploadIds(lambda: metadata.server_secret("upload-session-ids")),
     )
-    app[SERVICES] = Services(registry, uploads, settings.max_page_size)
+    proxies = ProxyService(iam_store, metadata, events)
+    upstreams = HttpUpstreamClients()
+    proxy_cache = ProxyCache(
+        proxies,
+        upstreams,
+        storage,
+        metadata,
+        threads,
+        events,
+        FileLocks(settings.data_dir / "locks" / "proxy"),
+        max_manifest_bytes=settings.max_manifest_bytes,
+        max_blob_bytes=settings.max_blob_bytes,
+    )
+    app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
     app[IAM] = IamServices(
         identity=identity,
         projects=ProjectService(iam_store, identity, events),
         immutability=immutability,
+        proxies=proxies,
         tokens=tokens,
         authenticator=Authenticator(
             identity, tokens, threads, certificate_identity=settings.tls_client_identity
@@ -186,6 +202,7 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await upstreams.close()
         threads.shutdown()
         metadata.close()
 

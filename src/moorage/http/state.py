@@ -12,6 +12,7 @@ from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
 from moorage.services.immutability import ImmutabilityService
 from moorage.services.projects import ProjectService
+from moorage.services.proxy import ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
@@ -23,6 +24,7 @@ class Services:
     registry: RegistryService
     uploads: UploadService
     max_page_size: int
+    proxy: ProxyCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class IamServices:
     identity: IdentityService
     projects: ProjectService
     immutability: ImmutabilityService
+    proxies: ProxyService
     tokens: TokenService
     authenticator: Authenticator
     threads: Threads
