@@ -311,18 +311,33 @@ async def may(request: web.Request, permission: Permission, repository: str) -> 
     return decide(access, action, project_of(repository), repository, public)
 
 
-async def may_fetch_upstream(request: web.Request, repository: str, *, public_fetch: bool) -> bool:
+async def may_fetch_upstream(
+    request: web.Request, repository: str, *, public_fetch: bool, challenge: bool
+) -> bool:
     """May the caller bring new content into the proxy-cache project of `repository`?
 
-    Decided from the caller's current roles and grants (`upstream-fetch`), not from the token,
-    which only carries the Docker scopes a client asks for. In a public proxy-cache project
-    that allows public fetches, whoever may pull may also fetch.
+    With a registry token, the token decides: the token service adds `upstream-fetch` to a
+    token that may pull in a proxy-cache project when the caller holds that action. Otherwise
+    the caller's roles and grants decide. In a public proxy-cache project that allows public
+    fetches, whoever may pull may also fetch. An anonymous caller without a token is challenged
+    rather than refused (with `challenge`), so a client that has credentials signs in and asks
+    again.
     """
     iam = request.app[IAM]
     caller: Caller = request[CALLER]
     project = project_of(repository)
-    access = await iam.threads.run(iam.identity.access_of, caller.subject)
     public = await iam.threads.run(iam.identity.public_projects)
-    if decide(access, Action.UPSTREAM_FETCH, project, repository, public):
+    if public_fetch and project in public and await may(request, PULL, repository):
         return True
-    return public_fetch and project in public and await may(request, PULL, repository)
+    if caller.token is not None:
+        return caller.token.allows("repository", repository, Action.UPSTREAM_FETCH.value)
+    if caller.subject.kind == "anonymous":
+        if not challenge:
+            return False
+        raise AccessDenied(
+            "sign in to fetch content this proxy cache does not hold yet",
+            challenge=True,
+            scope=f"repository:{repository}:pull",
+        )
+    access = await iam.threads.run(iam.identity.access_of, caller.subject)
+    return decide(access, Action.UPSTREAM_FETCH, project, repository, public)

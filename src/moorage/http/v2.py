@@ -306,8 +306,10 @@ async def cancel_upload(request: web.Request) -> web.Response:
 
 
 def _fetch_decision(request: web.Request, name: str, proxy: ProxyConfig) -> MayFetch:
-    async def decide_fetch() -> bool:
-        return await may_fetch_upstream(request, name, public_fetch=proxy.anonymous_fetch)
+    async def decide_fetch(required: bool) -> bool:
+        return await may_fetch_upstream(
+            request, name, public_fetch=proxy.anonymous_fetch, challenge=required
+        )
 
     return decide_fetch
 

@@ -42,7 +42,7 @@ from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent
 from moorage.domain.manifest import parse_manifest
-from moorage.domain.names import Reference
+from moorage.domain.names import Reference, project_of
 from moorage.domain.proxy import (
     DEFAULT_TAG_TTL_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
@@ -486,7 +486,10 @@ class ProxyStats:
         self.counts[what] += 1
 
 
-MayFetch = Callable[[], Awaitable[bool]]
+# Whether the caller may bring new content in. Called with True when the pull fails without
+# it (the HTTP side may then ask an anonymous client to sign in), False when a cached copy
+# will be served anyway.
+MayFetch = Callable[[bool], Awaitable[bool]]
 
 
 class LiveBlob:
@@ -579,10 +582,10 @@ class ProxyCache:
             digest = str(reference.digest)
             if await self._threads.run(self._metadata.resolve_digest, repository, digest):
                 return  # a digest never changes: no upstream traffic once cached
-            await self._require_fetch(may_fetch, repository, digest)
             await self._fetch_once(
                 f"manifest:{repository}@{digest}",
                 lambda: self._resolve_digest_local(repository, digest),
+                lambda: self._require_fetch(may_fetch, repository, digest, actor),
                 lambda: self._fetch_manifest(config, repository, upstream, digest, None, actor),
             )
             return
@@ -590,10 +593,10 @@ class ProxyCache:
         assert tag is not None
         record = await self._threads.run(self._metadata.resolve_tag, repository, tag)
         if record is None:
-            await self._require_fetch(may_fetch, repository, tag)
             await self._fetch_once(
                 f"manifest:{repository}:{tag}",
                 lambda: self._tag_present(repository, tag),
+                lambda: self._require_fetch(may_fetch, repository, tag, actor),
                 lambda: self._fetch_manifest(config, repository, upstream, tag, tag, actor),
             )
             return
@@ -626,7 +629,7 @@ class ProxyCache:
                 self._metadata.mark_tag_checked, repository, tag, datetime.now(UTC)
             )
             return
-        if not await may_fetch():
+        if not await may_fetch(False):
             log.info(
                 "tag %s:%s changed upstream; the caller may not fetch it, serving the cached copy",
                 repository,
@@ -637,6 +640,7 @@ class ProxyCache:
             await self._fetch_once(
                 f"manifest:{repository}:{tag}",
                 lambda: self._tag_is(repository, tag, head.digest),
+                _permitted,
                 lambda: self._fetch_manifest(config, repository, upstream, tag, tag, actor),
             )
         except UpstreamError as error:
@@ -666,23 +670,39 @@ class ProxyCache:
         found = await self._threads.run(self._metadata.resolve_tag, repository, tag)
         return found is not None and found.digest == digest
 
-    async def _require_fetch(self, may_fetch: MayFetch, repository: str, what: str) -> None:
-        if not await may_fetch():
-            self.stats.count("fetch-refused")
-            raise RegistryError(
-                ErrorCode.DENIED,
-                f"{repository} {what} is not cached, and bringing new content in from the"
-                " upstream needs the upstream-fetch permission",
+    async def _require_fetch(
+        self, may_fetch: MayFetch, repository: str, what: str, actor: Actor
+    ) -> None:
+        if await may_fetch(True):
+            return
+        self.stats.count("fetch-refused")
+        message = (
+            f"{repository} {what} is not cached, and bringing new content in from the upstream"
+            " needs the upstream-fetch permission"
+        )
+        self._events.publish(
+            AccessEvent(
+                "access:denied",
+                actor,
+                "denied",
+                project_of(repository),
+                f"{repository}:{what}"[:500],
+                {"action": "upstream-fetch", "reason": message},
             )
+        )
+        raise RegistryError(ErrorCode.DENIED, message)
 
     async def _fetch_once(
         self,
         key: str,
         present: Callable[[], Awaitable[bool]],
+        permit: Callable[[], Awaitable[None]],
         fetch: Callable[[], Awaitable[None]],
     ) -> None:
         """Run `fetch` unless another request of any worker is fetching (or has fetched) the
-        same object: then wait for it and re-check."""
+        same object: then wait for it and re-check. Only a request that would fetch itself
+        needs the permission (`permit` raises without it): waiting for another's fetch serves
+        what is cached."""
         for _ in range(3):
             waiting = self._flights.join(key)
             if waiting is not None:
@@ -695,12 +715,14 @@ class ProxyCache:
                 try:
                     if await present():
                         return
+                    await permit()
                     await fetch()
                     return
                 finally:
                     FileLocks.release(fd)
             finally:
                 self._flights.finish(key)
+        await permit()
         await fetch()
 
     async def _cross_process_lock(self, key: str) -> int:
@@ -798,7 +820,6 @@ class ProxyCache:
             await self._threads.run(self._metadata.link_blob, repository, text, size)
             self.stats.count("blob-linked")
             return None
-        await self._require_fetch(may_fetch, repository, text)
         upstream = self._upstream_name(config, repository)
         key = f"blob:{text}"
         for _ in range(3):
@@ -817,6 +838,7 @@ class ProxyCache:
                     FileLocks.release(fd)
                     self._flights.finish(key)
                     return None
+                await self._require_fetch(may_fetch, repository, text, actor)
                 live = await self._start_blob(config, repository, upstream, digest, actor, fd, key)
             except BaseException:
                 if fd is not None:
@@ -898,6 +920,10 @@ class ProxyCache:
             writer = await self._threads.run(self._storage.open_upload, upload_id)
             try:
                 hasher = new_resumable(digest.algorithm)
+                # The last chunk is held back until the blob is verified, committed and
+                # linked: a client that received every byte can pull it from the cache at once,
+                # and a client of a blob that does not match never gets a complete body.
+                held = b""
                 try:
                     async for chunk in source.chunks():
                         if writer.size + len(chunk) > size:
@@ -908,7 +934,9 @@ class ProxyCache:
                             )
                         writer.write(chunk)
                         hasher.update(chunk)
-                        yield chunk
+                        if held:
+                            yield held
+                        held = chunk
                 except UpstreamError as error:
                     raise upstream_failure(
                         error, f"blob {digest}", ErrorCode.BLOB_UNKNOWN
@@ -939,6 +967,8 @@ class ProxyCache:
                     EventKind.BLOB_CACHED, repository, str(digest), size=size, actor=actor
                 )
             )
+            if held:
+                yield held
         finally:
             await source.close()
             if not committed:
@@ -953,6 +983,10 @@ async def _drain(live: LiveBlob) -> None:
             pass
     finally:
         await live.aclose()
+
+
+async def _permitted() -> None:
+    """The permission was already checked."""
 
 
 def upstream_failure(error: UpstreamError, what: str, missing: ErrorCode) -> RegistryError:
