@@ -6,18 +6,21 @@ The upstream's access log is the witness of how often Moorage went upstream.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from tests.support import distribution
 from tests.support.api import (
@@ -46,7 +49,7 @@ from tests.support.oci import (
     push_multi_platform,
     random_bytes,
 )
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, free_port
 
 pytestmark = pytest.mark.skipif(
     not distribution.available(), reason="docker-registry (Debian package) is not installed"
@@ -424,3 +427,121 @@ def test_skopeo_copies_through_the_proxy(
     assert digest_of((target / "manifest.json").read_bytes()) == image.digest
     for digest in blob_digests(image):
         assert digest_of((target / digest.split(":")[1]).read_bytes()) == digest
+
+
+def test_another_moorage_is_an_upstream_through_its_token_service(
+    start_registry: Callable[..., RegistryProcess],
+    admin: httpx.Client,
+    puller: httpx.Client,
+) -> None:
+    """Moorage answers 401 with a Bearer challenge: the proxy signs in at the realm."""
+    origin = start_registry()
+    with httpx.Client(base_url=origin.url, timeout=60, auth=RegistryAuth()) as client:
+        image = push_image(client, "team/app", "v1")
+    project = create_project(admin, "chain")
+    config = {"url": origin.url, "allowPrivateNetwork": True, "username": ADMIN_USER}
+    wrong = admin.put(f"/projects/{project}/proxy", json={**config, "password": "wrong-pw-1"})
+    assert wrong.status_code == 200, wrong.text
+    response = puller.get(f"/v2/{project}/team/app/manifests/v1", headers=ACCEPT)
+    error = assert_oci_error(response, 502, "DENIED")
+    assert "credentials" in error["message"]
+    right = admin.put(f"/projects/{project}/proxy", json={**config, "password": ADMIN_PASSWORD})
+    assert right.status_code == 200, right.text
+    assert admin.post(f"/projects/{project}/proxy/check").json()["ok"] is True
+    time.sleep(2.5)  # every worker sees a changed configuration within 2 seconds
+    assert pull_image(puller, f"{project}/team/app", "v1")[0] == image.digest
+
+
+class _LyingUpstream:
+    """A registry whose blob bytes do not match the digest it was asked for."""
+
+    def __init__(self) -> None:
+        self.good = b'{"architecture":"amd64","os":"linux"}'
+        self.claimed = random_bytes(4096)
+        self.sent = random_bytes(4096)  # same length, other content
+        self.blob_requests = 0
+        self.manifest = encode(
+            image_manifest(
+                Pushed("application/vnd.oci.image.config.v1+json", digest_of(self.good), self.good),
+                [
+                    Pushed(
+                        "application/vnd.oci.image.layer.v1.tar",
+                        digest_of(self.claimed),
+                        self.claimed,
+                    )
+                ],
+            )
+        )
+        self.port = free_port()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+    def _serve(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        async def ping(_: web.Request) -> web.Response:
+            return web.json_response({})
+
+        async def manifest(_: web.Request) -> web.Response:
+            return web.Response(body=self.manifest, content_type=OCI_MANIFEST)
+
+        async def blob(request: web.Request) -> web.Response:
+            self.blob_requests += 1
+            digest = request.match_info["digest"]
+            body = self.good if digest == digest_of(self.good) else self.sent
+            return web.Response(body=body, content_type="application/octet-stream")
+
+        app = web.Application()
+        app.router.add_get("/v2/", ping)
+        app.router.add_get("/v2/lie/manifests/{reference}", manifest)
+        app.router.add_get("/v2/lie/blobs/{digest}", blob)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> _LyingUpstream:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._stop is not None
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def test_an_upstream_blob_that_does_not_match_its_digest_is_discarded(
+    admin: httpx.Client, puller: httpx.Client
+) -> None:
+    with _LyingUpstream() as liar:
+        project = create_project(admin, "liar")
+        response = admin.put(
+            f"/projects/{project}/proxy", json={"url": liar.url, "allowPrivateNetwork": True}
+        )
+        assert response.status_code == 200, response.text
+        manifest = puller.get(f"/v2/{project}/lie/manifests/v1", headers=ACCEPT)
+        assert manifest.status_code == 200, manifest.text
+        bad = digest_of(liar.claimed)
+        for attempt in (1, 2):
+            # The body is cut short: the client never sees a complete blob.
+            with pytest.raises(httpx.HTTPError):
+                puller.get(f"/v2/{project}/lie/blobs/{bad}")
+            # Nothing was stored: the next pull goes upstream again.
+            assert liar.blob_requests == attempt
+        head = puller.head(f"/v2/{project}/lie/blobs/{bad}")
+        assert head.status_code == 502
+        config = puller.get(f"/v2/{project}/lie/blobs/{digest_of(liar.good)}")
+        assert config.content == liar.good
