@@ -446,13 +446,18 @@ class SingleFlight:
 
 
 class FileLocks:
-    """Cross-process exclusive locks, one file per key (workers share the data directory)."""
+    """Cross-process exclusive locks over a fixed set of lock files (workers share the data
+    directory). Keys are spread over the files by hash, so the files never grow in number;
+    two keys that share a file merely take turns."""
+
+    STRIPES: Final = 4096
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
 
     def _path(self, key: str) -> Path:
-        return self._directory / hashlib.sha256(key.encode()).hexdigest()[:32]
+        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % self.STRIPES
+        return self._directory / f"{stripe:04x}.lock"
 
     def try_acquire(self, key: str) -> int | None:
         self._directory.mkdir(parents=True, exist_ok=True)
@@ -643,8 +648,9 @@ class ProxyCache:
                 _permitted,
                 lambda: self._fetch_manifest(config, repository, upstream, tag, tag, actor),
             )
-        except UpstreamError as error:
-            self._serve_stale(repository, tag, error)
+        except RegistryError as error:
+            # The upstream changed the tag but the new manifest could not be fetched.
+            self._serve_stale(repository, tag, UpstreamError("fetch-failed", error.message))
 
     def _serve_stale(self, repository: str, tag: str, error: UpstreamError) -> None:
         self.stats.count(f"stale-served:{error.kind}")
