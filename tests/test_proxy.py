@@ -452,52 +452,56 @@ def test_another_moorage_is_an_upstream_through_its_token_service(
     assert pull_image(puller, f"{project}/team/app", "v1")[0] == image.digest
 
 
-class _LyingUpstream:
-    """A registry whose blob bytes do not match the digest it was asked for."""
+class _FakeUpstream:
+    """A small registry in a thread: one image `fake:v1`, whose layer it can lie about, and
+    whose manifest endpoints can answer 429 or stall (`mode`)."""
 
     def __init__(self) -> None:
         self.good = b'{"architecture":"amd64","os":"linux"}'
         self.claimed = random_bytes(4096)
         self.sent = random_bytes(4096)  # same length, other content
+        self.lie = True
+        self.mode = "ok"  # ok | 429 | slow
         self.blob_requests = 0
-        self.manifest = encode(
-            image_manifest(
-                Pushed("application/vnd.oci.image.config.v1+json", digest_of(self.good), self.good),
-                [
-                    Pushed(
-                        "application/vnd.oci.image.layer.v1.tar",
-                        digest_of(self.claimed),
-                        self.claimed,
-                    )
-                ],
-            )
+        self.manifest_requests = 0
+        config = Pushed("application/vnd.oci.image.config.v1+json", digest_of(self.good), self.good)
+        layer = Pushed(
+            "application/vnd.oci.image.layer.v1.tar", digest_of(self.claimed), self.claimed
         )
+        self.manifest = encode(image_manifest(config, [layer]))
         self.port = free_port()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
-
-    def _serve(self) -> None:
-        asyncio.run(self._main())
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _main(self) -> None:
         async def ping(_: web.Request) -> web.Response:
             return web.json_response({})
 
-        async def manifest(_: web.Request) -> web.Response:
-            return web.Response(body=self.manifest, content_type=OCI_MANIFEST)
+        async def manifest(request: web.Request) -> web.StreamResponse:
+            self.manifest_requests += 1
+            if self.mode == "429":
+                return web.json_response({"errors": [{"code": "TOOMANYREQUESTS"}]}, status=429)
+            if self.mode == "slow":
+                await asyncio.sleep(30)
+            headers = {"Docker-Content-Digest": digest_of(self.manifest)}
+            body = b"" if request.method == "HEAD" else self.manifest
+            return web.Response(body=body, content_type=OCI_MANIFEST, headers=headers)
 
         async def blob(request: web.Request) -> web.Response:
             self.blob_requests += 1
             digest = request.match_info["digest"]
-            body = self.good if digest == digest_of(self.good) else self.sent
+            if digest == digest_of(self.good):
+                body = self.good
+            else:
+                body = self.sent if self.lie else self.claimed
             return web.Response(body=body, content_type="application/octet-stream")
 
         app = web.Application()
         app.router.add_get("/v2/", ping)
-        app.router.add_get("/v2/lie/manifests/{reference}", manifest)
-        app.router.add_get("/v2/lie/blobs/{digest}", blob)
+        app.router.add_route("*", "/v2/fake/manifests/{reference}", manifest)
+        app.router.add_get("/v2/fake/blobs/{digest}", blob)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -507,7 +511,7 @@ class _LyingUpstream:
         await self._stop.wait()
         await runner.cleanup()
 
-    def __enter__(self) -> _LyingUpstream:
+    def __enter__(self) -> _FakeUpstream:
         self._thread.start()
         assert self._ready.wait(10)
         return self
@@ -523,25 +527,49 @@ class _LyingUpstream:
         return f"http://127.0.0.1:{self.port}"
 
 
+def fake_proxy(admin: httpx.Client, fake: _FakeUpstream, **fields: Any) -> str:
+    project = create_project(admin, "fake")
+    body = {"url": fake.url, "allowPrivateNetwork": True, **fields}
+    response = admin.put(f"/projects/{project}/proxy", json=body)
+    assert response.status_code == 200, response.text
+    return project
+
+
 def test_an_upstream_blob_that_does_not_match_its_digest_is_discarded(
     admin: httpx.Client, puller: httpx.Client
 ) -> None:
-    with _LyingUpstream() as liar:
-        project = create_project(admin, "liar")
-        response = admin.put(
-            f"/projects/{project}/proxy", json={"url": liar.url, "allowPrivateNetwork": True}
-        )
-        assert response.status_code == 200, response.text
-        manifest = puller.get(f"/v2/{project}/lie/manifests/v1", headers=ACCEPT)
+    with _FakeUpstream() as liar:
+        project = fake_proxy(admin, liar)
+        manifest = puller.get(f"/v2/{project}/fake/manifests/v1", headers=ACCEPT)
         assert manifest.status_code == 200, manifest.text
         bad = digest_of(liar.claimed)
         for attempt in (1, 2):
             # The body is cut short: the client never sees a complete blob.
             with pytest.raises(httpx.HTTPError):
-                puller.get(f"/v2/{project}/lie/blobs/{bad}")
+                puller.get(f"/v2/{project}/fake/blobs/{bad}")
             # Nothing was stored: the next pull goes upstream again.
             assert liar.blob_requests == attempt
-        head = puller.head(f"/v2/{project}/lie/blobs/{bad}")
+        head = puller.head(f"/v2/{project}/fake/blobs/{bad}")
         assert head.status_code == 502
-        config = puller.get(f"/v2/{project}/lie/blobs/{digest_of(liar.good)}")
+        config = puller.get(f"/v2/{project}/fake/blobs/{digest_of(liar.good)}")
         assert config.content == liar.good
+        liar.lie = False
+        assert puller.get(f"/v2/{project}/fake/blobs/{bad}").content == liar.claimed
+
+
+@pytest.mark.parametrize("mode", ["429", "slow"])
+def test_a_rate_limited_or_slow_upstream_serves_the_cached_tag(
+    mode: str, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    with _FakeUpstream() as fake:
+        fake.lie = False
+        project = fake_proxy(admin, fake, tagTtlSeconds=0, timeoutSeconds=1)
+        expected = pull_image(puller, f"{project}/fake", "v1")
+        fake.mode = mode
+        started = time.monotonic()
+        assert pull_image(puller, f"{project}/fake", "v1") == expected
+        assert time.monotonic() - started < 10
+        assert fake.manifest_requests == 2  # the GET, then the HEAD that failed
+        response = puller.get(f"/v2/{project}/fake/manifests/v2", headers=ACCEPT)
+        expected_status = 429 if mode == "429" else 502
+        assert response.status_code == expected_status, response.text

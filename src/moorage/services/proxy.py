@@ -610,7 +610,19 @@ class ProxyCache:
         if checked is not None and now - checked < config.tag_ttl:
             self.stats.count("tag-fresh")
             return
-        await self._revalidate(config, repository, upstream, tag, record.digest, actor, may_fetch)
+        # One check per stale tag at a time in this worker; the others serve what the check
+        # leaves in the cache.
+        key = f"check:{repository}:{tag}"
+        waiting = self._flights.join(key)
+        if waiting is not None:
+            await asyncio.shield(waiting)
+            return
+        try:
+            await self._revalidate(
+                config, repository, upstream, tag, record.digest, actor, may_fetch
+            )
+        finally:
+            self._flights.finish(key)
 
     async def _revalidate(
         self,
