@@ -49,6 +49,7 @@ from tests.support.oci import (
     push_multi_platform,
     random_bytes,
 )
+from tests.support.pki import CertificateAuthority
 from tests.support.server import RegistryProcess, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -573,3 +574,51 @@ def test_a_rate_limited_or_slow_upstream_serves_the_cached_tag(
         response = puller.get(f"/v2/{project}/fake/manifests/v2", headers=ACCEPT)
         expected_status = 429 if mode == "429" else 502
         assert response.status_code == expected_status, response.text
+
+
+def test_an_upstream_behind_mutual_tls(
+    tmp_path: Path, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    ca = CertificateAuthority(tmp_path)
+    served = ca.issue("upstream", common_name="127.0.0.1", server=True)
+    mirror = ca.issue("mirror", common_name="moorage-mirror")
+    upstream = Distribution(
+        tmp_path / "tls",
+        tls=(served.cert, served.key, ca.bundle),
+        client_tls=(ca.bundle, mirror.cert, mirror.key),
+    ).start()
+    try:
+        image = upstream_image(upstream, "lib/tls", "v1")
+        base = {"url": upstream.url, "allowPrivateNetwork": True}
+        untrusted = make_proxy(admin, upstream)
+        error = assert_oci_error(
+            puller.get(f"/v2/{untrusted}/lib/tls/manifests/v1", headers=ACCEPT),
+            502,
+            "MANIFEST_UNKNOWN",
+        )
+        assert "upstream is unavailable" in error["message"]
+        no_client_cert = create_project(admin, "tls")
+        response = admin.put(
+            f"/projects/{no_client_cert}/proxy",
+            json={**base, "caBundle": ca.bundle.read_text()},
+        )
+        assert response.status_code == 200, response.text
+        assert_oci_error(
+            puller.get(f"/v2/{no_client_cert}/lib/tls/manifests/v1", headers=ACCEPT),
+            502,
+            "MANIFEST_UNKNOWN",
+        )
+        project = make_proxy(
+            admin,
+            upstream,
+            caBundle=ca.bundle.read_text(),
+            clientCert=mirror.cert.read_text(),
+            clientKey=mirror.key.read_text(),
+        )
+        shown = admin.get(f"/projects/{project}/proxy").json()
+        assert shown["caBundle"] is True
+        assert shown["clientCertificate"] is True
+        assert "PRIVATE KEY" not in json.dumps(shown)
+        assert pull_image(puller, f"{project}/lib/tls", "v1")[0] == image.digest
+    finally:
+        upstream.stop()

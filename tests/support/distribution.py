@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -41,12 +42,17 @@ class Distribution:
 
     directory: Path
     users: dict[str, str] = field(default_factory=dict)  # htpasswd auth when not empty
+    # HTTPS: (certificate, key, CA bundle that client certificates must chain to, or None)
+    tls: tuple[Path, Path, Path | None] | None = None
+    # what readiness checks and `client()` present: (CA bundle, client cert, client key)
+    client_tls: tuple[Path, Path, Path] | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -59,6 +65,12 @@ class Distribution:
             htpasswd = self.directory / "htpasswd"
             htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
             auth = f"auth:\n  htpasswd:\n    realm: upstream\n    path: {htpasswd}\n"
+        tls = ""
+        if self.tls is not None:
+            cert, key, client_ca = self.tls
+            tls = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+            if client_ca is not None:
+                tls += f"    clientcas:\n      - {client_ca}\n"
         config = self.directory / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -66,6 +78,7 @@ class Distribution:
             f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"{tls}"
             f"{auth}"
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
@@ -78,8 +91,9 @@ class Distribution:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return self
+                with self.client() as client:
+                    if client.get("/v2/", timeout=1).status_code in (200, 401):
+                        return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
@@ -107,4 +121,9 @@ class Distribution:
 
     def client(self) -> httpx.Client:
         auth = next(iter(self.users.items()), None)
-        return httpx.Client(base_url=self.url, timeout=60, auth=auth)
+        if self.client_tls is None:
+            return httpx.Client(base_url=self.url, timeout=60, auth=auth)
+        bundle, cert, key = self.client_tls
+        context = ssl.create_default_context(cafile=str(bundle))
+        context.load_cert_chain(cert, key)
+        return httpx.Client(base_url=self.url, timeout=60, auth=auth, verify=context)

@@ -44,6 +44,7 @@ _CHUNK: Final = 256 * 1024
 _MAX_TOKEN_RESPONSE: Final = 64 * 1024
 _MAX_ERROR_BODY: Final = 4096
 _TOKEN_MARGIN_SECONDS: Final = 10
+_MAX_CACHED_TOKENS: Final = 4096
 _CHALLENGE_PARAM: Final = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -122,6 +123,8 @@ class HttpUpstreamClient:
         if cached is not None and not refresh and cached[1] > time.monotonic():
             return f"Bearer {cached[0]}"
         token, lifetime = await self._fetch_token(params, scope)
+        if len(self._tokens) >= _MAX_CACHED_TOKENS:
+            self._tokens.clear()
         self._tokens[key] = (token, time.monotonic() + max(lifetime - _TOKEN_MARGIN_SECONDS, 5))
         return f"Bearer {token}"
 
