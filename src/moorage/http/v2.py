@@ -330,9 +330,11 @@ async def _stream_live(
             await response.write(chunk)
     except RegistryError as error:
         log.warning("proxy fetch of %s failed mid-stream: %s", headers["ETag"], error.message)
+        if not response.prepared:
+            raise
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError(error.message) from None
+        return response
     finally:
         await live.aclose()
     await response.write_eof()
