@@ -645,6 +645,11 @@ class ProxyCache:
             await self._threads.run(
                 self._metadata.mark_tag_checked, repository, tag, datetime.now(UTC)
             )
+            self._events.publish(
+                RegistryEvent(
+                    EventKind.TAG_REVALIDATED, repository, cached_digest, tag, actor=actor
+                )
+            )
             return
         if not await may_fetch(False):
             log.info(
