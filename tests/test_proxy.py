@@ -622,3 +622,28 @@ def test_an_upstream_behind_mutual_tls(
         assert pull_image(puller, f"{project}/lib/tls", "v1")[0] == image.digest
     finally:
         upstream.stop()
+
+
+def test_robots_fetch_only_with_upstream_fetch_in_their_allow_list(
+    upstream: Distribution, admin: httpx.Client, server: RegistryProcess
+) -> None:
+    project = make_proxy(admin, upstream)
+    upstream_image(upstream, "lib/robot", "v1")
+    robots = {}
+    for name, actions in (("reader", ["pull"]), ("importer", ["pull", "upstream-fetch"])):
+        response = admin.post(
+            f"/projects/{project}/robots",
+            json={"name": name, "permissions": [{"project": project, "actions": actions}]},
+        )
+        assert response.status_code == 201, response.text
+        robots[name] = (response.json()["name"], response.json()["secret"])
+    with httpx.Client(
+        base_url=server.url, timeout=60, auth=RegistryAuth(*robots["reader"])
+    ) as reader:
+        response = reader.get(f"/v2/{project}/lib/robot/manifests/v1", headers=ACCEPT)
+        assert_oci_error(response, 403, "DENIED")
+        with httpx.Client(
+            base_url=server.url, timeout=60, auth=RegistryAuth(*robots["importer"])
+        ) as importer:
+            expected = pull_image(importer, f"{project}/lib/robot", "v1")
+        assert pull_image(reader, f"{project}/lib/robot", "v1") == expected
