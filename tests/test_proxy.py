@@ -556,6 +556,15 @@ def test_an_upstream_blob_that_does_not_match_its_digest_is_discarded(
         assert config.content == liar.good
         liar.lie = False
         assert puller.get(f"/v2/{project}/fake/blobs/{bad}").content == liar.claimed
+        # A manifest asked for by digest must have that digest.
+        other = digest_of(b"another manifest")
+        response = puller.get(f"/v2/{project}/fake/manifests/{other}", headers=ACCEPT)
+        assert_oci_error(response, 502, "DIGEST_INVALID")
+        assert_oci_error(
+            puller.get(f"/v2/{project}/fake/manifests/{other}", headers=ACCEPT),
+            502,
+            "DIGEST_INVALID",
+        )
 
 
 @pytest.mark.parametrize("mode", ["429", "slow"])
