@@ -656,3 +656,27 @@ def test_robots_fetch_only_with_upstream_fetch_in_their_allow_list(
         ) as importer:
             expected = pull_image(importer, f"{project}/lib/robot", "v1")
         assert pull_image(reader, f"{project}/lib/robot", "v1") == expected
+
+
+def test_head_and_range_requests_of_uncached_blobs_are_answered_from_the_stored_copy(
+    upstream: Distribution, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    project = make_proxy(admin, upstream)
+    image = upstream_image(upstream, "lib/partial", "v1")
+    config, first, second = blob_digests(image)
+    manifest = puller.get(f"/v2/{project}/lib/partial/manifests/v1", headers=ACCEPT)
+    assert manifest.status_code == 200
+    sizes = {layer["digest"]: layer["size"] for layer in manifest.json()["layers"]}
+    head = puller.head(f"/v2/{project}/lib/partial/blobs/{first}")
+    assert head.status_code == 200
+    assert int(head.headers["Content-Length"]) == sizes[first]
+    ranged = puller.get(
+        f"/v2/{project}/lib/partial/blobs/{second}", headers={"Range": "bytes=10-19"}
+    )
+    assert ranged.status_code == 206
+    assert len(ranged.content) == 10
+    whole = puller.get(f"/v2/{project}/lib/partial/blobs/{second}")
+    assert whole.content[10:20] == ranged.content
+    for digest in (first, second):
+        assert upstream.requests("GET", f"/v2/lib/partial/blobs/{digest}") == 1
+    assert upstream.requests("GET", f"/v2/lib/partial/blobs/{config}") == 0
