@@ -776,7 +776,9 @@ class ProxyCache:
         digest = Digest.of(fetched.body, wanted.algorithm if wanted else "sha256")
         announced = fetched.digest
         if (wanted is not None and digest != wanted) or (
-            announced is not None and announced.startswith("sha256:") and announced != str(digest)
+            announced is not None
+            and announced.startswith(f"{digest.algorithm}:")
+            and announced != str(digest)
         ):
             raise RegistryError(
                 ErrorCode.DIGEST_INVALID,
