@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
+
+from moorage.cli import main
 
 from tests.support import distribution
 from tests.support.api import (
@@ -680,3 +683,41 @@ def test_head_and_range_requests_of_uncached_blobs_are_answered_from_the_stored_
     for digest in (first, second):
         assert upstream.requests("GET", f"/v2/lib/partial/blobs/{digest}") == 1
     assert upstream.requests("GET", f"/v2/lib/partial/blobs/{config}") == 0
+
+
+def test_the_proxy_commands(tmp_path: Path, upstream: Distribution) -> None:
+    data_dir = tmp_path / "data"
+    runner = CliRunner()
+
+    def moorage(*args: str, stdin: str | None = None, code: int = 0) -> str:
+        result = runner.invoke(main, [*args, "--data-dir", str(data_dir)], input=stdin)
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.output
+
+    moorage("project", "create", "mirror")
+    configured = moorage(
+        "project",
+        "proxy",
+        "mirror",
+        "--url",
+        upstream.url,
+        "--allow-private-network",
+        "--username",
+        UPSTREAM_USER,
+        "--password-stdin",
+        "--platform",
+        "linux/amd64",
+        stdin=UPSTREAM_PASSWORD + "\n",
+    )
+    assert f"proxy cache of {upstream.url}" in configured
+    shown = moorage("project", "proxy-show", "mirror")
+    assert "credential\tpassword" in shown
+    assert "platforms\tlinux/amd64" in shown
+    assert UPSTREAM_PASSWORD not in shown
+    refused = moorage("project", "proxy", "mirror", "--url", "http://10.0.0.1", code=1)
+    assert "not a public address" in refused
+    audit = moorage("audit", "export", "--format", "jsonl")
+    assert "proxy:configure" in audit
+    assert UPSTREAM_PASSWORD not in audit
+    moorage("project", "proxy-remove", "mirror")
+    assert "not a proxy-cache project" in moorage("project", "proxy-show", "mirror", code=1)
