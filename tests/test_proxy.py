@@ -24,7 +24,6 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from moorage.cli import main
-
 from tests.support import distribution
 from tests.support.api import (
     PASSWORD,
