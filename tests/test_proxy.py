@@ -720,3 +720,17 @@ def test_the_proxy_commands(tmp_path: Path, upstream: Distribution) -> None:
     assert UPSTREAM_PASSWORD not in audit
     moorage("project", "proxy-remove", "mirror")
     assert "not a proxy-cache project" in moorage("project", "proxy-show", "mirror", code=1)
+
+
+def test_a_digest_alone_never_reaches_blobs_of_other_projects(
+    upstream: Distribution, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    """A blob stored for a private project is not handed out through a proxy project: only
+    what the proxy's upstream serves (and its cached manifests reference) is linked."""
+    private = create_project(admin, "private")
+    secret = push_blob_object(puller, f"{private}/app", "application/octet-stream", b"s" * 999)
+    project = make_proxy(admin, upstream)
+    response = puller.get(f"/v2/{project}/lib/probe/blobs/{secret.digest}")
+    error = assert_oci_error(response, 404, "BLOB_UNKNOWN")
+    assert "upstream does not have it" in error["message"]
+    assert upstream.requests("GET", f"/v2/lib/probe/blobs/{secret.digest}", status=None) == 1

@@ -836,30 +836,23 @@ class ProxyCache:
         """None when the blob is (now) stored and linked to `repository`; else, with `stream`,
         a LiveBlob this request must send to its client (it leads the upstream fetch)."""
         text = str(digest)
-        if await self._blob_linked(repository, text):
-            return None
-        size = await self._threads.run(self._metadata.cached_blob_size, repository, text)
-        if size is not None:
-            # Stored already (another repository of this or another proxy fetched it) and a
-            # cached manifest here references it: link it, no upstream traffic.
-            await self._threads.run(self._metadata.link_blob, repository, text, size)
-            self.stats.count("blob-linked")
+        if await self._present_blob(repository, text):
             return None
         upstream = self._upstream_name(config, repository)
-        key = f"blob:{text}"
+        # Keyed by repository: a blob stored for another repository is never handed out here
+        # on its digest alone (that would let a digest stand in for pull on that repository).
+        key = f"blob:{repository}@{text}"
         for _ in range(3):
             waiting = self._flights.join(key)
             if waiting is not None:
                 await asyncio.shield(waiting)
-                if await self._blob_linked(repository, text) or await self._link_stored(
-                    repository, text
-                ):
+                if await self._present_blob(repository, text):
                     return None
                 continue
             fd: int | None = None
             try:
                 fd = await self._cross_process_lock(key)
-                if await self._link_stored(repository, text):
+                if await self._present_blob(repository, text):
                     FileLocks.release(fd)
                     self._flights.finish(key)
                     return None
@@ -878,16 +871,18 @@ class ProxyCache:
             ErrorCode.BLOB_UNKNOWN, f"blob {digest} could not be fetched from the upstream"
         )
 
-    async def _blob_linked(self, repository: str, digest: str) -> bool:
+    async def _present_blob(self, repository: str, digest: str) -> bool:
+        """Whether the blob is linked to `repository`, or can be without upstream traffic: it is
+        stored (fetched through another repository or proxy project) and a manifest cached in
+        this repository references it, so this repository's upstream has it too."""
         size = await self._threads.run(self._metadata.blob_size_in_repository, repository, digest)
-        return size is not None
-
-    async def _link_stored(self, repository: str, digest: str) -> bool:
-        """A blob another worker or request has just stored: link it here."""
-        size = await self._threads.run(self._metadata.blob_size, digest)
+        if size is not None:
+            return True
+        size = await self._threads.run(self._metadata.cached_blob_size, repository, digest)
         if size is None:
             return False
         await self._threads.run(self._metadata.link_blob, repository, digest, size)
+        self.stats.count("blob-linked")
         return True
 
     async def _start_blob(
