@@ -734,3 +734,25 @@ def test_a_digest_alone_never_reaches_blobs_of_other_projects(
     error = assert_oci_error(response, 404, "BLOB_UNKNOWN")
     assert "upstream does not have it" in error["message"]
     assert upstream.requests("GET", f"/v2/lib/probe/blobs/{secret.digest}", status=None) == 1
+
+
+def test_layers_shared_by_repositories_of_one_proxy_project_are_fetched_once(
+    upstream: Distribution, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    project = make_proxy(admin, upstream)
+    shared = random_bytes(2048)
+    with upstream.client() as client:
+        for name in ("lib/one", "lib/two"):
+            layer = push_blob_object(client, name, "application/vnd.oci.image.layer.v1.tar", shared)
+            config = push_blob_object(
+                client, name, "application/vnd.oci.image.config.v1+json", encode({"n": name})
+            )
+            push_manifest(client, name, encode(image_manifest(config, [layer])), OCI_MANIFEST, "v1")
+    pull_image(puller, f"{project}/lib/one", "v1")
+    pull_image(puller, f"{project}/lib/two", "v1")
+    assert upstream.requests("GET", f"/v2/lib/one/blobs/{layer.digest}") == 1
+    assert upstream.requests("GET", f"/v2/lib/two/blobs/{layer.digest}") == 0
+    # Another proxy project of the same upstream fetches it itself.
+    other = make_proxy(admin, upstream)
+    pull_image(puller, f"{other}/lib/two", "v1")
+    assert upstream.requests("GET", f"/v2/lib/two/blobs/{layer.digest}") == 1

@@ -369,16 +369,30 @@ class MetadataStore:
             if repository_id is not None:
                 self._mark_checked(connection, repository_id, tag, when)
 
-    def cached_blob_size(self, repository: str, digest: str) -> int | None:
-        """The size of a stored blob that a manifest of `repository` references, if any: a
-        proxy-cache project links such a blob without fetching it again."""
+    def cached_blob_size(self, repository: str, digest: str, project: str) -> int | None:
+        """The size of a blob that a manifest of `repository` references and that another
+        repository of `project` already holds, if any: a proxy-cache project links such a blob
+        without fetching it again (it came from the same upstream)."""
+        holders = _repos.alias("holders")
+        held = _rb.alias("held")
         with single_read(self._engine) as connection:
             size: int | None = connection.execute(
                 select(_blobs.c.size)
                 .select_from(_mblobs.join(_rm, _rm.c.digest == _mblobs.c.manifest_digest))
                 .join(_repos, _repos.c.id == _rm.c.repository_id)
                 .join(_blobs, _blobs.c.digest == _mblobs.c.blob_digest)
-                .where(_repos.c.name == repository, _mblobs.c.blob_digest == digest)
+                .where(
+                    _repos.c.name == repository,
+                    _mblobs.c.blob_digest == digest,
+                    exists(
+                        select(held.c.digest)
+                        .select_from(held.join(holders, holders.c.id == held.c.repository_id))
+                        .where(
+                            held.c.digest == digest,
+                            holders.c.name.startswith(project + "/", autoescape=True),
+                        )
+                    ),
+                )
                 .limit(1)
             ).scalar()
         return size

@@ -872,13 +872,15 @@ class ProxyCache:
         )
 
     async def _present_blob(self, repository: str, digest: str) -> bool:
-        """Whether the blob is linked to `repository`, or can be without upstream traffic: it is
-        stored (fetched through another repository or proxy project) and a manifest cached in
-        this repository references it, so this repository's upstream has it too."""
+        """Whether the blob is linked to `repository`, or can be without upstream traffic:
+        another repository of the same proxy project holds it (so it came from the same
+        upstream) and a manifest cached in this repository references it."""
         size = await self._threads.run(self._metadata.blob_size_in_repository, repository, digest)
         if size is not None:
             return True
-        size = await self._threads.run(self._metadata.cached_blob_size, repository, digest)
+        size = await self._threads.run(
+            self._metadata.cached_blob_size, repository, digest, project_of(repository)
+        )
         if size is None:
             return False
         await self._threads.run(self._metadata.link_blob, repository, digest, size)
