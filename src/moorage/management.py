@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from moorage.config import Settings
 from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.iam_store import IamStore
+from moorage.metadata.store import MetadataStore
 from moorage.services.audit import AuditLog, AuditService
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService, policy_from
 from moorage.services.projects import ProjectService
+from moorage.services.proxy import ProxyService
 from moorage.services.tokens import TokenService, ensure_signing_key
 
 
@@ -24,6 +26,7 @@ from moorage.services.tokens import TokenService, ensure_signing_key
 class ManagementServices:
     identity: IdentityService
     projects: ProjectService
+    proxies: ProxyService
     tokens: TokenService
     audit: AuditService
     events: EventBus
@@ -50,6 +53,7 @@ def management_services(settings: Settings) -> Iterator[ManagementServices]:
         yield ManagementServices(
             identity=identity,
             projects=ProjectService(store, identity, events),
+            proxies=ProxyService(store, MetadataStore(engine), events),
             tokens=tokens,
             audit=AuditService(store, tokens, events),
             events=events,

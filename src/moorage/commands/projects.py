@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from typing import TextIO
 
 import click
 
@@ -16,6 +18,7 @@ from moorage.commands.common import (
 )
 from moorage.config import Settings
 from moorage.domain.access import robot_full_name
+from moorage.services.proxy import ProxyInput
 
 _PAGE = 500
 kind_option = click.option("--group", "is_group", is_flag=True, help="NAME is a group, not a user.")
@@ -73,6 +76,119 @@ def delete_project(settings: Settings, name: str) -> None:
     with services(settings) as s:
         s.projects.delete(cli_actor(), name)
     click.echo(f"deleted project {name}")
+
+
+@project.command("proxy")
+@click.argument("name")
+@click.option("--url", required=True, help="The upstream registry's base URL.")
+@click.option(
+    "--flavor",
+    type=click.Choice(["oci", "docker-hub"]),
+    help="docker-hub maps single-segment names to library/ (default: from the URL).",
+)
+@click.option("--username", help="Upstream username.")
+@click.option(
+    "--password-stdin", is_flag=True, help="Read the upstream password from standard input."
+)
+@click.option(
+    "--token-stdin", is_flag=True, help="Read an upstream bearer token from standard input."
+)
+@click.option("--clear-credentials", is_flag=True, help="Remove the stored password or token.")
+@click.option("--ca-bundle", type=click.File("r"), help="PEM certificates to trust.")
+@click.option("--client-cert", type=click.File("r"), help="PEM client certificate (mutual TLS).")
+@click.option("--client-key", type=click.File("r"), help="PEM key of --client-cert.")
+@click.option(
+    "--allow-private-network", is_flag=True, help="Allow a loopback or private upstream address."
+)
+@click.option("--tag-ttl", type=int, default=600, show_default=True, help="Seconds.")
+@click.option("--timeout", type=int, default=30, show_default=True, help="Seconds.")
+@click.option(
+    "--platform", "platforms", multiple=True, help="os/architecture[/variant] (repeatable)."
+)
+@click.option(
+    "--anonymous-fetch",
+    is_flag=True,
+    help="In a public project, anyone who may pull may fetch new content.",
+)
+@with_settings
+def set_proxy(
+    settings: Settings,
+    name: str,
+    url: str,
+    flavor: str | None,
+    username: str | None,
+    password_stdin: bool,
+    token_stdin: bool,
+    clear_credentials: bool,
+    ca_bundle: TextIO | None,
+    client_cert: TextIO | None,
+    client_key: TextIO | None,
+    allow_private_network: bool,
+    tag_ttl: int,
+    timeout: int,
+    platforms: tuple[str, ...],
+    anonymous_fetch: bool,
+) -> None:
+    """Make project NAME a proxy cache of an upstream registry (or change its upstream).
+
+    A credential left out is kept while the username stays the same.
+    """
+    if password_stdin and token_stdin:
+        raise click.UsageError("--password-stdin and --token-stdin exclude each other")
+    secret = sys.stdin.readline().rstrip("\r\n") if password_stdin or token_stdin else None
+    given = ProxyInput(
+        url=url,
+        flavor=flavor,
+        username=username,
+        password=secret if password_stdin else None,
+        token=secret if token_stdin else None,
+        clear_credentials=clear_credentials,
+        ca_bundle=ca_bundle.read() if ca_bundle else None,
+        client_cert=client_cert.read() if client_cert else None,
+        client_key=client_key.read() if client_key else None,
+        allow_private_network=allow_private_network,
+        tag_ttl_seconds=tag_ttl,
+        timeout_seconds=timeout,
+        platforms=list(platforms),
+        anonymous_fetch=anonymous_fetch,
+    )
+    with services(settings) as s:
+        view = s.proxies.set(cli_actor(), name, given)
+    click.echo(f"project {name} is a proxy cache of {view.url} ({view.flavor})")
+
+
+@project.command("proxy-show")
+@click.argument("name")
+@with_settings
+def show_proxy(settings: Settings, name: str) -> None:
+    """The upstream of proxy-cache project NAME (never its credentials)."""
+    with services(settings) as s:
+        view = s.proxies.get(name)
+    table(
+        [
+            ("url", view.url),
+            ("flavor", view.flavor),
+            ("username", view.username),
+            ("credential", view.credential),
+            ("ca-bundle", view.ca_bundle),
+            ("client-certificate", view.client_certificate),
+            ("allow-private-network", view.allow_private_network),
+            ("tag-ttl", view.tag_ttl_seconds),
+            ("timeout", view.timeout_seconds),
+            ("platforms", ",".join(view.platforms) or "all"),
+            ("anonymous-fetch", view.anonymous_fetch),
+        ]
+    )
+
+
+@project.command("proxy-remove")
+@click.argument("name")
+@with_settings
+def remove_proxy(settings: Settings, name: str) -> None:
+    """Stop proxying: project NAME keeps what it cached."""
+    with services(settings) as s:
+        s.proxies.remove(cli_actor(), name)
+    click.echo(f"project {name} is no longer a proxy cache")
 
 
 @click.group()

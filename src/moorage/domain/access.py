@@ -22,6 +22,8 @@ class Action(StrEnum):
     DELETE_REPOSITORY = "delete-repository"
     READ_SCAN = "read-scan"
     SCAN = "scan"  # ask for a scan of a manifest
+    # bring new content into a proxy-cache project from its upstream (separate from pull)
+    UPSTREAM_FETCH = "upstream-fetch"
     # project administration
     READ_PROJECT = "read-project"
     READ_MEMBERS = "read-members"
@@ -51,6 +53,7 @@ REPOSITORY_ACTIONS: Final = frozenset(
         Action.DELETE_REPOSITORY,
         Action.READ_SCAN,
         Action.SCAN,
+        Action.UPSTREAM_FETCH,
     }
 )
 
@@ -66,7 +69,12 @@ class Role(StrEnum):
 _LIMITED_GUEST = frozenset({Action.PULL, Action.READ_PROJECT})
 _GUEST = _LIMITED_GUEST | {Action.READ_SCAN, Action.READ_AUDIT, Action.READ_MEMBERS}
 _DEVELOPER = _GUEST | {Action.PUSH, Action.SCAN}
-_MAINTAINER = _DEVELOPER | {Action.DELETE, Action.DELETE_REPOSITORY, Action.MANAGE_POLICIES}
+_MAINTAINER = _DEVELOPER | {
+    Action.DELETE,
+    Action.DELETE_REPOSITORY,
+    Action.MANAGE_POLICIES,
+    Action.UPSTREAM_FETCH,
+}
 _PROJECT_ADMIN = frozenset(Action)
 
 ROLE_ACTIONS: Final[dict[str, frozenset[Action]]] = {

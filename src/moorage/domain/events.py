@@ -17,6 +17,9 @@ class EventKind(StrEnum):
     BLOB_DELETED = "blob:deleted"
     MANIFEST_PUSHED = "manifest:pushed"
     MANIFEST_PULLED = "manifest:pulled"
+    MANIFEST_CACHED = "manifest:cached"  # a proxy-cache project stored it from its upstream
+    BLOB_CACHED = "blob:cached"
+    TAG_REVALIDATED = "tag:revalidated"  # the upstream confirmed a cached tag (not audited)
     MANIFEST_DELETED = "manifest:deleted"
     TAG_DELETED = "tag:deleted"
     UPLOAD_CANCELLED = "upload:cancelled"

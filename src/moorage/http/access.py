@@ -27,7 +27,7 @@ from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import project_of, validate_repository_name
 from moorage.http.authn import Caller, InvalidTokenError
-from moorage.http.state import IAM, IamServices
+from moorage.http.state import IAM, SERVICES, IamServices
 from moorage.services.identity import AuthenticationError, ThrottledError
 
 
@@ -193,6 +193,8 @@ async def _authorize(
         )
     if permission.scope is Scope.REPOSITORY and action is Action.PUSH:
         await _push_into_missing_project(request, iam, caller, resource, allowed=allowed)
+        if allowed:
+            await _refuse_push_into_proxy(request, iam, resource)
     if not allowed:
         _deny(
             request,
@@ -236,6 +238,29 @@ async def _push_into_missing_project(
             " administrator to create it",
             challenge=False,
         )
+
+
+async def _refuse_push_into_proxy(request: web.Request, iam: IamServices, repository: str) -> None:
+    """A proxy-cache project holds what its upstream has: nobody pushes into it."""
+    project = project_of(repository)
+    config = await request.app[SERVICES].proxy.config_for(project)
+    if config is None:
+        return
+    message = (
+        f"project {project} is a proxy cache of {config.endpoint.url} and refuses pushes;"
+        " push to the upstream registry or to another project"
+    )
+    iam.events.publish(
+        AccessEvent(
+            "policy:denied",
+            request[ACTOR],
+            "denied",
+            project,
+            f"{request.method} {request.path}"[:500],
+            {"point": "push", "policy": "proxy-cache", "reason": message},
+        )
+    )
+    raise RegistryError(ErrorCode.DENIED, message)
 
 
 def _deny(
@@ -284,3 +309,35 @@ async def may(request: web.Request, permission: Permission, repository: str) -> 
     access = await iam.threads.run(iam.identity.access_of, caller.subject)
     public = await iam.threads.run(iam.identity.public_projects)
     return decide(access, action, project_of(repository), repository, public)
+
+
+async def may_fetch_upstream(
+    request: web.Request, repository: str, *, public_fetch: bool, challenge: bool
+) -> bool:
+    """May the caller bring new content into the proxy-cache project of `repository`?
+
+    With a registry token, the token decides: the token service adds `upstream-fetch` to a
+    token that may pull in a proxy-cache project when the caller holds that action. Otherwise
+    the caller's roles and grants decide. In a public proxy-cache project that allows public
+    fetches, whoever may pull may also fetch. An anonymous caller without a token is challenged
+    rather than refused (with `challenge`), so a client that has credentials signs in and asks
+    again.
+    """
+    iam = request.app[IAM]
+    caller: Caller = request[CALLER]
+    project = project_of(repository)
+    public = await iam.threads.run(iam.identity.public_projects)
+    if public_fetch and project in public and await may(request, PULL, repository):
+        return True
+    if caller.token is not None:
+        return caller.token.allows("repository", repository, Action.UPSTREAM_FETCH.value)
+    if caller.subject.kind == "anonymous":
+        if not challenge:
+            return False
+        raise AccessDenied(
+            "sign in to fetch content this proxy cache does not hold yet",
+            challenge=True,
+            scope=f"repository:{repository}:pull",
+        )
+    access = await iam.threads.run(iam.identity.access_of, caller.subject)
+    return decide(access, Action.UPSTREAM_FETCH, project, repository, public)

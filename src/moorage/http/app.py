@@ -27,6 +27,7 @@ from moorage.http.scanner_api import (
 )
 from moorage.http.scanner_client import scanner_adapters
 from moorage.http.state import IAM, SCANNER_ADAPTERS, SERVICES, IamServices, Services
+from moorage.http.upstream import HttpUpstreamClients
 from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
@@ -41,6 +42,7 @@ from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityService, policy_from
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.projects import ProjectService
+from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
 from moorage.services.sbom import SbomService
 from moorage.services.scanning import ScanService, ScanServiceOptions
@@ -199,7 +201,20 @@ def build_app(
     # SBOMs of scanned images; attached as referrers when a scan completes (attach_sbom).
     sboms = SbomService(scans, registry, uploads, threads, public_url=settings.public_url)
     events.subscribe(sboms.on_event)
-    app[SERVICES] = Services(registry, uploads, settings.max_page_size)
+    proxies = ProxyService(iam_store, metadata, events)
+    upstreams = HttpUpstreamClients()
+    proxy_cache = ProxyCache(
+        proxies,
+        upstreams,
+        storage,
+        metadata,
+        threads,
+        events,
+        FileLocks(settings.data_dir / "locks" / "proxy"),
+        max_manifest_bytes=settings.max_manifest_bytes,
+        max_blob_bytes=settings.max_blob_bytes,
+    )
+    app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
     app[IAM] = IamServices(
         identity=identity,
         projects=ProjectService(iam_store, identity, events),
@@ -211,6 +226,7 @@ def build_app(
         scans=scans,
         sboms=sboms,
         vulndb=VulnerabilityDatabaseService.from_settings(settings, events, vulnerability_database),
+        proxies=proxies,
         tokens=tokens,
         authenticator=Authenticator(
             identity, tokens, threads, certificate_identity=settings.tls_client_identity
@@ -251,6 +267,7 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await upstreams.close()
         threads.shutdown()
         metadata.close()
 

@@ -11,9 +11,11 @@ a check and the connect cannot slip past it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import ssl
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,11 +32,15 @@ class OutboundURLError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class OutboundTLS:
+    """Files on disk, or PEM text (as stored in the database for an upstream)."""
+
     ca_bundle: Path | None = None
     ca_pem: str | None = None  # a CA bundle held as text (PEM) rather than in a file
     client_cert: Path | None = None
     client_key: Path | None = None
     verify: bool = True
+    client_cert_pem: str | None = None
+    client_key_pem: str | None = field(default=None, repr=False)
 
 
 def is_public_address(address: str) -> bool:
@@ -103,7 +109,22 @@ def ssl_context(tls: OutboundTLS) -> ssl.SSLContext | bool:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.client_cert is not None:
         context.load_cert_chain(tls.client_cert, tls.client_key)
+    elif tls.client_cert_pem and tls.client_key_pem:
+        _load_pem_chain(context, tls.client_cert_pem, tls.client_key_pem)
     return context
+
+
+def _load_pem_chain(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """OpenSSL loads a client certificate only from files: write both to a private temporary
+    directory for the moment it takes, then remove them."""
+    with tempfile.TemporaryDirectory(prefix="moorage-tls-") as directory:
+        cert_path = Path(directory) / "cert.pem"
+        key_path = Path(directory) / "key.pem"
+        for path, text in ((cert_path, cert_pem), (key_path, key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        context.load_cert_chain(cert_path, key_path)
 
 
 def _redirect_guard(allow_private: bool) -> aiohttp.TraceConfig:

@@ -12,6 +12,7 @@ from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
 from moorage.services.immutability import ImmutabilityService
 from moorage.services.projects import ProjectService
+from moorage.services.proxy import ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
 from moorage.services.sbom import SbomService
 from moorage.services.scanner_adapters import ScannerAdapterService
@@ -32,6 +33,7 @@ class Services:
     registry: RegistryService
     uploads: UploadService
     max_page_size: int
+    proxy: ProxyCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class IamServices:
     scans: ScanService
     sboms: SbomService
     vulndb: VulnerabilityDatabaseService
+    proxies: ProxyService
     tokens: TokenService
     authenticator: Authenticator
     threads: Threads

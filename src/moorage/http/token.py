@@ -9,6 +9,7 @@ token simply carries less, and the registry refuses what the token does not gran
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
@@ -124,7 +125,13 @@ async def _issue(
         scopes = parse_scopes(raw_scopes)
     except ScopeError as error:
         return _token_error(400, "DENIED", str(error))
-    access = await iam.threads.run(granted_access, iam.identity, subject, scopes)
+    access = await iam.threads.run(
+        granted_access,
+        iam.identity,
+        subject,
+        scopes,
+        lambda project: iam.proxies.config_of(project) is not None,
+    )
     token, expires_in, issued_at = await iam.threads.run(iam.tokens.issue, subject, access)
     body: dict[str, Any] = {
         "token": token,
@@ -142,9 +149,17 @@ async def _issue(
 
 
 def granted_access(
-    identity: IdentityService, subject: Subject, scopes: list[Scope]
+    identity: IdentityService,
+    subject: Subject,
+    scopes: list[Scope],
+    is_proxy: Callable[[str], bool] = lambda _project: False,
 ) -> list[dict[str, Any]]:
-    """The intersection of the requested scopes and what `subject` may do."""
+    """The intersection of the requested scopes and what `subject` may do.
+
+    In a proxy-cache project (`is_proxy`), a token that may pull also carries `upstream-fetch`
+    when the subject holds it: clients never ask for it, the registry needs it to decide who
+    may bring new content in from the upstream.
+    """
     access = identity.access_of(subject)
     public = identity.public_projects()
     granted: list[dict[str, Any]] = []
@@ -171,6 +186,12 @@ def granted_access(
             actions.add("push")
             if "pull" in scope.actions and within_limit(access, Action.PULL, scope.name):
                 actions.add("pull")
+        if (
+            "pull" in actions
+            and decide(access, Action.UPSTREAM_FETCH, project, scope.name, public)
+            and is_proxy(project)
+        ):
+            actions.add(Action.UPSTREAM_FETCH.value)
         if actions:
             granted.append({"type": "repository", "name": scope.name, "actions": sorted(actions)})
     return granted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -15,11 +16,14 @@ from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.names import Reference, project_of, validate_repository_name
 from moorage.domain.negotiation import parse_accept
 from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, parse_range
-from moorage.http.access import ACTOR, CALLER, PULL, REPOSITORY, may
+from moorage.http.access import ACTOR, CALLER, PULL, REPOSITORY, may, may_fetch_upstream
 from moorage.http.responses import BlobResponse, json_response
 from moorage.http.state import IAM, SERVICES, Services
+from moorage.services.proxy import LiveBlob, MayFetch, ProxyConfig
 from moorage.services.registry import manifest_too_large, referrers_index
 from moorage.services.uploads import range_header
+
+log = logging.getLogger("moorage.http")
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
@@ -122,6 +126,12 @@ async def get_manifest(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     reference = Reference.parse(request.match_info["reference"])
     head = request.method == "HEAD"
+    name = request[REPOSITORY]
+    proxy = await services.proxy.config_for(project_of(name))
+    if proxy is not None:
+        await services.proxy.ensure_manifest(
+            proxy, name, reference, request[ACTOR], _fetch_decision(request, name, proxy)
+        )
     fetched = await services.registry.get_manifest(
         request[REPOSITORY],
         reference,
@@ -170,9 +180,29 @@ async def delete_manifest(request: web.Request) -> web.Response:
 async def get_blob(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     digest = Digest.parse(request.match_info["digest"])
-    blob = await services.registry.locate_blob(request[REPOSITORY], digest)
+    name = request[REPOSITORY]
     etag = f'"{digest}"'
     headers = {"Docker-Content-Digest": str(digest), "ETag": etag, "Accept-Ranges": "bytes"}
+    proxy = await services.proxy.config_for(project_of(name))
+    if proxy is not None:
+        # A plain GET streams an uncached blob while it is stored; HEAD, ranges and
+        # conditional requests wait until it is stored and are then answered from it.
+        whole = (
+            request.method == "GET"
+            and "Range" not in request.headers
+            and "If-None-Match" not in request.headers
+        )
+        live = await services.proxy.ensure_blob(
+            proxy,
+            name,
+            digest,
+            request[ACTOR],
+            _fetch_decision(request, name, proxy),
+            stream=whole,
+        )
+        if live is not None:
+            return await _stream_live(request, live, headers)
+    blob = await services.registry.locate_blob(name, digest)
     if request.headers.get("If-None-Match") in (etag, "*"):
         return web.Response(status=304, headers=headers)
     byte_range = _requested_range(request, blob.size, etag)
@@ -270,6 +300,45 @@ async def cancel_upload(request: web.Request) -> web.Response:
         request[REPOSITORY], request.match_info["upload_id"], request[ACTOR]
     )
     return web.Response(status=204)
+
+
+# -- proxy-cache projects
+
+
+def _fetch_decision(request: web.Request, name: str, proxy: ProxyConfig) -> MayFetch:
+    async def decide_fetch(required: bool) -> bool:
+        return await may_fetch_upstream(
+            request, name, public_fetch=proxy.anonymous_fetch, challenge=required
+        )
+
+    return decide_fetch
+
+
+async def _stream_live(
+    request: web.Request, live: LiveBlob, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Send a blob while it arrives from the upstream.
+
+    If the upstream's bytes turn out not to match the digest, the stored copy is discarded and
+    the connection is cut before the body is complete, so the client fails too.
+    """
+    response = web.StreamResponse(headers={**headers, "Content-Type": "application/octet-stream"})
+    response.content_length = live.size
+    try:
+        await response.prepare(request)
+        async for chunk in live.chunks():
+            await response.write(chunk)
+    except RegistryError as error:
+        log.warning("proxy fetch of %s failed mid-stream: %s", headers["ETag"], error.message)
+        if not response.prepared:
+            raise
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        await live.aclose()
+    await response.write_eof()
+    return response
 
 
 # -- helpers

@@ -122,6 +122,34 @@ class ImmutableTagRuleRow(Base):
     __table_args__ = (Index("ix_immutable_tag_rules_project", "project_id"),)
 
 
+class ProxyUpstreamRow(Base):
+    """The upstream registry a proxy-cache project pulls through (one per project).
+
+    Secrets (password or token, client key) are stored encrypted; the API never returns them.
+    """
+
+    __tablename__ = "proxy_upstreams"
+
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    flavor: Mapped[str] = mapped_column(String(16))  # oci | docker-hub
+    username: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    credential_kind: Mapped[str] = mapped_column(String(16))  # none | password | token
+    credential: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # encrypted
+    ca_bundle: Mapped[str | None] = mapped_column(Text, nullable=True)  # PEM
+    client_cert: Mapped[str | None] = mapped_column(Text, nullable=True)  # PEM
+    client_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # encrypted PEM
+    allow_private_network: Mapped[bool] = mapped_column(Boolean, default=False)
+    tag_ttl_seconds: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    platforms: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    anonymous_fetch: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Robot(Base):
     """A machine account with an explicit allow-list; its secret is stored only as a hash."""
 

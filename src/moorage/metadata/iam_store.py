@@ -24,6 +24,7 @@ from moorage.metadata.iam_models import (
     PersonalAccessToken,
     Project,
     ProjectMember,
+    ProxyUpstreamRow,
     RefreshToken,
     RepositoryGrantRow,
     Robot,
@@ -457,6 +458,42 @@ class IamStore:
                 .where(condition)
             ).all()
         return [(name, pattern, list(actions)) for name, pattern, actions in rows]
+
+    # -- proxy-cache upstreams
+
+    def proxy_upstream_of(self, project: str) -> ProxyUpstreamRow | None:
+        """The upstream of the project named `project`, if it is a proxy-cache project."""
+        with self._read() as session:
+            return session.scalar(
+                select(ProxyUpstreamRow)
+                .join(Project, Project.id == ProxyUpstreamRow.project_id)
+                .where(Project.name == project)
+            )
+
+    def set_proxy_upstream(self, project_id: int, values: dict[str, Any]) -> ProxyUpstreamRow:
+        """Create or replace the project's upstream configuration."""
+
+        def work(session: Session) -> ProxyUpstreamRow:
+            row = session.get(ProxyUpstreamRow, project_id)
+            if row is None:
+                row = ProxyUpstreamRow(project_id=project_id)
+                session.add(row)
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            session.flush()
+            return row
+
+        return self._run_write(work)  # type: ignore[no-any-return]
+
+    def delete_proxy_upstream(self, project_id: int) -> bool:
+        def work(session: Session) -> bool:
+            result = session.execute(
+                delete(ProxyUpstreamRow).where(ProxyUpstreamRow.project_id == project_id)
+            )
+            return _rowcount(result) > 0
+
+        return self._run_write(work)  # type: ignore[no-any-return]
 
     # -- immutable tag rules
 

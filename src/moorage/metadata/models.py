@@ -147,6 +147,18 @@ class Tag(Base):
     )
 
 
+class ProxyTagCheck(Base):
+    """When a proxy-cache project last confirmed a tag against its upstream."""
+
+    __tablename__ = "proxy_tag_checks"
+
+    repository_id: Mapped[int] = mapped_column(
+        ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(NameString, primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ServerSecret(Base):
     """Random keys the registry itself generates and every worker and node shares."""
 

@@ -10,7 +10,7 @@ import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, delete, exists, func, select
@@ -23,6 +23,7 @@ from moorage.metadata.models import (
     Manifest,
     ManifestBlob,
     ManifestChild,
+    ProxyTagCheck,
     Repository,
     RepositoryBlob,
     RepositoryManifest,
@@ -81,6 +82,7 @@ _mblobs: Table = ManifestBlob.__table__  # type: ignore[assignment]
 _mchildren: Table = ManifestChild.__table__  # type: ignore[assignment]
 _tags: Table = Tag.__table__  # type: ignore[assignment]
 _secrets: Table = ServerSecret.__table__  # type: ignore[assignment]
+_checks: Table = ProxyTagCheck.__table__  # type: ignore[assignment]
 
 
 # The hot reads are built once: constructing SQLAlchemy expressions per call costs more than
@@ -256,6 +258,7 @@ class MetadataStore:
         tag: str | None,
         *,
         tag_precondition: TagPrecondition | None = None,
+        cached_at: datetime | None = None,
     ) -> None:
         """Store a manifest in a repository (and point `tag` at it), all or nothing.
 
@@ -263,6 +266,11 @@ class MetadataStore:
         manifest must be in it, checked inside the same write transaction that stores it.
         With `tag_precondition`, the tag must still point where it did when the push was
         checked (`PreconditionFailedError` otherwise).
+
+        With `cached_at`, the manifest comes from a proxy-cache project's upstream: its blobs
+        are fetched when first pulled, so they need not be present; only the children already
+        stored are recorded (a platform filter leaves the others out); and the tag is marked
+        as confirmed against the upstream at that time.
         """
         digest = str(manifest.digest)
         required_blobs = sorted({str(d) for d in manifest.required_blobs()})
@@ -279,10 +287,13 @@ class MetadataStore:
                 ).scalar()
                 if current != tag_precondition.digest:
                     raise PreconditionFailedError(f"tag {tag} now points at {current}")
-            missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
             missing_children = self._missing(connection, _rm, repository_id, children)
-            if missing_blobs or missing_children:
-                raise MissingReferencesError(missing_blobs, missing_children)
+            if cached_at is not None:
+                children = [child for child in children if child not in missing_children]
+            else:
+                missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
+                if missing_blobs or missing_children:
+                    raise MissingReferencesError(missing_blobs, missing_children)
             self._insert_ignore(
                 connection,
                 _manifests,
@@ -323,6 +334,68 @@ class MetadataStore:
             )
             if tag is not None:
                 self._set_tag(connection, repository_id, tag, digest, now)
+                if cached_at is not None:
+                    self._mark_checked(connection, repository_id, tag, cached_at)
+
+    # -- proxy-cache bookkeeping
+
+    def _mark_checked(
+        self, connection: Connection, repository_id: int, tag: str, when: datetime
+    ) -> None:
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = insert(_checks).values(repository_id=repository_id, tag=tag, checked_at=when)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[_checks.c.repository_id, _checks.c.tag],
+                set_={"checked_at": when},
+            )
+        )
+
+    def tag_checked_at(self, repository: str, tag: str) -> datetime | None:
+        """When a proxy-cache tag was last confirmed against the upstream."""
+        with single_read(self._engine) as connection:
+            checked: datetime | None = connection.execute(
+                select(_checks.c.checked_at)
+                .select_from(_checks.join(_repos, _repos.c.id == _checks.c.repository_id))
+                .where(_repos.c.name == repository, _checks.c.tag == tag)
+            ).scalar()
+        if checked is not None and checked.tzinfo is None:
+            checked = checked.replace(tzinfo=UTC)
+        return checked
+
+    def mark_tag_checked(self, repository: str, tag: str, when: datetime) -> None:
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is not None:
+                self._mark_checked(connection, repository_id, tag, when)
+
+    def cached_blob_size(self, repository: str, digest: str, project: str) -> int | None:
+        """The size of a blob that a manifest of `repository` references and that another
+        repository of `project` already holds, if any: a proxy-cache project links such a blob
+        without fetching it again (it came from the same upstream)."""
+        holders = _repos.alias("holders")
+        held = _rb.alias("held")
+        with single_read(self._engine) as connection:
+            size: int | None = connection.execute(
+                select(_blobs.c.size)
+                .select_from(_mblobs.join(_rm, _rm.c.digest == _mblobs.c.manifest_digest))
+                .join(_repos, _repos.c.id == _rm.c.repository_id)
+                .join(_blobs, _blobs.c.digest == _mblobs.c.blob_digest)
+                .where(
+                    _repos.c.name == repository,
+                    _mblobs.c.blob_digest == digest,
+                    exists(
+                        select(held.c.digest)
+                        .select_from(held.join(holders, holders.c.id == held.c.repository_id))
+                        .where(
+                            held.c.digest == digest,
+                            holders.c.name.startswith(project + "/", autoescape=True),
+                        )
+                    ),
+                )
+                .limit(1)
+            ).scalar()
+        return size
 
     def _set_tag(
         self, connection: Connection, repository_id: int, tag: str, digest: str, now: datetime

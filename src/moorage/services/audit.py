@@ -77,6 +77,20 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
         {"entry", "scope", "vulnerability_id", "reason", "owner", "expires_at"}
     ),
     "allowlist:remove": frozenset({"entry", "scope", "vulnerability_id", "owner", "expires_at"}),
+    "proxy:configure": frozenset(
+        {
+            "url",
+            "flavor",
+            "username",
+            "credential",
+            "tls",
+            "allow_private_network",
+            "tag_ttl_seconds",
+            "platforms",
+            "anonymous_fetch",
+        }
+    ),
+    "proxy:remove": frozenset(),
     "role:upsert": frozenset({"actions"}),
     "role:delete": frozenset(),
     "robot:create": frozenset({"permissions", "expires_at"}),
@@ -107,6 +121,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     # registry events
     "manifest:pushed": frozenset({"tag", "media_type", "size"}),
     "manifest:pulled": frozenset({"tag", "media_type"}),
+    "manifest:cached": frozenset({"tag", "media_type", "size"}),
     "manifest:deleted": frozenset(),
     "tag:deleted": frozenset({"tag"}),
     "access:denied": frozenset({"action", "reason"}),

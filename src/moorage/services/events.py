@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from moorage.domain.events import AccessEvent, DomainEvent
+from moorage.domain.events import AccessEvent, DomainEvent, EventKind
 
 log = logging.getLogger("moorage.events")
 
@@ -42,7 +42,8 @@ def log_subscriber(event: DomainEvent) -> None:
             event.resource,
         )
         return
-    level = logging.DEBUG if event.kind.endswith("pulled") else logging.INFO
+    frequent = event.kind.endswith("pulled") or event.kind == EventKind.TAG_REVALIDATED
+    level = logging.DEBUG if frequent else logging.INFO
     log.log(
         level,
         "%s repository=%s digest=%s tag=%s actor=%s",

@@ -1,0 +1,129 @@
+"""Start Debian's `docker-registry` (CNCF Distribution) as an upstream for proxy tests."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.server import free_port
+
+BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+
+
+def available() -> bool:
+    return Path(BINARY).exists()
+
+
+def htpasswd_line(username: str, password: str) -> str:
+    """A bcrypt htpasswd entry (Distribution accepts only bcrypt)."""
+    tool = shutil.which("htpasswd")
+    if tool is not None:
+        out = subprocess.run(
+            [tool, "-nbB", username, password], check=True, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    import bcrypt
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    return f"{username}:{hashed}"
+
+
+@dataclass
+class Distribution:
+    """One docker-registry process on a free loopback port, its access log in a file."""
+
+    directory: Path
+    users: dict[str, str] = field(default_factory=dict)  # htpasswd auth when not empty
+    # HTTPS: (certificate, key, CA bundle that client certificates must chain to, or None)
+    tls: tuple[Path, Path, Path | None] | None = None
+    # what readiness checks and `client()` present: (CA bundle, client cert, client key)
+    client_tls: tuple[Path, Path, Path] | None = None
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "registry.log"
+
+    def start(self, timeout: float = 20.0) -> Distribution:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        auth = ""
+        if self.users:
+            htpasswd = self.directory / "htpasswd"
+            htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
+            auth = f"auth:\n  htpasswd:\n    realm: upstream\n    path: {htpasswd}\n"
+        tls = ""
+        if self.tls is not None:
+            cert, key, client_ca = self.tls
+            tls = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+            if client_ca is not None:
+                tls += f"    clientcas:\n      - {client_ca}\n"
+        config = self.directory / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"{tls}"
+            f"{auth}"
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.process = subprocess.Popen(
+            [BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited:\n{self.logs()}")
+            try:
+                with self.client() as client:
+                    if client.get("/v2/", timeout=1).status_code in (200, 401):
+                        return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"docker-registry did not start:\n{self.logs()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def requests(self, method: str, path: str, status: int | None = 200) -> int:
+        """How many `method path` requests the access log shows with `status` (None: any)."""
+        pattern = re.compile(rf'"{method} {re.escape(path)}(?:\?[^ ]*)? HTTP/1\.1" (\d+)')
+        found = pattern.findall(self.logs())
+        return sum(1 for code in found if status is None or int(code) == status)
+
+    def client(self) -> httpx.Client:
+        auth = next(iter(self.users.items()), None)
+        if self.client_tls is None:
+            return httpx.Client(base_url=self.url, timeout=60, auth=auth)
+        bundle, cert, key = self.client_tls
+        context = ssl.create_default_context(cafile=str(bundle))
+        context.load_cert_chain(cert, key)
+        return httpx.Client(base_url=self.url, timeout=60, auth=auth, verify=context)
