@@ -19,12 +19,15 @@ from tests.support.images import (
     OCI_INDEX,
     OCI_MANIFEST,
     Blob,
+    Image,
     ImageIndex,
+    Platform,
     image_index,
     push_blob,
     push_image,
     push_manifest,
     tiny_image,
+    write_layout,
 )
 from tests.support.oci import assert_oci_error
 from tests.support.server import RegistryProcess
@@ -36,6 +39,7 @@ from tests.support.signing import (
     ec_key,
     ed25519_key,
     legacy_signature,
+    legacy_signature_manifest,
     message_signature_bundle,
     notation_envelope,
     pem,
@@ -174,6 +178,45 @@ def test_a_good_cosign_signature_lets_skopeo_pull_and_none_denies(
     assert copied.returncode == 0, copied.stderr.decode()
     index = json.loads((tmp_path / "pulled" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == manifest.digest
+
+
+def test_a_cosign_signature_copied_with_skopeo_lets_skopeo_pull(
+    api_registry: RegistryProcess,
+    admin_api: httpx.Client,
+    v2: httpx.Client,
+    skopeo: Skopeo,
+    tmp_path: Path,
+) -> None:
+    """`skopeo copy` of a `.sig` image, as when signatures are mirrored between registries."""
+    project = create_project(admin_api)
+    key = ec_key()
+    add_key(admin_api, project, "ci-key", key)
+    set_rules(admin_api, project, {"verifiers": [cosign_verifier()]})
+    repository = f"{project}/app"
+    manifest = image(repository, v2)
+    assert denied(v2, repository, "v1")
+
+    signature = legacy_signature(key, manifest.digest, repository)
+    config, signature_manifest = legacy_signature_manifest([signature])
+    tag = signature_tag(manifest.digest)
+    layout = write_layout(
+        tmp_path / "signature",
+        tag,
+        Image(Platform(), config, (signature.blob,), signature_manifest),
+    )
+    pushed = skopeo.attempt(
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        f"{ADMIN_USER}:{ADMIN_PASSWORD}",
+        f"oci:{layout.path}:{tag}",
+        f"docker://{api_registry.host}/{repository}:{tag}",
+    )
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert pull(v2, repository, tag).status_code == 200
+    copied = skopeo_pull(skopeo, api_registry, f"{repository}:v1", tmp_path / "pulled")
+    assert copied.returncode == 0, copied.stderr.decode()
 
 
 @pytest.mark.parametrize("key_type", ["rsa", "ed25519", "rsa-pss"])
