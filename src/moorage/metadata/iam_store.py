@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Engine, Result, Table, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from moorage.metadata.database import write_transaction
+from moorage.metadata.database import write_session, write_transaction
 from moorage.metadata.iam_models import (
     AuditCheckpoint,
     AuditEntry,
@@ -134,13 +134,8 @@ class IamStore:
 
     def _run_write(self, work: Any) -> Any:
         """Run `work(session)` in one write transaction that takes the write lock up front."""
-        with (
-            write_transaction(self._engine) as connection,
-            Session(bind=connection, expire_on_commit=False) as session,
-        ):
-            result = work(session)
-            session.flush()
-            return result
+        with write_session(self._engine) as session:
+            return work(session)
 
     def _insert_unique(self, row: M, same: ColumnElement[bool], what: str) -> M:
         """Insert `row` unless a row matching `same` exists (ConflictError naming `what`)."""

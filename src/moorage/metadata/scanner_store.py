@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from moorage.metadata.database import write_transaction
+from moorage.metadata.database import write_session
 from moorage.metadata.iam_models import Project
 from moorage.metadata.iam_store import ConflictError, LimitExceededError
 from moorage.metadata.models import utcnow
@@ -20,9 +20,6 @@ class ScannerStore:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
-    def _write(self) -> Any:
-        return write_transaction(self._engine)
-
     def adapters(self) -> list[ScannerAdapterRow]:
         with self._sessions() as session:
             return list(session.scalars(select(ScannerAdapterRow).order_by(ScannerAdapterRow.name)))
@@ -33,7 +30,7 @@ class ScannerStore:
 
     def create(self, row: ScannerAdapterRow, max_adapters: int) -> ScannerAdapterRow:
         """Add an adapter; refused when the name is taken or `max_adapters` exist already."""
-        with self._write() as connection, Session(bind=connection, expire_on_commit=False) as s:
+        with write_session(self._engine) as s:
             if s.get(ScannerAdapterRow, row.name) is not None:
                 raise ConflictError(f"scanner {row.name} already exists")
             count = s.scalar(select(func.count()).select_from(ScannerAdapterRow)) or 0
@@ -45,7 +42,7 @@ class ScannerStore:
 
     def update(self, name: str, changes: dict[str, Any]) -> ScannerAdapterRow | None:
         """Set `changes` (and `updated_at`); None when there is no such adapter."""
-        with self._write() as connection, Session(bind=connection, expire_on_commit=False) as s:
+        with write_session(self._engine) as s:
             row = s.get(ScannerAdapterRow, name)
             if row is None:
                 return None
@@ -57,7 +54,7 @@ class ScannerStore:
 
     def record_ping(self, name: str, capabilities: dict[str, object]) -> ScannerAdapterRow | None:
         """Store the adapter's metadata document as last read (not a change of configuration)."""
-        with self._write() as connection, Session(bind=connection, expire_on_commit=False) as s:
+        with write_session(self._engine) as s:
             row = s.get(ScannerAdapterRow, name)
             if row is None:
                 return None
@@ -68,7 +65,7 @@ class ScannerStore:
 
     def delete(self, name: str) -> ScannerAdapterRow | None:
         """Remove an adapter; ConflictError while a project still scans with it."""
-        with self._write() as connection, Session(bind=connection, expire_on_commit=False) as s:
+        with write_session(self._engine) as s:
             row = s.get(ScannerAdapterRow, name)
             user = s.scalar(
                 select(Project.name)

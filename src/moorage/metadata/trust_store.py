@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from moorage.metadata.database import read_transaction, write_transaction
+from moorage.metadata.database import read_transaction, write_session
 from moorage.metadata.iam_models import Project
 from moorage.metadata.iam_store import ConflictError, LimitExceededError
 from moorage.metadata.models import ManifestChild, Repository, RepositoryManifest
@@ -89,13 +89,8 @@ class TrustStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def _write(self, work: Any) -> Any:
-        with (
-            write_transaction(self._engine) as connection,
-            Session(bind=connection, expire_on_commit=False) as session,
-        ):
-            result = work(session)
-            session.flush()
-            return result
+        with write_session(self._engine) as session:
+            return work(session)
 
     @staticmethod
     def _bump(session: Session, project_id: int) -> int:
