@@ -47,6 +47,7 @@ class Distribution:
     # what readiness checks and `client()` present: (CA bundle, client cert, client key)
     client_tls: tuple[Path, Path, Path] | None = None
     port: int = field(default_factory=free_port)
+    delete_enabled: bool = True  # False: DELETE of manifests answers 405 UNSUPPORTED
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +77,7 @@ class Distribution:
             "version: 0.1\n"
             "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.directory / 'data'}\n"
-            "  delete:\n    enabled: true\n"
+            f"  delete:\n    enabled: {'true' if self.delete_enabled else 'false'}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
             f"{tls}"
             f"{auth}"

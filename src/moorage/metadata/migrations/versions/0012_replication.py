@@ -54,9 +54,7 @@ def upgrade() -> None:
         sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_by", sa.String(length=255), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["endpoint_id"], ["replication_endpoints.id"], ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["endpoint_id"], ["replication_endpoints.id"], ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
