@@ -39,7 +39,13 @@ def test_admin_creates_reads_changes_and_deletes_a_project(admin_api: httpx.Clie
     name = unique("crud")
     created = admin_api.post("/projects", json={"name": name})
     assert created.status_code == 201
-    assert created.json() == {"name": name, "public": False, "createdBy": ADMIN_USER}
+    assert created.json() == {
+        "name": name,
+        "public": False,
+        "createdBy": ADMIN_USER,
+        "stage": None,
+        "promotionOnly": False,
+    }
     assert admin_api.get(f"/projects/{name}").json() == created.json()
     # The creator administers the project.
     members = admin_api.get(f"/projects/{name}/members").json()

@@ -54,7 +54,8 @@ def test_every_route_of_the_application_declares_a_permission(app: web.Applicati
         for route in api
         if route.resource is not None and declared[route].scope is Scope.PUBLIC
     }
-    assert public == {"/api/v1/openapi.json"}
+    # The API document, and the public keys that verify promotion records.
+    assert public == {"/api/v1/openapi.json", "/api/v1/promotions/keys"}
 
 
 def test_a_route_without_a_declaration_is_refused(app: web.Application) -> None:

@@ -113,6 +113,53 @@ class Settings(BaseModel):
         description="how long one scan by an external scanner adapter may take, polling included",
     )
 
+    # replication
+    replication_concurrency: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="replication tasks run at once by a process that runs background jobs (0:"
+        " this node runs none; another node sharing the database does)",
+    )
+    replication_lease_seconds: int = Field(
+        300, ge=5, le=86_400, description="a task whose worker stopped renewing it is run again"
+    )
+    replication_max_attempts: int = Field(
+        5, ge=1, le=100, description="attempts of one replication task before it fails"
+    )
+    replication_retry_base_seconds: float = Field(
+        30.0, ge=0.1, le=86_400, description="back-off after a first failed attempt (doubles)"
+    )
+    replication_retry_max_seconds: float = Field(
+        3600.0, ge=0.1, le=7 * 86_400, description="longest back-off between two attempts"
+    )
+    replication_chunk_bytes: int = Field(
+        64 * MiB,
+        ge=MiB,
+        le=GiB,
+        description="blobs larger than this are pushed in chunks of this size",
+    )
+
+    # staged registries and promotion
+    stages: list[str] = Field(
+        default_factory=lambda: ["dev", "staging", "prod"],
+        description="project stage labels in promotion order (the source-stage gate admits only"
+        " the immediately preceding stage); in the environment: comma-separated",
+    )
+    promotion_break_glass: bool = Field(
+        False,
+        description="let system administrators push directly into promotion-only projects"
+        " (each such push is audited as promotion:break-glass)",
+    )
+
+    # transparent mirror mode
+    mirror_project: str | None = Field(
+        None,
+        max_length=255,
+        description="proxy-cache project that serves pulls of names without a project prefix"
+        " (Docker registry-mirrors, containerd hosts.toml); PUT /api/v1/mirror overrides it",
+    )
+
     # TLS and mutual TLS
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
@@ -129,6 +176,23 @@ class Settings(BaseModel):
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
         return value
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _split_stages(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _check_stages(cls, value: list[str]) -> list[str]:
+        from moorage.domain.promotion import StageError, validate_stage_order
+
+        try:
+            return validate_stage_order(value)
+        except StageError as error:
+            raise ValueError(str(error)) from None
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -7,9 +7,10 @@ import click
 from moorage.commands.accounts import group, token, user
 from moorage.commands.audit import audit, keys
 from moorage.commands.projects import member, project, robot
+from moorage.commands.promote import promote
 from moorage.commands.vulndb import vulndb
 
-COMMAND_GROUPS: tuple[click.Group, ...] = (
+COMMAND_GROUPS: tuple[click.Command, ...] = (
     user,
     group,
     token,
@@ -19,4 +20,5 @@ COMMAND_GROUPS: tuple[click.Group, ...] = (
     audit,
     keys,
     vulndb,
+    promote,
 )

@@ -24,6 +24,8 @@ class Action(StrEnum):
     SCAN = "scan"  # ask for a scan of a manifest
     # bring new content into a proxy-cache project from its upstream (separate from pull)
     UPSTREAM_FETCH = "upstream-fetch"
+    # link an image (pulled from elsewhere) into a repository by promotion
+    PROMOTE = "promote"
     # project administration
     READ_PROJECT = "read-project"
     READ_MEMBERS = "read-members"
@@ -54,6 +56,7 @@ REPOSITORY_ACTIONS: Final = frozenset(
         Action.READ_SCAN,
         Action.SCAN,
         Action.UPSTREAM_FETCH,
+        Action.PROMOTE,
     }
 )
 
@@ -74,6 +77,7 @@ _MAINTAINER = _DEVELOPER | {
     Action.DELETE_REPOSITORY,
     Action.MANAGE_POLICIES,
     Action.UPSTREAM_FETCH,
+    Action.PROMOTE,
 }
 _PROJECT_ADMIN = frozenset(Action)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -27,8 +28,10 @@ from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import project_of, validate_repository_name
 from moorage.http.authn import Caller, InvalidTokenError
-from moorage.http.state import IAM, SERVICES, IamServices
+from moorage.http.state import IAM, ROUTING, SERVICES, IamServices
 from moorage.services.identity import AuthenticationError, ThrottledError
+from moorage.services.mirror import normalize_host
+from moorage.services.virtual import VirtualConfig
 
 
 class Scope(StrEnum):
@@ -66,6 +69,10 @@ CALLER = web.RequestKey("caller", Caller)
 ACTOR = web.RequestKey("actor", Actor)
 REPOSITORY = web.RequestKey("repository", str)
 PROJECT: web.RequestKey[str | None] = web.RequestKey("project")
+# The name the client asked for, when routing mapped it onto another repository (REPOSITORY).
+REQUESTED_NAME = web.RequestKey("requested_name", str)
+# The virtual project whose repository a pull asks for (its members serve it).
+VIRTUAL: web.RequestKey[VirtualConfig | None] = web.RequestKey("virtual")
 
 _TOKEN_ACTIONS = {Action.PULL: "pull", Action.PUSH: "push", Action.DELETE: "delete"}
 
@@ -113,6 +120,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         ) from None
     request[CALLER] = caller
     request[ACTOR] = caller.subject.actor(request.remote)
+    resource = await _route(request, iam, permission, resource)
     await _authorize(request, iam, caller, permission, resource)
     return await handler(request)
 
@@ -132,6 +140,64 @@ def _resource(request: web.Request, permission: Permission) -> str | None:
         request[PROJECT] = queried
         return queried
     return None
+
+
+async def _route(
+    request: web.Request, iam: IamServices, permission: Permission, resource: str | None
+) -> str | None:
+    """Map the requested name onto the repository that serves it: a name without a project
+    onto the mirror (pulls only), a write into a virtual project onto its push member.
+
+    This runs before the one authorization decision, which then judges the caller against the
+    real repository; the handlers see only that repository (REPOSITORY).
+    """
+    if permission.scope is not Scope.REPOSITORY or resource is None:
+        return resource
+    router = request.app[ROUTING].names
+    action = permission.action
+    assert isinstance(action, Action)
+    if action is Action.PULL:
+        target = await router.pull_target(
+            resource, request.query.get("ns"), _own_hosts(request, iam)
+        )
+        request[VIRTUAL] = await router.virtual_config(project_of(target))
+    else:
+        try:
+            target = await router.write_target(resource, action)
+        except RegistryError as error:
+            iam.events.publish(
+                AccessEvent(
+                    "policy:denied",
+                    request[ACTOR],
+                    "denied",
+                    project_of(resource),
+                    f"{request.method} {request.path}"[:500],
+                    {"point": action.value, "policy": "virtual-project", "reason": error.message},
+                )
+            )
+            raise
+    if target != resource:
+        request[REQUESTED_NAME] = resource
+        request[REPOSITORY] = target
+        request[PROJECT] = project_of(target)
+    return target
+
+
+def _own_hosts(request: web.Request, iam: IamServices) -> frozenset[str]:
+    """This registry's names: an `ns` naming one of them means the name is local."""
+    hosts = {normalize_host(request.host)}
+    if iam.public_url:
+        hosts.add(normalize_host(urlsplit(iam.public_url).netloc))
+    return frozenset(host for host in hosts if host is not None)
+
+
+def _client_name(request: web.Request, resource: str | None) -> str | None:
+    """The name the client used: challenges name it, since tokens are asked for by it."""
+    for key in (REQUESTED_NAME, REPOSITORY):
+        name = request.get(key)
+        if isinstance(name, str):
+            return name
+    return resource
 
 
 def _token_scope(permission: Permission, resource: str | None) -> str | None:
@@ -280,7 +346,7 @@ def _deny(
         raise AccessDenied(
             "authentication required" if anonymous else "the token does not grant this",
             challenge=True,
-            scope=_token_scope(permission, resource),
+            scope=_token_scope(permission, _client_name(request, resource)),
             error=None if anonymous else "insufficient_scope",
         )
     iam.events.publish(
@@ -337,7 +403,7 @@ async def may_fetch_upstream(
         raise AccessDenied(
             "sign in to fetch content this proxy cache does not hold yet",
             challenge=True,
-            scope=f"repository:{repository}:pull",
+            scope=f"repository:{_client_name(request, repository)}:pull",
         )
     access = await iam.threads.run(iam.identity.access_of, caller.subject)
     return decide(access, Action.UPSTREAM_FETCH, project, repository, public)

@@ -15,9 +15,11 @@ from moorage.config import Settings
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
+from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
+from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
 from moorage.http.scanner_api import (
@@ -26,30 +28,47 @@ from moorage.http.scanner_api import (
     scanner_errors,
 )
 from moorage.http.scanner_client import scanner_adapters
-from moorage.http.state import IAM, SCANNER_ADAPTERS, SERVICES, IamServices, Services
+from moorage.http.state import (
+    IAM,
+    REPLICATION,
+    ROUTING,
+    SCANNER_ADAPTERS,
+    SERVICES,
+    IamServices,
+    Routing,
+    Services,
+)
 from moorage.http.upstream import HttpUpstreamClients
 from moorage.http.v2 import API_VERSION
 from moorage.metadata.database import make_engine
 from moorage.metadata.iam_store import IamStore
+from moorage.metadata.promotion_store import PromotionStore
+from moorage.metadata.replication_store import ReplicationStore
 from moorage.metadata.scan_store import ScanStore
 from moorage.metadata.scanner_store import ScannerStore
 from moorage.metadata.store import MetadataStore
 from moorage.metadata.trust_store import TrustStore
+from moorage.metadata.virtual_store import VirtualStore
 from moorage.metadata.vulnerability_policy_store import VulnerabilityPolicyStore
 from moorage.services.audit import AuditLog, AuditService
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityService, policy_from
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
+from moorage.services.mirror import MirrorService, NameRouter
 from moorage.services.projects import ProjectService
+from moorage.services.promotion import PromotionOnlyPolicy, PromotionService, StageService
+from moorage.services.promotion_gates import GateEvaluator
 from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
+from moorage.services.replication import ReplicationOptions, ReplicationService
 from moorage.services.sbom import SbomService
 from moorage.services.scanning import ScanService, ScanServiceOptions
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadIds, UploadLimits, UploadService
+from moorage.services.virtual import VirtualProjectService, VirtualPulls
 from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
@@ -181,6 +200,12 @@ def build_app(
     trust = TrustService(trust_store, iam_store, events)
     signatures = SignaturePolicy(trust, trust_store, metadata, storage, threads, events)
     signatures.register(policies)
+    # Stages: promotion-only projects refuse direct pushes (a push:manifest and push:blob check).
+    promotion_store = PromotionStore(engine, metadata)
+    stages = StageService(promotion_store, identity, events)
+    PromotionOnlyPolicy(
+        stages, identity, threads, events, break_glass=settings.promotion_break_glass
+    ).register(policies)
     registry = RegistryService(
         storage,
         metadata,
@@ -215,6 +240,72 @@ def build_app(
         max_blob_bytes=settings.max_blob_bytes,
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
+
+    async def is_proxy(project: str) -> bool:
+        return await proxy_cache.config_for(project) is not None
+
+    promotions = PromotionService(
+        stages=stages,
+        gates=GateEvaluator(
+            stage_order=settings.stages,
+            vulnerability_gate=vulnerability_gate,
+            vulnerability_policies=vulnerability_policy,
+            signatures=signatures,
+            identity=identity,
+            store=promotion_store,
+            metadata=metadata,
+            storage=storage,
+            threads=threads,
+        ),
+        store=promotion_store,
+        registry=registry,
+        uploads=uploads,
+        metadata=metadata,
+        tokens=tokens,
+        threads=threads,
+        events=events,
+        is_proxy=is_proxy,
+    )
+    remotes = HttpRemoteRegistries(
+        chunk_bytes=settings.replication_chunk_bytes,
+        monolithic_bytes=settings.replication_chunk_bytes,
+    )
+    replication = ReplicationService(
+        ReplicationStore(engine),
+        metadata,
+        registry,
+        uploads,
+        storage,
+        threads,
+        events,
+        remotes,
+        ReplicationOptions(
+            concurrency=settings.replication_concurrency,
+            lease_seconds=settings.replication_lease_seconds,
+            backoff=Backoff(
+                settings.replication_retry_base_seconds,
+                settings.replication_retry_max_seconds,
+                settings.replication_max_attempts,
+            ),
+            max_manifest_bytes=settings.max_manifest_bytes,
+            max_blob_bytes=settings.max_blob_bytes,
+        ),
+    )
+    events.subscribe(replication.on_event)
+    app[REPLICATION] = replication
+    # Names without a project (mirror mode) and virtual projects, routed before authorization.
+    virtual_store = VirtualStore(engine)
+    virtual_projects = VirtualProjectService(virtual_store, proxies, events)
+    proxies.refuse_configuration = virtual_projects.proxy_refusal
+    app[ROUTING] = Routing(
+        names=NameRouter(
+            identity,
+            MirrorService(virtual_store, proxies, events, settings.mirror_project),
+            virtual_projects,
+            threads,
+        ),
+        virtual_pulls=VirtualPulls(registry, proxy_cache),
+    )
     app[IAM] = IamServices(
         identity=identity,
         projects=ProjectService(iam_store, identity, events),
@@ -236,6 +327,9 @@ def build_app(
         audit=AuditService(iam_store, tokens, events),
         v2_basic_auth=settings.v2_basic_auth,
         public_url=settings.public_url,
+        stages=stages,
+        promotions=promotions,
+        stage_order=list(settings.stages),
     )
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
@@ -262,12 +356,15 @@ def build_app(
                 tasks.append(asyncio.create_task(_every(_AUDIT_PRUNE_SECONDS, prune_audit)))
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
+        # Every process records push events for replication; one runs the queue.
+        tasks.append(asyncio.create_task(replication.run(engine=run_jobs)))
         yield
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await upstreams.close()
+        await remotes.close()
         threads.shutdown()
         metadata.close()
 

@@ -11,9 +11,12 @@ from moorage.services.audit import AuditService
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService
 from moorage.services.immutability import ImmutabilityService
+from moorage.services.mirror import NameRouter
 from moorage.services.projects import ProjectService
+from moorage.services.promotion import PromotionService, StageService
 from moorage.services.proxy import ProxyCache, ProxyService
 from moorage.services.registry import RegistryService
+from moorage.services.replication import ReplicationService
 from moorage.services.sbom import SbomService
 from moorage.services.scanner_adapters import ScannerAdapterService
 from moorage.services.scanning import ScanService
@@ -21,6 +24,7 @@ from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadService
+from moorage.services.virtual import VirtualPulls
 from moorage.services.vulndb import VulnerabilityDatabaseService
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
@@ -56,8 +60,21 @@ class IamServices:
     audit: AuditService
     v2_basic_auth: bool
     public_url: str | None
+    stages: StageService  # stage labels, promotion-only flags, gates, approvals
+    promotions: PromotionService
+    stage_order: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Name routing: the default mirror, virtual projects, and pulls through virtual projects."""
+
+    names: NameRouter
+    virtual_pulls: VirtualPulls
 
 
 SERVICES = web.AppKey("services", Services)
 IAM = web.AppKey("iam", IamServices)
 SCANNER_ADAPTERS = web.AppKey("scanner_adapters", ScannerAdapterService)
+REPLICATION = web.AppKey("replication", ReplicationService)
+ROUTING = web.AppKey("routing", Routing)

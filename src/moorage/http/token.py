@@ -9,21 +9,28 @@ token simply carries less, and the registry refuses what the token does not gran
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from aiohttp import web
 
-from moorage.domain.access import Action, decide, may_push_new_project, within_limit
+from moorage.domain.access import (
+    Action,
+    SubjectAccess,
+    decide,
+    may_push_new_project,
+    within_limit,
+)
 from moorage.domain.names import project_of
 from moorage.domain.scopes import Scope, ScopeError, parse_scopes
-from moorage.http.state import IAM, IamServices
+from moorage.http.state import IAM, ROUTING, IamServices
 from moorage.services.identity import (
     AuthenticationError,
     IdentityService,
     Subject,
     ThrottledError,
 )
+from moorage.services.mirror import Aliases
 
 _SCOPE_ACTIONS: Final = {"pull": Action.PULL, "push": Action.PUSH, "delete": Action.DELETE}
 _MAX_FORM_BYTES: Final = 16 * 1024
@@ -131,6 +138,7 @@ async def _issue(
         subject,
         scopes,
         lambda project: iam.proxies.config_of(project) is not None,
+        request.app[ROUTING].names.aliases,
     )
     token, expires_in, issued_at = await iam.threads.run(iam.tokens.issue, subject, access)
     body: dict[str, Any] = {
@@ -153,12 +161,18 @@ def granted_access(
     subject: Subject,
     scopes: list[Scope],
     is_proxy: Callable[[str], bool] = lambda _project: False,
+    aliases: Callable[[str], Aliases] = lambda _name: Aliases(),
 ) -> list[dict[str, Any]]:
     """The intersection of the requested scopes and what `subject` may do.
 
     In a proxy-cache project (`is_proxy`), a token that may pull also carries `upstream-fetch`
     when the subject holds it: clients never ask for it, the registry needs it to decide who
     may bring new content in from the upstream.
+
+    A name can stand for other repositories (`aliases`): a virtual project's members, or the
+    mirror's repository of a name without a project. Clients ask for the name they use; the
+    token also names each real repository it maps to, with what the subject may do there (for
+    a mirrored name, pulls only), so the registry checks the real repository against it.
     """
     access = identity.access_of(subject)
     public = identity.public_projects()
@@ -194,4 +208,33 @@ def granted_access(
             actions.add(Action.UPSTREAM_FETCH.value)
         if actions:
             granted.append({"type": "repository", "name": scope.name, "actions": sorted(actions)})
+        mapped = aliases(scope.name)
+        pull_only = scope.actions & {"pull"}
+        for name, wanted in [
+            *((member, scope.actions) for member in mapped.members),
+            *((mirror, pull_only) for mirror in mapped.mirrors),
+        ]:
+            alias = _granted_actions(access, public, name, wanted, is_proxy)
+            if alias:
+                granted.append({"type": "repository", "name": name, "actions": sorted(alias)})
     return granted
+
+
+def _granted_actions(
+    access: SubjectAccess,
+    public: frozenset[str],
+    name: str,
+    wanted: Iterable[str],
+    is_proxy: Callable[[str], bool],
+) -> set[str]:
+    project = project_of(name)
+    actions = {
+        action for action in wanted if decide(access, _SCOPE_ACTIONS[action], project, name, public)
+    }
+    if (
+        "pull" in actions
+        and decide(access, Action.UPSTREAM_FETCH, project, name, public)
+        and is_proxy(project)
+    ):
+        actions.add(Action.UPSTREAM_FETCH.value)
+    return actions

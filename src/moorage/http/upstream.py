@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import aiohttp
@@ -178,10 +178,17 @@ class HttpUpstreamClient:
         path: str,
         repository: str | None,
         headers: dict[str, str] | None = None,
+        *,
+        actions: str = "pull",
+        body: Callable[[], object] | None = None,
     ) -> aiohttp.ClientResponse:
-        """A response with a 2xx status (the caller releases it), or UpstreamError."""
-        url = self._endpoint.url + path
-        scope = f"repository:{repository}:pull" if repository else None
+        """A response with a 2xx status (the caller releases it), or UpstreamError.
+
+        `path` may also be an absolute URL (an upload location); `actions` are the token scope's
+        actions; `body` makes the request body (again, when a challenge makes it retry).
+        """
+        url = path if path.startswith(("http://", "https://")) else self._endpoint.url + path
+        scope = f"repository:{repository}:{actions}" if repository else None
         try:
             check_url(url, allow_private=self._endpoint.allow_private_network)
         except OutboundURLError as error:
@@ -193,7 +200,12 @@ class HttpUpstreamClient:
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             try:
-                response = await self._http().request(method, url, headers=request_headers)
+                response = await self._http().request(
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=body() if body is not None else None,
+                )
             except OutboundURLError as error:
                 raise UpstreamError("denied", f"redirect refused: {error}") from None
             except (aiohttp.ClientError, TimeoutError, OSError) as error:

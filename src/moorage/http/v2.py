@@ -16,12 +16,21 @@ from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.names import Reference, project_of, validate_repository_name
 from moorage.domain.negotiation import parse_accept
 from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, parse_range
-from moorage.http.access import ACTOR, CALLER, PULL, REPOSITORY, may, may_fetch_upstream
+from moorage.http.access import (
+    ACTOR,
+    CALLER,
+    PULL,
+    REPOSITORY,
+    VIRTUAL,
+    may,
+    may_fetch_upstream,
+)
 from moorage.http.responses import BlobResponse, json_response
-from moorage.http.state import IAM, SERVICES, Services
+from moorage.http.state import IAM, ROUTING, SERVICES, Services
 from moorage.services.proxy import LiveBlob, MayFetch, ProxyConfig
 from moorage.services.registry import manifest_too_large, referrers_index
 from moorage.services.uploads import range_header
+from moorage.services.virtual import FetchDecision, MayPull
 
 log = logging.getLogger("moorage.http")
 
@@ -93,8 +102,14 @@ async def list_tags(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name = request[REPOSITORY]
     limit, last = _page(request, services.max_page_size)
-    # Also with n=0 the query runs: the repository must exist.
-    tags, more = _one_page(await services.registry.list_tags(name, last, limit + 1), limit)
+    virtual = request.get(VIRTUAL)
+    if virtual is not None:
+        tags, more = await request.app[ROUTING].virtual_pulls.tags(
+            virtual, name, _member_pull(request), last, limit
+        )
+    else:
+        # Also with n=0 the query runs: the repository must exist.
+        tags, more = _one_page(await services.registry.list_tags(name, last, limit + 1), limit)
     headers = {}
     if more and tags:
         headers["Link"] = _next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": tags[-1]})
@@ -107,9 +122,18 @@ async def referrers(request: web.Request) -> web.Response:
     subject = Digest.parse(request.match_info["digest"])
     limit, last = _page(request, services.max_page_size, default_all=True)
     artifact_type = request.query.get("artifactType") or None
-    records, more = _one_page(
-        await services.registry.referrers(name, subject, artifact_type, last, limit + 1), limit
+    source: str | None = name
+    virtual = request.get(VIRTUAL)
+    if virtual is not None:
+        source = await request.app[ROUTING].virtual_pulls.referrers_source(
+            virtual, name, subject, artifact_type, _member_pull(request)
+        )
+    found = (
+        await services.registry.referrers(source, subject, artifact_type, last, limit + 1)
+        if source is not None
+        else []
     )
+    records, more = _one_page(found, limit)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
     if more and records:
         query = {"n": str(limit), "last": records[-1].digest}
@@ -127,18 +151,28 @@ async def get_manifest(request: web.Request) -> web.Response:
     reference = Reference.parse(request.match_info["reference"])
     head = request.method == "HEAD"
     name = request[REPOSITORY]
-    proxy = await services.proxy.config_for(project_of(name))
-    if proxy is not None:
-        await services.proxy.ensure_manifest(
-            proxy, name, reference, request[ACTOR], _fetch_decision(request, name, proxy)
+    accepted = parse_accept(request.headers.getall("Accept", []))
+    virtual = request.get(VIRTUAL)
+    if virtual is not None:
+        _, fetched = await request.app[ROUTING].virtual_pulls.manifest(
+            virtual,
+            name,
+            reference,
+            accepted,
+            request[ACTOR],
+            _member_pull(request),
+            _member_fetch(request),
+            count_pull=not head,
         )
-    fetched = await services.registry.get_manifest(
-        request[REPOSITORY],
-        reference,
-        parse_accept(request.headers.getall("Accept", [])),
-        request[ACTOR],
-        count_pull=not head,
-    )
+    else:
+        proxy = await services.proxy.config_for(project_of(name))
+        if proxy is not None:
+            await services.proxy.ensure_manifest(
+                proxy, name, reference, request[ACTOR], _fetch_decision(request, name, proxy)
+            )
+        fetched = await services.registry.get_manifest(
+            name, reference, accepted, request[ACTOR], count_pull=not head
+        )
     etag = f'"{fetched.record.digest}"'
     headers = {
         "Docker-Content-Digest": fetched.record.digest,
@@ -183,15 +217,28 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     name = request[REPOSITORY]
     etag = f'"{digest}"'
     headers = {"Docker-Content-Digest": str(digest), "ETag": etag, "Accept-Ranges": "bytes"}
-    proxy = await services.proxy.config_for(project_of(name))
-    if proxy is not None:
-        # A plain GET streams an uncached blob while it is stored; HEAD, ranges and
-        # conditional requests wait until it is stored and are then answered from it.
-        whole = (
-            request.method == "GET"
-            and "Range" not in request.headers
-            and "If-None-Match" not in request.headers
+    # A plain GET streams an uncached blob while it is stored; HEAD, ranges and conditional
+    # requests wait until it is stored and are then answered from it.
+    whole = (
+        request.method == "GET"
+        and "Range" not in request.headers
+        and "If-None-Match" not in request.headers
+    )
+    virtual = request.get(VIRTUAL)
+    proxy = None if virtual else await services.proxy.config_for(project_of(name))
+    if virtual is not None:
+        name, live = await request.app[ROUTING].virtual_pulls.blob(
+            virtual,
+            name,
+            digest,
+            request[ACTOR],
+            _member_pull(request),
+            _member_fetch(request),
+            stream=whole,
         )
+        if live is not None:
+            return await _stream_live(request, live, headers)
+    elif proxy is not None:
         live = await services.proxy.ensure_blob(
             proxy,
             name,
@@ -226,6 +273,8 @@ async def start_upload(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     name = request[REPOSITORY]
     actor = request[ACTOR]
+    # Push policies (a promotion-only project) refuse before any byte is sent.
+    await services.registry.authorize_upload(name, actor)
     if "digest" in request.query:
         digest = Digest.parse(request.query["digest"])
         await services.uploads.monolithic(
@@ -303,6 +352,22 @@ async def cancel_upload(request: web.Request) -> web.Response:
 
 
 # -- proxy-cache projects
+
+
+def _member_pull(request: web.Request) -> MayPull:
+    """Pull on a virtual project's member: decided as any pull, by the same authorizer."""
+
+    async def decide_pull(repository: str) -> bool:
+        return await may(request, PULL, repository)
+
+    return decide_pull
+
+
+def _member_fetch(request: web.Request) -> FetchDecision:
+    def decision(repository: str, proxy: ProxyConfig) -> MayFetch:
+        return _fetch_decision(request, repository, proxy)
+
+    return decision
 
 
 def _fetch_decision(request: web.Request, name: str, proxy: ProxyConfig) -> MayFetch:

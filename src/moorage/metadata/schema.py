@@ -4,9 +4,12 @@ from moorage.metadata import (
     iam_models,
     models,
     policy_models,
+    promotion_models,
+    replication_models,
     scan_models,
     scanner_models,
     trust_models,
+    virtual_models,
 )
 from moorage.metadata.models import Base
 
@@ -15,7 +18,10 @@ __all__ = [
     "iam_models",
     "models",
     "policy_models",
+    "promotion_models",
+    "replication_models",
     "scan_models",
     "scanner_models",
     "trust_models",
+    "virtual_models",
 ]

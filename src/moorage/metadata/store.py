@@ -73,6 +73,25 @@ class PreconditionFailedError(Exception):
     """What a policy decision was based on changed before the write: decide again."""
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestLinks:
+    """Manifests `source` holds, to become part of `target` too, without copying a byte.
+
+    `blobs` are the blobs those manifests need (all linked to `source`); `tags` are set in
+    `target` (tag, digest), except those in `keep_tags` that `target` already has. With
+    `precondition`, `guarded_tag` must still point where a policy check saw it.
+    """
+
+    source: str
+    target: str
+    manifests: tuple[str, ...]
+    blobs: tuple[str, ...]
+    tags: tuple[tuple[str, str], ...]
+    keep_tags: frozenset[str] = frozenset()
+    guarded_tag: str | None = None
+    precondition: TagPrecondition | None = None
+
+
 _rb: Table = RepositoryBlob.__table__  # type: ignore[assignment]
 _rm: Table = RepositoryManifest.__table__  # type: ignore[assignment]
 _repos: Table = Repository.__table__  # type: ignore[assignment]
@@ -336,6 +355,77 @@ class MetadataStore:
                 self._set_tag(connection, repository_id, tag, digest, now)
                 if cached_at is not None:
                     self._mark_checked(connection, repository_id, tag, cached_at)
+
+    def link_manifests(self, links: ManifestLinks) -> None:
+        """Make `links.manifests` (and the blobs they need) part of `links.target`, and set
+        its tags, all or nothing."""
+        with write_transaction(self._engine) as connection:
+            self.link_manifests_in(connection, links)
+
+    def link_manifests_in(self, connection: Connection, links: ManifestLinks) -> None:
+        """`link_manifests` inside a transaction the caller holds (to commit more with it).
+
+        Raises MissingReferencesError when the source lacks a manifest or blob, and
+        PreconditionFailedError when the guarded tag moved.
+        """
+        now = utcnow()
+        source_id = self._repository_id(connection, links.source, create=False)
+        if source_id is None:
+            raise MissingReferencesError([], list(links.manifests))
+        target_id = self._repository_id(connection, links.target, create=True)
+        assert target_id is not None
+        if links.guarded_tag is not None and links.precondition is not None:
+            current = connection.execute(
+                select(_tags.c.manifest_digest).where(
+                    _tags.c.repository_id == target_id, _tags.c.name == links.guarded_tag
+                )
+            ).scalar()
+            if current != links.precondition.digest:
+                raise PreconditionFailedError(f"tag {links.guarded_tag} now points at {current}")
+        missing_manifests = self._missing(connection, _rm, source_id, links.manifests)
+        missing_blobs = self._missing(connection, _rb, source_id, links.blobs)
+        if missing_manifests or missing_blobs:
+            raise MissingReferencesError(missing_blobs, missing_manifests)
+        self._insert_ignore(
+            connection,
+            _rb,
+            [
+                {"repository_id": target_id, "digest": digest, "created_at": now}
+                for digest in dict.fromkeys(links.blobs)
+            ],
+        )
+        self._insert_ignore(
+            connection,
+            _rm,
+            [
+                {"repository_id": target_id, "digest": digest, "created_at": now}
+                for digest in dict.fromkeys(links.manifests)
+            ],
+        )
+        existing = set(
+            connection.execute(
+                select(_tags.c.name).where(
+                    _tags.c.repository_id == target_id,
+                    _tags.c.name.in_([tag for tag, _ in links.tags]),
+                )
+            ).scalars()
+        )
+        for tag, digest in links.tags:
+            if tag in links.keep_tags and tag in existing:
+                continue
+            self._set_tag(connection, target_id, tag, digest, now)
+
+    def manifest_added_at(self, repository: str, digest: str) -> datetime | None:
+        """When the manifest became part of the repository (pushed, cached or linked)."""
+        with single_read(self._engine) as connection:
+            added: datetime | None = connection.execute(
+                select(_rm.c.created_at)
+                .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
+                .where(_repos.c.name == repository, _rm.c.digest == digest)
+            ).scalar()
+        if added is not None and added.tzinfo is None:
+            added = added.replace(tzinfo=UTC)
+        return added
 
     # -- proxy-cache bookkeeping
 

@@ -91,6 +91,55 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "proxy:remove": frozenset(),
+    # stages and promotion: what moved where, and which gates said what (never key material)
+    "promotion-stage:update": frozenset({"stage", "promotion_only", "previous"}),
+    "promotion-gates:update": frozenset({"gates", "previous"}),
+    "promotion:approve": frozenset({"digest", "comment"}),
+    "promotion:create": frozenset(
+        {"source", "destination", "digest", "gates", "promotion", "record"}
+    ),
+    # a system administrator's push into a promotion-only project, let through by break-glass
+    "promotion:break-glass": frozenset({"digest", "tag"}),
+    # replication: the kind of credential only, never the credential (not in the event either)
+    "replication:endpoint-create": frozenset(
+        {"name", "url", "kind", "username", "credential", "tls", "allow_private_network"}
+    ),
+    "replication:endpoint-update": frozenset(
+        {"name", "url", "kind", "username", "credential", "tls", "allow_private_network"}
+    ),
+    "replication:endpoint-delete": frozenset(),
+    "replication:rule-create": frozenset(
+        {
+            "name",
+            "endpoint",
+            "direction",
+            "trigger",
+            "filters",
+            "destination_prefix",
+            "strip_segments",
+            "replicate_deletions",
+            "enabled",
+        }
+    ),
+    "replication:rule-update": frozenset(
+        {
+            "name",
+            "endpoint",
+            "direction",
+            "trigger",
+            "filters",
+            "destination_prefix",
+            "strip_segments",
+            "replicate_deletions",
+            "enabled",
+        }
+    ),
+    "replication:rule-delete": frozenset(),
+    "replication:run": frozenset({"name", "execution"}),
+    "virtual:configure": frozenset({"members", "push_member"}),
+    "virtual:remove": frozenset(),
+    "mirror:configure": frozenset({"project", "previous"}),
+    "mirror:reset": frozenset({"project", "previous"}),
     "role:upsert": frozenset({"actions"}),
     "role:delete": frozenset(),
     "robot:create": frozenset({"permissions", "expires_at"}),

@@ -205,6 +205,8 @@ class ImmutableTagPolicy:
 
     def register(self, policies: PolicySet) -> None:
         policies.register(DecisionPoint.PUSH_MANIFEST, self.check_push)
+        # A promotion sets a tag just as a push does.
+        policies.register(DecisionPoint.PROMOTE, self.check_push)
         policies.register(DecisionPoint.DELETE_TAG, self.check_delete_tag)
         policies.register(DecisionPoint.DELETE_MANIFEST, self.check_delete_manifest)
 

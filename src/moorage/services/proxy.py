@@ -252,6 +252,8 @@ class ProxyService:
         self._events = events
         self._box = SecretBox(lambda: metadata.server_secret(_KEY_NAME))
         self._configs = TtlCache(CONFIG_CACHE_SECONDS)
+        # Why a project may not become a proxy cache (a virtual project), or None.
+        self.refuse_configuration: Callable[[str], str | None] = lambda _project: None
 
     def _project_id(self, name: str) -> int:
         row = self._store.project_by_name(name)
@@ -268,6 +270,9 @@ class ProxyService:
 
     def set(self, actor: Actor, project: str, given: ProxyInput) -> ProxyView:
         project_id = self._project_id(project)
+        refusal = self.refuse_configuration(project)
+        if refusal is not None:
+            raise IdentityError(refusal, 409)
         current = self._store.proxy_upstream_of(project)
         try:
             values = self._values(project_id, given, current)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
@@ -16,6 +18,7 @@ from moorage.domain.names import Reference, project_of
 from moorage.domain.negotiation import DEFAULT_PLATFORM, is_acceptable
 from moorage.domain.policy import DecisionPoint, PolicyContext, PolicySet
 from moorage.metadata.store import (
+    ManifestLinks,
     ManifestRecord,
     MetadataStore,
     MissingReferencesError,
@@ -28,6 +31,8 @@ from moorage.services.cache import DigestCache
 from moorage.services.events import EventBus
 from moorage.services.threads import Threads
 from moorage.storage.base import StorageDriver
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +176,10 @@ class RegistryService:
                 RegistryEvent(EventKind.BLOB_MOUNTED, target, str(digest), size=size, actor=actor)
             )
         return size
+
+    async def authorize_upload(self, repository: str, actor: Actor) -> None:
+        """The push:blob checks for a new upload session (DENIED when a policy refuses)."""
+        await self._enforce(PolicyContext(DecisionPoint.PUSH_BLOB, repository, actor))
 
     async def delete_blob(self, repository: str, digest: Digest, actor: Actor) -> None:
         await self._enforce(
@@ -340,6 +349,62 @@ class RegistryService:
             )
         )
         return manifest
+
+    async def link_manifests(
+        self,
+        links: ManifestLinks,
+        top: ManifestRecord,
+        actor: Actor,
+        write: Callable[[ManifestLinks], T],
+    ) -> T:
+        """Make manifests of one repository part of another (promotion): no byte is copied.
+
+        The promote checks decide for `links.guarded_tag` pointing at `top` (immutable tags
+        apply); `write` stores the links (`MetadataStore.link_manifests`, or a store that
+        commits more in the same transaction) and is re-run after deciding again if the tag
+        moved meanwhile.
+        """
+        for _ in range(_DECISION_ATTEMPTS):
+            state = self._state(links.target, links.guarded_tag, top.digest)
+            await self._enforce(
+                PolicyContext(
+                    DecisionPoint.PROMOTE,
+                    links.target,
+                    actor,
+                    top.digest,
+                    links.guarded_tag,
+                    top.media_type,
+                    state,
+                )
+            )
+            guarded = dataclasses.replace(links, precondition=state.tag_precondition())
+            try:
+                result = await self._threads.run(write, guarded)
+            except PreconditionFailedError:
+                continue
+            except MissingReferencesError as error:
+                missing = error.blobs + error.manifests
+                raise RegistryError(
+                    ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                    f"{links.source} does not hold everything {top.digest} needs"
+                    f" ({len(missing)} missing, first {missing[0] if missing else '?'})",
+                    detail={"blobs": error.blobs, "manifests": error.manifests},
+                ) from None
+            break
+        else:
+            raise _changed_meanwhile(f"tag {links.guarded_tag}")
+        self._events.publish(
+            RegistryEvent(
+                EventKind.MANIFEST_PUSHED,
+                links.target,
+                top.digest,
+                links.guarded_tag,
+                top.media_type,
+                top.size,
+                actor,
+            )
+        )
+        return result
 
     async def delete_manifest(self, repository: str, reference: Reference, actor: Actor) -> None:
         if reference.tag is not None:

@@ -182,8 +182,10 @@ class ScanRunner:
                 job = await self._claim()
                 if job is None:
                     slots.release()
+                    # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a cancel.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._options.poll_seconds)
+                        async with asyncio.timeout(self._options.poll_seconds):
+                            await self._wake.wait()
                     continue
                 task = asyncio.create_task(self._process(job))
                 running.add(task)

@@ -626,6 +626,15 @@ class SignaturePolicy:
             return no_rule(repository, digest, policy.version)
         return await self._evaluate(repository, digest, policy, rule)
 
+    async def evaluate_as(self, repository: str, digest: str, *, held_in: str) -> TrustResult:
+        """What the trust policy of `repository` says about an image (and its signatures)
+        that `held_in` holds: promotion's `signature` gate, before the image is linked in."""
+        policy, rule = await self._rule(repository)
+        if rule is None:
+            return no_rule(repository, digest, policy.version)
+        result = await self._evaluate(held_in, digest, policy, rule)
+        return dataclasses.replace(result, repository=repository)
+
     async def _evaluate(
         self, repository: str, digest: str, policy: CompiledPolicy, rule: TrustRule
     ) -> TrustResult:

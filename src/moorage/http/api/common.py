@@ -56,6 +56,8 @@ PATH_PARAMETERS: Final[Mapping[str, Mapping[str, Any]]] = {
     "key": _NAME_SCHEMA,
     "store": _NAME_SCHEMA,
     "entry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "registry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "execution": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     # a repository (it may contain slashes) and a manifest digest, as /v2 spells them
     "name": {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 255},
     "digest": {"type": "string", "pattern": DIGEST_PATTERN, "maxLength": 135},

@@ -95,7 +95,16 @@ class Download:
     filename: str
 
 
-Result = ApiModel | Sequence[ApiModel] | Page | Download | None
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply with another success status the route declares in `also` (200 for a request
+    that found its work already done, where the route's own status is 201)."""
+
+    result: ApiModel
+    status: int
+
+
+Result = ApiModel | Sequence[ApiModel] | Page | Download | Reply | None
 Endpoint = Callable[["Call"], Awaitable[Result]]
 
 
@@ -178,6 +187,7 @@ class ApiRoute:
     errors: tuple[int, ...] = ()  # statuses beyond those every route of its kind may answer
     produces: tuple[str, ...] = ()  # media types of a `Download` reply (instead of `response`)
     consumes: tuple[str, ...] = ()  # media types of a raw (file) body the endpoint streams itself
+    also: tuple[int, ...] = ()  # other success statuses, answered through `Reply`
 
     @property
     def handler(self) -> Handler:
@@ -258,6 +268,11 @@ def render(route: ApiRoute, request: web.Request, result: Result) -> web.StreamR
                 "Content-Disposition": f'attachment; filename="{result.filename}"',
             },
         )
+    status = route.status
+    if isinstance(result, Reply):
+        if result.status not in route.also:
+            raise TypeError(f"{route.path} does not declare status {result.status}")
+        status, result = result.status, result.result
     model = route.response
     if model is None:
         if result is not None:
@@ -266,7 +281,7 @@ def render(route: ApiRoute, request: web.Request, result: Result) -> web.StreamR
     if not route.many:
         if not isinstance(result, model):
             raise TypeError(f"{route.path} must answer with {model.__name__}")
-        return json_response(_dump(result), status=route.status)
+        return json_response(_dump(result), status=status)
     page = result if isinstance(result, Page) else Page(_sequence(result))
     items = [_dump(_checked(model, item)) for item in page.items]
     headers = {}

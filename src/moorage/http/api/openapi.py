@@ -145,6 +145,7 @@ def _operation(route: ApiRoute, refs: dict[SchemaKey, dict[str, Any]]) -> dict[s
     problem = refs[(Problem, "serialization")]
     operation["responses"] = {
         str(route.status): _success(route, refs),
+        **{str(status): _success(route, refs) for status in route.also},
         **{str(status): _error(status, problem) for status in _error_statuses(route)},
     }
     if route.permission.scope is Scope.PUBLIC:

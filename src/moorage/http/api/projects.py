@@ -6,6 +6,7 @@ from moorage.domain.access import Action
 from moorage.http.access import AUTHENTICATED, CREATE_PROJECT, project_permission
 from moorage.http.api.common import PageQuery, ProjectName
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, Page, RequestModel, page_of
+from moorage.metadata.promotion_store import StageRecord
 from moorage.services.projects import ProjectView
 
 PROJECTS = "projects"
@@ -16,6 +17,9 @@ class Project(ApiModel):
     name: str
     public: bool
     created_by: str | None
+    # Set by administrators through /projects/{project}/stage (docs/staging.md).
+    stage: str | None = None
+    promotion_only: bool = False
 
 
 class NewProject(RequestModel):
@@ -29,8 +33,14 @@ class ProjectChanges(RequestModel):
     public: bool | None = None
 
 
-def project_view(view: ProjectView) -> Project:
-    return Project(name=view.name, public=view.public, created_by=view.created_by)
+def project_view(view: ProjectView, stage: StageRecord | None = None) -> Project:
+    return Project(
+        name=view.name,
+        public=view.public,
+        created_by=view.created_by,
+        stage=stage.stage if stage is not None else None,
+        promotion_only=stage is not None and stage.promotion_only,
+    )
 
 
 async def create_project(call: Call) -> Project:
@@ -47,21 +57,23 @@ async def list_projects(call: Call) -> Page:
     views = await call.run(
         call.iam.projects.readable_projects, call.subject, query.after, query.limit
     )
+    stages = await call.run(call.iam.stages.stages_of, [view.name for view in views])
     return page_of(
-        [project_view(view) for view in views],
+        [project_view(view, stages.get(view.name)) for view in views],
         query.limit,
         lambda last: {"limit": str(query.limit), "after": last.name},
     )
 
 
 async def get_project(call: Call) -> Project:
-    return project_view(await call.run(call.iam.projects.view, call.project))
+    view = await call.run(call.iam.projects.view, call.project)
+    return project_view(view, await call.run(call.iam.stages.stage_of, call.project))
 
 
 async def update_project(call: Call) -> Project:
     body = call.body(ProjectChanges)
     view = await call.run(call.iam.projects.update, call.actor, call.project, body.public)
-    return project_view(view)
+    return project_view(view, await call.run(call.iam.stages.stage_of, call.project))
 
 
 async def delete_project(call: Call) -> None:
