@@ -80,21 +80,8 @@ class NewPromotion:
 
 
 @dataclass(frozen=True, slots=True)
-class PromotionRecord:
+class PromotionRecord(NewPromotion):
     id: int
-    destination_project: str
-    destination_repository: str
-    tag: str
-    digest: str
-    media_type: str
-    source_repository: str
-    source_reference: str
-    requester: str
-    requester_kind: str
-    gates: list[dict[str, Any]]
-    record_digest: str
-    envelope: bytes
-    created_at: datetime
 
 
 _promotions: Table = PromotionRow.__table__  # type: ignore[assignment]
