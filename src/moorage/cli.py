@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from moorage import __version__
-from moorage.commands import COMMAND_GROUPS
+from moorage.commands import LazyGroup
 from moorage.commands.common import config_option, data_dir_option, load_cli_settings
 
 
-@click.group()
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="moorage")
 def main() -> None:
     """Moorage: a secure, self-hosted private container registry."""
@@ -58,7 +58,3 @@ def fsck(config: Path | None, **flags: Any) -> None:
         click.echo(problem)
     click.echo(f"{len(problems)} problem(s) found")
     sys.exit(1 if problems else 0)
-
-
-for _group in COMMAND_GROUPS:
-    main.add_command(_group)
