@@ -47,7 +47,7 @@ from tests.support.images import (
     write_layout,
 )
 from tests.support.oci import assert_oci_error
-from tests.support.osv import write_bundle
+from tests.support.osv import run_vulndb, write_bundle
 from tests.support.server import RegistryProcess
 from tests.support.signing import (
     ec_key,
@@ -84,23 +84,7 @@ _labels = iter(range(1_000_000))
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     root = tmp_path_factory.mktemp("promotion")
     data_dir = root / "data"
-    bundle = write_bundle(root / "osv-bundle.tar.gz", bundle_records())
-    imported = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "moorage",
-            "vulndb",
-            "import",
-            str(bundle),
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
-    assert imported.returncode == 0, imported.stderr.decode(errors="replace")
+    run_vulndb(data_dir, "import", str(write_bundle(root / "osv-bundle.tar.gz", bundle_records())))
     process = RegistryProcess(data_dir).start()
     yield process
     process.stop()

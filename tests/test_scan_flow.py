@@ -12,7 +12,6 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,7 +40,7 @@ from tests.support.images import (
     push_manifest,
     write_layout,
 )
-from tests.support.osv import write_bundle
+from tests.support.osv import run_vulndb, write_bundle
 from tests.support.scan_images import (
     BUNDLE_V1,
     MISSING_TOOLS,
@@ -121,22 +120,7 @@ class Scanning:
 
     def vulndb(self, *args: str) -> str:
         """`moorage vulndb …` on the server's data directory, while the server runs."""
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "moorage",
-                "vulndb",
-                *args,
-                "--data-dir",
-                str(self.server.data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        return run_vulndb(self.server.data_dir, *args)
 
     def import_bundle(self, bundle: dict[str, list[dict[str, Any]]], path: Path) -> str:
         """Import a bundle; the id of the generation it made current."""

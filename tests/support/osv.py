@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import random
+import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -358,3 +360,16 @@ def synthetic_database(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             else None,
             range_type="SEMVER" if ecosystem in ("npm", "Go", "crates.io") else "ECOSYSTEM",
         )
+
+
+def run_vulndb(data_dir: Path, *args: str) -> str:
+    """`moorage vulndb …` on a data directory (a server may be running on it); its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "moorage", "vulndb", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
