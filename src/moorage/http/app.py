@@ -94,7 +94,10 @@ def _is_api(request: web.Request) -> bool:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves in its area's format: OCI error JSON on /v2, problem JSON on /api."""
+    """Every failure leaves in its area's format: OCI error JSON on /v2, problem JSON on /api,
+    Harbor's ErrorResponse on /scanner."""
+    if request.path.startswith("/scanner/"):
+        return await scanner_errors(request, handler)
     try:
         return await handler(request)
     except AccessDenied as denied:
@@ -146,8 +149,7 @@ def build_app(
     run_jobs: bool = True,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, scanner_errors, access_middleware],
-        client_max_size=1 << 20,
+        middlewares=[error_middleware, access_middleware], client_max_size=1 << 20
     )
     threads = Threads(settings.db_threads)
     engine = make_engine(

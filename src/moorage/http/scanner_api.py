@@ -130,11 +130,9 @@ def _document(status: int, document: dict[str, Any], content_type: str) -> web.R
     )
 
 
-@web.middleware
 async def scanner_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure under /scanner/ leaves as Harbor's ErrorResponse (other paths untouched)."""
-    if not request.path.startswith("/scanner/"):
-        return await handler(request)
+    """Every failure under /scanner/ leaves as Harbor's ErrorResponse (the application's error
+    middleware hands those requests here)."""
     try:
         return await handler(request)
     except ScannerApiError as error:
