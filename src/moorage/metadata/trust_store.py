@@ -147,26 +147,17 @@ class TrustStore:
     def add_key(
         self, project_id: int, key: NewTrustKey, created_by: str | None, max_keys: int
     ) -> TrustKeyRow:
-        def work(session: Session) -> TrustKeyRow:
-            existing = self._rows(session, TrustKeyRow, project_id)
-            if any(row.name == key.name for row in existing):
-                raise ConflictError(f"key {key.name} already exists")
-            if len(existing) >= max_keys:
-                raise LimitExceededError(f"a project has at most {max_keys} trust keys")
-            row = TrustKeyRow(
-                project_id=project_id,
-                name=key.name,
-                algorithm=key.algorithm,
-                fingerprint=key.fingerprint,
-                pem=key.pem,
-                description=key.description,
-                created_by=created_by,
-            )
-            session.add(row)
-            self._bump(session, project_id)
-            return row
-
-        return self._write(work)  # type: ignore[no-any-return]
+        row = TrustKeyRow(
+            project_id=project_id,
+            name=key.name,
+            algorithm=key.algorithm,
+            fingerprint=key.fingerprint,
+            pem=key.pem,
+            description=key.description,
+            created_by=created_by,
+        )
+        added: TrustKeyRow = self._add_named(row, f"key {key.name}", max_keys, "trust keys")
+        return added
 
     def delete_key(self, project_id: int, name: str) -> TrustKeyRow | None:
         """Remove a key no rule names; the removed key, or None (InUseError while named)."""
@@ -180,24 +171,17 @@ class TrustStore:
     def add_store(
         self, project_id: int, store: NewTrustStore, created_by: str | None, max_stores: int
     ) -> TrustStoreRow:
-        def work(session: Session) -> TrustStoreRow:
-            existing = self._rows(session, TrustStoreRow, project_id)
-            if any(row.name == store.name for row in existing):
-                raise ConflictError(f"trust store {store.name} already exists")
-            if len(existing) >= max_stores:
-                raise LimitExceededError(f"a project has at most {max_stores} trust stores")
-            row = TrustStoreRow(
-                project_id=project_id,
-                name=store.name,
-                certificates=store.certificates,
-                description=store.description,
-                created_by=created_by,
-            )
-            session.add(row)
-            self._bump(session, project_id)
-            return row
-
-        return self._write(work)  # type: ignore[no-any-return]
+        row = TrustStoreRow(
+            project_id=project_id,
+            name=store.name,
+            certificates=store.certificates,
+            description=store.description,
+            created_by=created_by,
+        )
+        added: TrustStoreRow = self._add_named(
+            row, f"trust store {store.name}", max_stores, "trust stores"
+        )
+        return added
 
     def replace_store_certificates(
         self, project_id: int, name: str, certificates: str
@@ -221,6 +205,21 @@ class TrustStore:
             project_id, TrustStoreRow, name, "notation", f"trust store {name}"
         )
         return removed
+
+    def _add_named(self, row: Any, what: str, max_rows: int, plural: str) -> Any:
+        """Add a named key or trust store: unique by name, at most `max_rows` per project."""
+
+        def work(session: Session) -> Any:
+            existing = self._rows(session, type(row), row.project_id)
+            if any(other.name == row.name for other in existing):
+                raise ConflictError(f"{what} already exists")
+            if len(existing) >= max_rows:
+                raise LimitExceededError(f"a project has at most {max_rows} {plural}")
+            session.add(row)
+            self._bump(session, row.project_id)
+            return row
+
+        return self._write(work)
 
     def _delete_named(
         self, project_id: int, model: Any, name: str, verifier_type: str, what: str
