@@ -127,14 +127,21 @@ def test_project_and_member_commands(moorage: Moorage) -> None:
 
     assert moorage("member", "list", "team").stdout == "user\talice\tproject-admin\n"
     moorage("member", "set", "team", "builders", "developer", "--group")
+    # A project keeps its last project admin, also against the command line.
+    demoted = moorage("member", "set", "team", "alice", "maintainer", code=1)
+    assert "last project admin" in demoted.output
+    moorage("member", "set", "team", "builders", "project-admin", "--group")
     moorage("member", "set", "team", "alice", "maintainer")
     assert moorage("member", "list", "team").stdout.splitlines() == [
-        "group\tbuilders\tdeveloper",
+        "group\tbuilders\tproject-admin",
         "user\talice\tmaintainer",
     ]
     assert "unknown role" in moorage("member", "set", "team", "alice", "emperor", code=1).output
+    removed = moorage("member", "remove", "team", "builders", "--group", code=1)
+    assert "last project admin" in removed.output
+    moorage("member", "set", "team", "alice", "project-admin")
     moorage("member", "remove", "team", "builders", "--group")
-    assert moorage("member", "list", "team").stdout == "user\talice\tmaintainer\n"
+    assert moorage("member", "list", "team").stdout == "user\talice\tproject-admin\n"
 
     assert "project names" in moorage("project", "create", "Bad/Name", code=1).output
     moorage("project", "delete", "open", "--yes")

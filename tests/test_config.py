@@ -85,6 +85,13 @@ def test_environment_strings_are_converted() -> None:
     assert (settings.host, settings.port) == ("::1", 5001)
 
 
+def test_log_format_is_text_unless_json_is_asked_for(tmp_path: Path) -> None:
+    assert Settings().log_format == "text"
+    assert load_settings(None, None, environ={"MOORAGE_LOG_FORMAT": "json"}).log_format == "json"
+    config = write_toml(tmp_path, 'log_format = "json"\n')
+    assert load_settings(config, {"log_format": "text"}, environ={}).log_format == "text"
+
+
 def test_unrelated_environment_is_ignored() -> None:
     environ = {"PATH": "/bin", "MOORAGE_CONFIG": "/etc/moorage.toml", "MOORAGEX": "1"}
     assert load_settings(None, None, environ=environ) == Settings()
@@ -109,6 +116,8 @@ def test_unknown_environment_variable_is_named() -> None:
         ("env", "listen", "localhost"),
         ("env", "listen", "127.0.0.1:65536"),
         ("env", "log_level", "LOUD"),
+        ("env", "log_format", "xml"),
+        ("file", "log_format", "JSON"),
         ("env", "sqlite_synchronous", "OFF"),
         ("env", "access_log", "sometimes"),
         ("file", "max_manifest_bytes", 10),

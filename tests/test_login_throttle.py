@@ -1,11 +1,13 @@
-"""Failed sign-ins back off: 5 failures within 15 minutes for one user, or 20 from one client
-address, lock further attempts (429 TOOMANYREQUESTS with Retry-After) for 30 s, doubling. A
-successful sign-in clears only its account's count, never its address's.
+"""Failed sign-ins back off: 5 failures within 15 minutes of one credential from one address, or
+of one account's password from addresses it never signed in from, or 20 from one client address,
+lock further attempts (429 TOOMANYREQUESTS with Retry-After) for 30 s, doubling. A successful
+sign-in clears only its own credential's count at that address, never the address's. Nothing
+one address does locks out a credential used from another address.
 
 All clients are on loopback, but Linux routes the whole of 127.0.0.0/8 there: binding the
-client socket to 127.0.0.2, 127.0.0.3, ... gives requests distinct client addresses, so the lock
-per user and the lock per address can be told apart. Each test has its own server, so no lock
-leaks into another test.
+client socket to 127.0.0.2, 127.0.0.3, ... gives requests distinct client addresses, so the locks
+per credential, per account and per address can be told apart. Each test has its own server, so
+no lock leaks into another test.
 """
 
 from __future__ import annotations
@@ -164,3 +166,72 @@ def test_a_recent_successful_sign_in_does_not_bypass_the_lock(throttled: Throttl
     elsewhere = next(addresses)
     assert_locked(throttled.sign_in_oauth(elsewhere, "carol", PASSWORD))
     assert_locked(throttled.sign_in(elsewhere, "carol", PASSWORD))
+
+
+# -- a lock cannot be turned against other people
+
+
+def _pat(throttled: Throttled, username: str) -> str:
+    with api_client(throttled.server, username, PASSWORD) as user:
+        created = user.post("/users/me/tokens", json={"name": "laptop"})
+        assert created.status_code == 201, created.text
+        return str(created.json()["token"])
+
+
+def _me(throttled: Throttled, address: str, token: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"}
+    return throttled.client(address).get("/api/v1/users/me", headers=headers)
+
+
+def test_garbage_bearer_tokens_lock_only_the_address_they_come_from(throttled: Throttled) -> None:
+    alice, bob = _pat(throttled, "alice"), _pat(throttled, "bob")
+    attacker, elsewhere = "127.0.0.2", "127.0.0.3"
+    garbage = [f"mpat_{n:016x}_not-a-secret" for n in range(MAX_FAILURES + 1)]
+    # The same public id as alice's token with a wrong secret, again and again.
+    forged = alice.rsplit("_", 1)[0] + "_wrong-secret"
+    for token in [*garbage, *[forged] * (MAX_FAILURES + 1)]:
+        assert _me(throttled, attacker, token).status_code in (401, 429)
+    # Every other credential works from every other address, and below the address's own
+    # limit from the attacker's address too.
+    for token in (alice, bob):
+        assert _me(throttled, elsewhere, token).status_code == 200
+    assert _me(throttled, attacker, bob).status_code == 200
+    # Going on, the attacker's address reaches its own limit: only that address is locked.
+    for n in range(MAX_FAILURES_PER_ADDRESS):
+        _me(throttled, attacker, f"mpat_{n + 100:016x}_x")
+    assert_problem(_me(throttled, attacker, bob), 429)
+    assert _me(throttled, elsewhere, alice).status_code == 200
+
+
+def test_a_flood_against_an_account_does_not_lock_its_owner_where_they_sign_in(
+    throttled: Throttled,
+) -> None:
+    home, attacker, new_place = "127.0.0.4", "127.0.0.5", "127.0.0.6"
+    assert throttled.sign_in(home, "dave", PASSWORD).status_code == 200
+    for _ in range(MAX_FAILURES):
+        assert_refused(throttled.sign_in(attacker, "dave", WRONG))
+    assert_locked(throttled.sign_in(attacker, "dave", PASSWORD))
+    # Guessing spread over addresses still locks the account where it never signed in...
+    assert_locked(throttled.sign_in(new_place, "dave", PASSWORD))
+    # ... but not at the address its owner uses.
+    assert throttled.sign_in(home, "dave", PASSWORD).status_code == 200
+    assert throttled.sign_in_oauth(home, "dave", PASSWORD).status_code == 200
+
+
+def test_guessing_the_current_password_backs_off_like_a_sign_in(throttled: Throttled) -> None:
+    token = _pat(throttled, "erin")
+    client = throttled.client("127.0.0.7")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def change(current: str) -> httpx.Response:
+        body = {"currentPassword": current, "newPassword": "a-new-long-password"}
+        return client.put("/api/v1/users/me/password", json=body, headers=headers)
+
+    for _ in range(MAX_FAILURES):
+        assert_problem(change(WRONG), 403)
+    locked = change(PASSWORD)
+    assert_problem(locked, 429)
+    assert 1 <= int(locked.headers["Retry-After"]) <= BASE_LOCK_SECONDS + 1
+    # The password did not change: it still signs in where erin is known (she created her
+    # token from 127.0.0.1 with it).
+    assert throttled.sign_in("127.0.0.1", "erin", PASSWORD).status_code == 200

@@ -714,7 +714,7 @@ def test_the_proxy_commands(tmp_path: Path, upstream: Distribution) -> None:
     assert "platforms\tlinux/amd64" in shown
     assert UPSTREAM_PASSWORD not in shown
     refused = moorage("project", "proxy", "mirror", "--url", "http://10.0.0.1", code=1)
-    assert "not a public address" in refused
+    assert "10.0.0.1 is a private-network address; set allowPrivateNetwork" in refused
     audit = moorage("audit", "export", "--format", "jsonl")
     assert "proxy:configure" in audit
     assert UPSTREAM_PASSWORD not in audit

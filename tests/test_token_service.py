@@ -69,7 +69,9 @@ def test_password_grant_with_offline_access_returns_a_refresh_token(
     assert _claims(refreshed.json()["access_token"])["access"] == [
         {"type": "repository", "name": "oauth/app", "actions": ["pull"]}
     ]
-    assert "refresh_token" not in refreshed.json()
+    # Rotation: the answer carries the family's next refresh token, the first one is used up.
+    successor = refreshed.json()["refresh_token"]
+    assert successor != body["refresh_token"]
 
 
 def test_password_grant_without_offline_access_has_no_refresh_token(

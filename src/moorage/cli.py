@@ -25,13 +25,14 @@ def main() -> None:
 @click.option("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000).")
 @click.option("--workers", type=int, help="Worker processes sharing the port.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-format", type=click.Choice(["text", "json"]))
 def serve(config: Path | None, **flags: Any) -> None:
     """Run the registry."""
     from moorage.server import configure_logging
     from moorage.server import serve as run
 
     settings = load_cli_settings(config, **flags)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     sys.exit(run(settings))
 
 

@@ -54,6 +54,10 @@ class Settings(BaseModel):
     db_threads: int = Field(8, ge=1, le=256)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one escaped line per record; json: one JSON object per line",
+    )
     access_log: bool = False
 
     # identity and access
@@ -71,6 +75,14 @@ class Settings(BaseModel):
     login_failures_per_user: int = Field(5, ge=1, le=1000, description="then the account backs off")
     login_failures_per_address: int = Field(
         20, ge=1, le=100_000, description="then the client address backs off"
+    )
+    refresh_token_days: int = Field(
+        30, ge=1, le=365, description="how long a refresh token family lives after sign-in"
+    )
+    refresh_token_rotation: bool = Field(
+        True,
+        description="every use of a refresh token returns a new one and using one twice revokes"
+        " its family (off: for clients that keep the first one, like Docker Engine)",
     )
     audit_retention_days: int = Field(0, ge=0, description="0 keeps audit entries forever")
     vulndb_public_key: Path | None = Field(

@@ -14,11 +14,11 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
 
 from moorage.config import Settings
+from moorage.logs import LogFormat, configure
 
 log = logging.getLogger("moorage.server")
 
@@ -164,10 +164,6 @@ def _kill(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    # One formatter for every logger, so no input can forge a record (see moorage.logs).
+    configure(level, log_format)

@@ -14,10 +14,12 @@ import os
 import socket
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
 from moorage.http.app import build_app
+from moorage.logs import quote_field
 from moorage.server import STOP_SIGNALS, tls_context
 
 log = logging.getLogger("moorage.server")
@@ -37,6 +39,43 @@ def bound_large_allocations() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """`<client> "<request line>" <status> <bytes> <seconds> "<Referer>" "<User-Agent>"`.
+
+    The request target is logged as received (still percent-encoded, as a web server's access
+    log has it) and quoted fields escape `"` and `\\`, so no value can end its field early; the
+    log formatter escapes control characters. The same values go to `extra=` for JSON logs.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        version = request.version
+        referer = request.headers.get("Referer", "-")
+        user_agent = request.headers.get("User-Agent", "-")
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.6f "%s" "%s"',
+            request.remote or "-",
+            request.method,
+            quote_field(request.raw_path),
+            version.major,
+            version.minor,
+            response.status,
+            response.body_length,
+            time,
+            quote_field(referer),
+            quote_field(user_agent),
+            extra={
+                "client": request.remote,
+                "method": request.method,
+                "target": request.raw_path,
+                "status": response.status,
+                "bytes": response.body_length,
+                "seconds": round(time, 6),
+                "referer": referer,
+                "user_agent": user_agent,
+            },
+        )
 
 
 class _InFlight:
@@ -87,6 +126,7 @@ async def _serve(
         app,
         handle_signals=False,
         access_log=logging.getLogger("moorage.access") if settings.access_log else None,
+        access_log_class=AccessLogger,
         shutdown_timeout=settings.shutdown_timeout_seconds,
     )
     await runner.setup()

@@ -239,6 +239,7 @@ class SubjectAccess:
 
     is_admin: bool = False
     authenticated: bool = False
+    personal: bool = False  # a person's account (robots have no password or tokens of their own)
     may_create_projects: bool = False
     project_actions: dict[str, frozenset[Action]] = field(default_factory=dict)
     grants: tuple[RepositoryGrant, ...] = ()
@@ -311,15 +312,34 @@ def may_push_new_project(access: SubjectAccess, repository: str) -> bool:
     )
 
 
+def holds_all(access: SubjectAccess, project: str | None, actions: Iterable[Action]) -> bool:
+    """Nobody grants more than they hold: may this subject hand out, take back or act on
+    something that holds `actions` in `project`?
+
+    Every management verb that touches another principal's power (granting a role or grant,
+    changing or removing a member, creating, re-scoping, re-enabling, rotating or deleting a
+    robot) asks this with the union of what the target holds before and after. Each action must
+    be the subject's own across the whole project (a grant on some repositories is not enough).
+    System-wide targets (`project` None) are for unrestricted administrators only.
+    """
+    if access.is_admin and access.limit is None:
+        return True
+    if project is None:
+        return False
+    return all(decide(access, action, project) for action in actions)
+
+
 def decide_system(access: SubjectAccess, action: SystemAction) -> bool:
     if action in (SystemAction.PING, SystemAction.CATALOG):
         return True
     if action is SystemAction.AUTHENTICATED:
         return access.authenticated
     if action is SystemAction.OWN_CREDENTIALS:
-        return access.authenticated and access.limit is None
+        return access.authenticated and access.personal and access.limit is None
     if action is SystemAction.CREATE_PROJECT:
-        return access.is_admin or access.may_create_projects
+        # Creating a project outright is beyond any allow-list (a push into a missing project
+        # within the limit is `may_push_new_project`).
+        return (access.is_admin or access.may_create_projects) and access.limit is None
     # A scoped token narrows its user to repositories: it never carries administration.
     return access.is_admin and access.limit is None
 

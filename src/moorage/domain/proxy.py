@@ -7,12 +7,13 @@ project `hub` is `library/alpine` upstream. Docker Hub names single-segment offi
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 from urllib.parse import urlsplit
+
+from moorage.domain.outbound import OutboundURLError, check_endpoint
 
 MAX_URL_LENGTH: Final = 2048
 MAX_PLATFORMS: Final = 32
@@ -39,31 +40,19 @@ class ProxyConfigError(ValueError):
 
 def normalize_url(url: str, *, allow_private: bool) -> str:
     """The upstream's base URL (scheme://host[:port][/path], no trailing slash), or
-    ProxyConfigError. Docker Hub's index name is replaced by its registry endpoint."""
-    if len(url) > MAX_URL_LENGTH:
-        raise ProxyConfigError(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProxyConfigError("the upstream URL must be http:// or https:// with a host")
-    if parts.username or parts.password:
-        raise ProxyConfigError("put credentials in username/password, not in the URL")
-    if parts.query or parts.fragment:
-        raise ProxyConfigError("the upstream URL takes no query or fragment")
+    ProxyConfigError. Docker Hub's index name is replaced by its registry endpoint.
+
+    The host must pass the outbound guard (`moorage.domain.outbound`): one canonical spelling,
+    and a literal address the endpoint may reach."""
     try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        literal = None
-    if literal is not None and not allow_private:
-        if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
-            literal = literal.ipv4_mapped
-        if not literal.is_global:
-            raise ProxyConfigError(
-                f"{parts.hostname} is not a public address; set allow_private_network for an"
-                " on-premises upstream"
-            )
-    if parts.hostname in DOCKER_HUB_HOSTS:
+        parsed = check_endpoint(url.strip(), allow_private=allow_private)
+    except OutboundURLError as error:
+        raise ProxyConfigError(str(error)) from None
+    if parsed.query or parsed.fragment or url.strip().endswith(("?", "#")):
+        raise ProxyConfigError("the upstream URL takes no query or fragment")
+    if parsed.host in DOCKER_HUB_HOSTS:
         return DOCKER_HUB_URL
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
 
 
 def flavor_of(url: str, requested: str | None) -> Flavor:

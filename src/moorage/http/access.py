@@ -104,7 +104,9 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     resource = _resource(request, permission)
     v2 = request.path.startswith("/v2")
     try:
-        caller = await iam.authenticator.caller(request, allow_basic=iam.v2_basic_auth or not v2)
+        caller = await iam.authenticator.caller(
+            request, allow_basic=iam.v2_basic_auth or not v2, registry_tokens=v2
+        )
     except ThrottledError as error:
         raise RegistryError(
             ErrorCode.TOOMANYREQUESTS, str(error), headers={"Retry-After": str(error.retry_after)}

@@ -51,7 +51,7 @@ from moorage.metadata.trust_store import TrustStore
 from moorage.metadata.virtual_store import VirtualStore
 from moorage.metadata.vulnerability_policy_store import VulnerabilityPolicyStore
 from moorage.services.audit import AuditLog, AuditService
-from moorage.services.errors import IdentityError
+from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.identity import IdentityService, policy_from
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
@@ -60,6 +60,7 @@ from moorage.services.projects import ProjectService
 from moorage.services.promotion import PromotionOnlyPolicy, PromotionService, StageService
 from moorage.services.promotion_gates import GateEvaluator
 from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
+from moorage.services.refresh_tokens import RefreshTokenService
 from moorage.services.registry import RegistryService
 from moorage.services.replication import ReplicationOptions, ReplicationService
 from moorage.services.sbom import SbomService
@@ -112,6 +113,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(error)
     except IdentityError as error:
         return problem_response(error.status, str(error))
+    except ThrottledError as error:
+        retry = {"Retry-After": str(error.retry_after)}
+        if _is_api(request):
+            return problem_response(429, str(error), headers=retry)
+        return error_response(RegistryError(ErrorCode.TOOMANYREQUESTS, str(error), headers=retry))
     except web.HTTPException as exc:
         if _is_api(request):
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -321,6 +327,13 @@ def build_app(
         vulndb=VulnerabilityDatabaseService.from_settings(settings, events, vulnerability_database),
         proxies=proxies,
         tokens=tokens,
+        refresh_tokens=RefreshTokenService(
+            iam_store,
+            identity,
+            events,
+            lifetime_days=settings.refresh_token_days,
+            rotation=settings.refresh_token_rotation,
+        ),
         authenticator=Authenticator(
             identity, tokens, threads, certificate_identity=settings.tls_client_identity
         ),

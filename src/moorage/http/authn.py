@@ -72,7 +72,11 @@ class Authenticator:
         # Verified Basic credentials, keyed by a hash of the header: argon2 is deliberately slow.
         self._verified: OrderedDict[str, tuple[float, Subject]] = OrderedDict()
 
-    async def caller(self, request: web.Request, *, allow_basic: bool) -> Caller:
+    async def caller(
+        self, request: web.Request, *, allow_basic: bool, registry_tokens: bool = True
+    ) -> Caller:
+        """`registry_tokens`: whether this API accepts registry tokens (the audience of a
+        registry token is the registry API, /v2; the management API refuses them)."""
         header = request.headers.get("Authorization", "")
         scheme = header.split(" ", 1)[0].lower()
         if scheme == "bearer":
@@ -83,6 +87,11 @@ class Authenticator:
                     # at the token service instead.
                     raise InvalidTokenError("a personal access token is not a registry token")
                 return Caller(await self._credentials(request, "", value))
+            if not registry_tokens:
+                raise InvalidTokenError(
+                    "registry tokens are for the registry API (/v2) only; sign in here with a"
+                    " password, a personal access token or a robot secret"
+                )
             return await self._bearer(value)
         if scheme == "basic" and allow_basic:
             pair = parse_basic(header)
@@ -113,7 +122,7 @@ class Authenticator:
             subject = hit[1]
             # A lock (user or address) stops cached credentials too; so does a revoked one.
             await self._threads.run(
-                self._identity.check_not_locked, username or subject.name, request.remote
+                self._identity.check_not_locked, username or subject.name, secret, request.remote
             )
             if await self._threads.run(self._identity.is_live, subject):
                 return subject

@@ -1,11 +1,19 @@
-"""The one factory for outbound HTTP clients (upstream registries, webhooks, scanners,
-replication), and the guard every outbound URL passes before a connection is made.
+"""The one factory for outbound HTTP: CA bundles, client certificates and the SSRF guard.
 
-Outbound URLs are configured by administrators but still checked: a hostname that resolves to a
-loopback, link-local (cloud metadata), private or otherwise non-public address is refused unless
-the caller allows private networks explicitly. The check runs on every connection attempt
-(redirects included), through a resolver that refuses such addresses, so DNS rebinding between
-a check and the connect cannot slip past it.
+Outbound URLs are configured by administrators but still checked, three times over:
+
+- at configuration time, `moorage.domain.outbound` refuses hosts that are not spelled in one
+  canonical way and literal addresses the endpoint may not reach;
+- on every connection attempt (the first request, every redirect hop, token services), the
+  connector checks the host again and the resolver checks every address a name resolves to,
+  keeping only the allowed ones; aiohttp then connects to exactly those addresses, so DNS
+  rebinding between a check and the connect cannot slip past;
+- every redirect target is parsed strictly before it is followed.
+
+Only the configured endpoint's own host and port get the endpoint's policy; any other host
+(a redirect target, a token realm the remote names) may be on a private network when the
+endpoint allows private networks, but never on loopback. Link-local, cloud metadata and
+unspecified addresses are never contacted.
 """
 
 from __future__ import annotations
@@ -18,16 +26,25 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection, SocketFactoryType
 from aiohttp.resolver import DefaultResolver
+from aiohttp.tracing import Trace
 from yarl import URL
 
+from moorage.domain.outbound import (
+    GUARD,
+    OutboundURL,
+    OutboundURLError,
+    parse_host,
+    parse_url,
+    refusal,
+)
 
-class OutboundURLError(ValueError):
-    """The URL may not be contacted."""
+__all__ = ["OutboundGuard", "OutboundTLS", "OutboundURLError", "check_url", "outbound_session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,61 +60,100 @@ class OutboundTLS:
     client_key_pem: str | None = field(default=None, repr=False)
 
 
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+class OutboundGuard:
+    """What one configured endpoint's session may reach."""
+
+    def __init__(self, endpoint_url: str | None, *, allow_private: bool) -> None:
+        """`endpoint_url` None: no host is the endpoint's own (every one is judged as a
+        redirect target)."""
+        self.origin = parse_url(endpoint_url).origin if endpoint_url is not None else None
+        self.allow_private = allow_private
+
+    def _foreign(self, host: str, port: int) -> bool:
+        address = parse_host(host)
+        return (host.lower() if address is None else str(address), port) != self.origin
+
+    def check_address(self, host: str, port: int, address: str) -> None:
+        """Refuse `address` (literal, or what `host` resolved to) with the guard's reason."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise OutboundURLError(f"{GUARD}: {host} resolves to {address!r}") from None
+        reason = refusal(ip, allow_private=self.allow_private, foreign=self._foreign(host, port))
+        if reason is None:
+            return
+        if parse_host(host) is None:
+            raise OutboundURLError(f"{GUARD}: {host} resolves to {ip}, {reason}")
+        raise OutboundURLError(f"{GUARD}: {host} is {reason}")
+
+    def check_host(self, host: str, port: int) -> None:
+        """A host about to be connected to: canonical, and not a refused literal address."""
+        address = parse_host(host)
+        if address is not None:
+            self.check_address(host, port, str(address))
+
+    def check_url(self, url: str) -> OutboundURL:
+        """Any URL this session is about to request or be redirected to."""
+        parsed = parse_url(url)
+        self.check_host(parsed.host, parsed.port)
+        return parsed
 
 
-def _never_reachable_by_redirect(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
-
-
-def check_url(url: str, *, allow_private: bool = False, redirect: bool = False) -> None:
-    """Refuse URLs that are not http(s) or that name a literal non-public address.
-
-    A redirect target is held to more: it may never be a loopback, link-local (cloud metadata)
-    or unspecified address, even when the configured endpoint is allowed to be private.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OutboundURLError("outbound URLs must be http:// or https:// with a host")
-    if parts.username or parts.password:
-        raise OutboundURLError("put credentials in the credential settings, not in the URL")
-    try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return  # a name: checked when it is resolved
-    if redirect and _never_reachable_by_redirect(str(literal)):
-        raise OutboundURLError(f"refusing a redirect to {parts.hostname}")
-    if not allow_private and not is_public_address(str(literal)):
-        raise OutboundURLError(f"{parts.hostname} is not a public address")
+def check_url(url: str, *, allow_private: bool = False, redirect: bool = False) -> OutboundURL:
+    """The configuration-time check of an endpoint URL (a redirect target when `redirect`)."""
+    guard = OutboundGuard(None if redirect else url, allow_private=allow_private)
+    return guard.check_url(url)
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves like the default resolver, then drops every non-public address."""
+    """Resolves with an inner resolver, then keeps only the addresses the guard allows."""
 
-    def __init__(self, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
-        self._allow_private = allow_private
+    def __init__(self, guard: OutboundGuard, inner: AbstractResolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner or DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        self._guard.check_host(host, port)
         results = await self._inner.resolve(host, port, family)
-        if self._allow_private:
-            return results
-        allowed = [r for r in results if is_public_address(r["host"])]
+        allowed: list[ResolveResult] = []
+        first_refusal: OutboundURLError | None = None
+        for result in results:
+            try:
+                self._guard.check_address(host, port, result["host"])
+            except OutboundURLError as error:
+                first_refusal = first_refusal or error
+            else:
+                allowed.append(result)
         if not allowed:
-            raise OSError(f"{host} resolves only to non-public addresses")
+            raise first_refusal or OutboundURLError(f"{GUARD}: {host} resolves to nothing")
         return allowed
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """Checks the host of every connection it opens (literal addresses skip the resolver)."""
+
+    def __init__(self, guard: OutboundGuard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guard = guard
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> Connection:
+        url = req.url
+        if url.scheme not in ("http", "https") or url.raw_user or url.raw_password:
+            raise OutboundURLError(f"{GUARD}: only http(s) URLs without credentials")
+        if req.proxy is not None:
+            raise OutboundURLError(f"{GUARD}: outbound requests do not go through proxies")
+        self._guard.check_host(url.raw_host or "", req.port or 0)
+        return await super().connect(req, traces, timeout)
 
 
 def ssl_context(tls: OutboundTLS) -> ssl.SSLContext | bool:
@@ -127,14 +183,23 @@ def _load_pem_chain(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> Non
         context.load_cert_chain(cert_path, key_path)
 
 
-def _redirect_guard(allow_private: bool) -> aiohttp.TraceConfig:
-    """Literal addresses skip the resolver: check every redirect target as well."""
+def _redirect_guard(guard: OutboundGuard) -> aiohttp.TraceConfig:
+    """Parse every redirect target strictly before it is followed: the raw Location, not what
+    a URL library made of it (the connector checks the host it connects to as well)."""
 
     async def on_redirect(
         _session: aiohttp.ClientSession, _context: Any, params: aiohttp.TraceRequestRedirectParams
     ) -> None:
         location = params.response.headers.get("Location", "")
-        check_url(str(params.url.join(URL(location))), allow_private=allow_private, redirect=True)
+        if location.startswith("//"):
+            location = f"{params.url.scheme}:{location}"
+        if not location.isascii() or "\\" in location:
+            raise OutboundURLError(f"{GUARD}: a redirect to {location[:100]!r}")
+        try:
+            absolute = URL(location).absolute
+        except ValueError:
+            raise OutboundURLError(f"{GUARD}: a redirect to {location[:100]!r}") from None
+        guard.check_url(location if absolute else str(params.url.join(URL(location))))
 
     trace = aiohttp.TraceConfig()
     trace.on_request_redirect.append(on_redirect)
@@ -142,23 +207,32 @@ def _redirect_guard(allow_private: bool) -> aiohttp.TraceConfig:
 
 
 def outbound_session(
+    guard: OutboundGuard,
     *,
     tls: OutboundTLS | None = None,
-    allow_private: bool = False,
     timeout_seconds: float = 30.0,
     headers: dict[str, str] | None = None,
+    resolver: AbstractResolver | None = None,
+    socket_factory: SocketFactoryType | None = None,
     **kwargs: Any,
 ) -> aiohttp.ClientSession:
-    """An aiohttp session for talking to another service on the administrator's behalf."""
-    connector = aiohttp.TCPConnector(
+    """An aiohttp session for talking to `guard`'s endpoint on the administrator's behalf.
+
+    `resolver` replaces the system resolver under the guard and `socket_factory` the creation
+    of sockets (tests observe what would be contacted through them).
+    """
+    connector = GuardedConnector(
+        guard,
         ssl=ssl_context(tls or OutboundTLS()),
-        resolver=GuardedResolver(allow_private),
+        resolver=GuardedResolver(guard, resolver),
+        socket_factory=socket_factory,
         limit=64,
     )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds),
         headers={"User-Agent": "moorage", **(headers or {})},
-        trace_configs=[_redirect_guard(allow_private)],
+        trace_configs=[_redirect_guard(guard)],
+        trust_env=False,
         **kwargs,
     )

@@ -58,8 +58,8 @@ class HttpRemoteRegistry(HttpUpstreamClient):
         if self._session is None:
             endpoint = self._endpoint
             self._session = outbound_session(
+                self._outbound(),
                 tls=OutboundTLS(ca_pem=endpoint.ca_bundle, verify=self._verify_tls),
-                allow_private=endpoint.allow_private_network,
                 timeout_seconds=float(endpoint.timeout_seconds),
             )
         return self._session

@@ -24,7 +24,13 @@ from yarl import URL
 
 from moorage.config import Settings
 from moorage.domain.mediatypes import strip_parameters
-from moorage.http.outbound import OutboundTLS, OutboundURLError, check_url, outbound_session
+from moorage.http.outbound import (
+    OutboundGuard,
+    OutboundTLS,
+    OutboundURLError,
+    check_url,
+    outbound_session,
+)
 from moorage.metadata.scanner_store import ScannerStore
 from moorage.scanning.harbor import (
     METADATA_V1_1,
@@ -99,14 +105,15 @@ class HarborAdapterClient:
 @asynccontextmanager
 async def _session(config: AdapterConfig) -> AsyncIterator[aiohttp.ClientSession]:
     try:
-        check_url(config.url, allow_private=config.allow_private_network)
+        guard = OutboundGuard(config.url, allow_private=config.allow_private_network)
+        guard.check_url(config.url)
     except OutboundURLError as error:
         raise AdapterError(f"refused to contact {config.url}: {error}") from None
     tls = OutboundTLS(ca_pem=config.ca_pem, verify=config.verify_tls)
     try:
         session = outbound_session(
+            guard,
             tls=tls,
-            allow_private=config.allow_private_network,
             timeout_seconds=min(30.0, float(config.timeout_seconds)),
             headers=config.headers,
         )
@@ -131,6 +138,8 @@ async def _call(
         ) as response:
             body = await _read_capped(response, limit)
             return _Answer(response.status, response.headers, body)
+    except OutboundURLError as error:  # the host, or what its name resolved to
+        raise AdapterError(str(error)) from None
     except aiohttp.ClientConnectorError as error:
         raise AdapterError(f"cannot connect to {url}: {error.os_error}") from None
     except (aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: an unusable URL

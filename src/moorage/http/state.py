@@ -15,6 +15,7 @@ from moorage.services.mirror import NameRouter
 from moorage.services.projects import ProjectService
 from moorage.services.promotion import PromotionService, StageService
 from moorage.services.proxy import ProxyCache, ProxyService
+from moorage.services.refresh_tokens import RefreshTokenService
 from moorage.services.registry import RegistryService
 from moorage.services.replication import ReplicationService
 from moorage.services.sbom import SbomService
@@ -54,6 +55,7 @@ class IamServices:
     vulndb: VulnerabilityDatabaseService
     proxies: ProxyService
     tokens: TokenService
+    refresh_tokens: RefreshTokenService
     authenticator: Authenticator
     threads: Threads
     events: EventBus

@@ -89,6 +89,7 @@ async def post_token(request: web.Request) -> web.Response:
     form = await request.post()
     grant_type = str(form.get("grant_type", ""))
     scopes = [str(value) for value in form.getall("scope", [])]
+    successor: str | None = None
     try:
         if grant_type == "password":
             subject = await iam.threads.run(
@@ -98,9 +99,10 @@ async def post_token(request: web.Request) -> web.Response:
                 request.remote,
             )
         elif grant_type == "refresh_token":
-            subject = await iam.threads.run(
-                iam.identity.redeem_refresh_token, str(form.get("refresh_token", ""))
+            redeemed = await iam.threads.run(
+                iam.refresh_tokens.redeem, str(form.get("refresh_token", "")), request.remote
             )
+            subject, successor = redeemed.subject, redeemed.successor
         else:
             return _token_error(400, "UNSUPPORTED", "grant_type must be password or refresh_token")
     except ThrottledError as error:
@@ -111,7 +113,13 @@ async def post_token(request: web.Request) -> web.Response:
         return _token_error(401, "UNAUTHORIZED", "invalid credentials")
     offline = grant_type == "password" and form.get("access_type") == "offline"
     return await _issue(
-        request, iam, subject, str(form.get("service", "")) or None, scopes, offline=offline
+        request,
+        iam,
+        subject,
+        str(form.get("service", "")) or None,
+        scopes,
+        offline=offline,
+        successor=successor,
     )
 
 
@@ -123,6 +131,7 @@ async def _issue(
     raw_scopes: list[str],
     *,
     offline: bool,
+    successor: str | None = None,
 ) -> web.Response:
     if service is not None and service != iam.tokens.service:
         return _token_error(
@@ -147,8 +156,11 @@ async def _issue(
         "expires_in": expires_in,
         "issued_at": issued_at.isoformat(),
     }
-    if offline and subject.kind == "user":
-        body["refresh_token"] = await iam.threads.run(iam.identity.issue_refresh_token, subject)
+    refresh = successor
+    if offline and refresh is None:
+        refresh = await iam.threads.run(iam.refresh_tokens.issue, subject)
+    if refresh is not None:
+        body["refresh_token"] = refresh
     return web.Response(
         body=json.dumps(body).encode(),
         content_type="application/json",

@@ -28,7 +28,7 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from moorage.http.outbound import OutboundTLS, OutboundURLError, check_url, outbound_session
+from moorage.http.outbound import OutboundGuard, OutboundTLS, OutboundURLError, outbound_session
 from moorage.services.proxy import (
     UPSTREAM_ACCEPT,
     UpstreamBlob,
@@ -78,19 +78,34 @@ class HttpUpstreamClient:
     def __init__(self, endpoint: UpstreamEndpoint) -> None:
         self._endpoint = endpoint
         self._session: aiohttp.ClientSession | None = None
+        self._guard: OutboundGuard | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
         self._challenge: tuple[str, dict[str, str]] | None = None
+
+    def _outbound(self) -> OutboundGuard:
+        """The guard of every URL this client requests (OutboundURLError for an endpoint URL
+        stored before the guard refused its spelling)."""
+        if self._guard is None:
+            endpoint = self._endpoint
+            self._guard = OutboundGuard(endpoint.url, allow_private=endpoint.allow_private_network)
+        return self._guard
+
+    def _checked(self, url: str, what: str = "") -> None:
+        try:
+            self._outbound().check_url(url)
+        except OutboundURLError as error:
+            raise UpstreamError("invalid", f"{what}{error}") from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             endpoint = self._endpoint
             self._session = outbound_session(
+                self._outbound(),
                 tls=OutboundTLS(
                     ca_pem=endpoint.ca_bundle,
                     client_cert_pem=endpoint.client_cert,
                     client_key_pem=endpoint.client_key,
                 ),
-                allow_private=endpoint.allow_private_network,
                 timeout_seconds=float(endpoint.timeout_seconds),
             )
         return self._session
@@ -130,10 +145,8 @@ class HttpUpstreamClient:
 
     async def _fetch_token(self, params: dict[str, str], scope: str | None) -> tuple[str, float]:
         realm = params["realm"]
-        try:
-            check_url(realm, allow_private=self._endpoint.allow_private_network)
-        except OutboundURLError as error:
-            raise UpstreamError("denied", f"token realm refused: {error}") from None
+        # The remote names its token service: an outbound URL like any other.
+        self._checked(realm, "token realm: ")
         query = {"service": params["service"]} if "service" in params else {}
         if scope:
             query["scope"] = scope
@@ -156,6 +169,8 @@ class HttpUpstreamClient:
                         "unavailable", f"the upstream's token service answered {reply.status}"
                     )
                 body = await reply.content.read(_MAX_TOKEN_RESPONSE)
+        except OutboundURLError as error:
+            raise UpstreamError("invalid", f"token realm: {error}") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise UpstreamError("unavailable", f"token service: {_describe(error)}") from None
         try:
@@ -189,10 +204,7 @@ class HttpUpstreamClient:
         """
         url = path if path.startswith(("http://", "https://")) else self._endpoint.url + path
         scope = f"repository:{repository}:{actions}" if repository else None
-        try:
-            check_url(url, allow_private=self._endpoint.allow_private_network)
-        except OutboundURLError as error:
-            raise UpstreamError("denied", str(error)) from None
+        self._checked(url)
         refresh = False
         for attempt in range(2):
             request_headers = dict(headers or {})
@@ -206,8 +218,8 @@ class HttpUpstreamClient:
                     headers=request_headers,
                     data=body() if body is not None else None,
                 )
-            except OutboundURLError as error:
-                raise UpstreamError("denied", f"redirect refused: {error}") from None
+            except OutboundURLError as error:  # this URL, a redirect, or what a name resolved to
+                raise UpstreamError("invalid", str(error)) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
                 raise UpstreamError("unavailable", _describe(error)) from None
             if response.status == 401 and attempt == 0:

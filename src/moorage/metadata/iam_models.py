@@ -192,7 +192,12 @@ class PersonalAccessToken(Base):
 
 
 class RefreshToken(Base):
-    """OAuth2 refresh tokens handed to docker clients; stored only as a hash."""
+    """OAuth2 refresh tokens handed to docker clients; stored only as a hash.
+
+    Each one is bound to the credential that signed in (`proof`, its `scopes` ceiling) and to
+    the account's password version (`account_proof`). Redeeming one marks it used and issues
+    its successor in the same `family`; presenting a used one again revokes the family.
+    """
 
     __tablename__ = "refresh_tokens"
 
@@ -200,6 +205,18 @@ class RefreshToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    family: Mapped[str] = mapped_column(String(64))
+    credential: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    proof: Mapped[str] = mapped_column(String(255))
+    account_proof: Mapped[str] = mapped_column(String(255))
+    scopes: Mapped[list[dict[str, object]] | None] = mapped_column(JSON, nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_refresh_tokens_family", "family"),
+        Index("ix_refresh_tokens_expires_at", "expires_at"),
+    )
 
 
 class SigningKey(Base):
@@ -216,11 +233,12 @@ class SigningKey(Base):
 
 
 class LoginThrottle(Base):
-    """Failed sign-ins per user and per client address, for back-off."""
+    """Failed sign-ins per credential, account and client address, for back-off; `seen:` rows
+    record where an account last signed in (see services/sign_in_throttle.py)."""
 
     __tablename__ = "login_throttle"
 
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)  # user:<name> | ip:<address>
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

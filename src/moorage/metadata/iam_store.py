@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -25,7 +25,6 @@ from moorage.metadata.iam_models import (
     Project,
     ProjectMember,
     ProxyUpstreamRow,
-    RefreshToken,
     RepositoryGrantRow,
     Robot,
     Setting,
@@ -33,6 +32,7 @@ from moorage.metadata.iam_models import (
     User,
 )
 from moorage.metadata.models import Base, utcnow
+from moorage.metadata.refresh_token_store import RefreshTokenStore
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Base)
@@ -42,6 +42,10 @@ GENESIS_HASH = "0" * 64
 
 class ConflictError(Exception):
     """The object already exists (unique name)."""
+
+
+class LastMemberError(Exception):
+    """The change would leave a project without anyone holding a role it must keep."""
 
 
 class LimitExceededError(Exception):
@@ -128,6 +132,7 @@ class IamStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.refresh_tokens = RefreshTokenStore(engine)
 
     def _read(self) -> Session:
         return self._sessions()
@@ -334,15 +339,45 @@ class IamStore:
 
     # -- members and grants
 
-    def set_member(self, project_id: int, kind: str, principal_id: int, role: str | None) -> None:
+    def set_member(
+        self,
+        project_id: int,
+        kind: str,
+        principal_id: int,
+        role: str | None,
+        *,
+        check: Callable[[str | None], None] | None = None,
+        keep_role: str | None = None,
+    ) -> None:
+        """Give the principal `role` (None: remove it) in one write transaction.
+
+        `check(previous role)` runs inside that transaction, so what it judges cannot change
+        before the write; `keep_role`: refuse (LastMemberError) a change that would leave the
+        project without any member holding that role.
+        """
+
         def work(session: Session) -> None:
-            session.execute(
-                delete(ProjectMember).where(
-                    ProjectMember.project_id == project_id,
-                    ProjectMember.principal_kind == kind,
-                    ProjectMember.principal_id == principal_id,
-                )
+            same = (
+                (ProjectMember.project_id == project_id)
+                & (ProjectMember.principal_kind == kind)
+                & (ProjectMember.principal_id == principal_id)
             )
+            previous = session.scalar(select(ProjectMember.role).where(same))
+            if check is not None:
+                check(previous)
+            if keep_role is not None and previous == keep_role and role != keep_role:
+                others = session.scalar(
+                    select(func.count())
+                    .select_from(ProjectMember)
+                    .where(
+                        ProjectMember.project_id == project_id,
+                        ProjectMember.role == keep_role,
+                        ~same,
+                    )
+                )
+                if not others:
+                    raise LastMemberError(f"the project would have no {keep_role} left")
+            session.execute(delete(ProjectMember).where(same))
             if role is not None:
                 session.add(
                     ProjectMember(
@@ -709,18 +744,6 @@ class IamStore:
 
         self._run_write(work)
 
-    # -- refresh tokens
-
-    def add_refresh_token(self, token_hash: str, user_id: int, expires_at: datetime) -> None:
-        def work(session: Session) -> None:
-            session.add(RefreshToken(token_hash=token_hash, user_id=user_id, expires_at=expires_at))
-
-        self._run_write(work)
-
-    def refresh_token(self, token_hash: str) -> RefreshToken | None:
-        with self._read() as session:
-            return session.get(RefreshToken, token_hash)
-
     # -- signing keys
 
     def signing_keys(self) -> list[SigningKey]:
@@ -773,6 +796,18 @@ class IamStore:
                 exponent = row.failures - max_failures
                 lock = min(base_lock_seconds * (2**exponent), max_lock_seconds)
                 row.locked_until = now + timedelta(seconds=lock)
+
+        self._run_write(work)
+
+    def record_seen(self, key: str, now: datetime) -> None:
+        """Remember a successful sign-in (`window_started_at` holds when)."""
+
+        def work(session: Session) -> None:
+            row = session.get(LoginThrottle, key)
+            if row is None:
+                session.add(LoginThrottle(key=key, failures=0, window_started_at=now))
+            else:
+                row.window_started_at = now
 
         self._run_write(work)
 

@@ -148,6 +148,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "robot:delete": frozenset(),
     "token:create": frozenset({"scopes", "expires_at"}),
     "token:revoke": frozenset(),
+    "token:refresh-reuse": frozenset({"credential", "revoked"}),
     "settings:update": frozenset({"key", "value"}),
     # scanner adapters: never the credential (it is not in the event either)
     "scanner:create": frozenset(

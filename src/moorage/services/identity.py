@@ -6,7 +6,6 @@ Synchronous: the HTTP layer calls it on the worker threads; the CLI calls it dir
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import logging
@@ -14,7 +13,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
@@ -28,7 +27,7 @@ from moorage.domain.access import (
     PatternError,
     RepositoryGrant,
     SubjectAccess,
-    decide,
+    holds_all,
     robot_full_name,
     validate_pattern,
 )
@@ -37,14 +36,17 @@ from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Group, PersonalAccessToken, Robot, User
 from moorage.metadata.iam_store import ConflictError, IamStore
 from moorage.services.cache import TtlCache
+from moorage.services.errors import AuthenticationError as AuthenticationError
 from moorage.services.errors import IdentityError
+from moorage.services.errors import ThrottledError as ThrottledError
 from moorage.services.events import EventBus
+from moorage.services.sign_in_throttle import PAT_PREFIX as PAT_PREFIX
+from moorage.services.sign_in_throttle import Attempt, SignInThrottle, ThrottlePolicy
 
 log = logging.getLogger("moorage.identity")
 
 T = TypeVar("T")
 
-PAT_PREFIX: Final = "mpat_"
 _USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ROBOT_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # OWASP's argon2id parameters: 19 MiB, 2 passes, 1 lane. Bounded memory per concurrent sign-in.
@@ -81,16 +83,6 @@ _CACHE_SECONDS: Final = 2.0
 _RESERVED_NAMES: Final = frozenset({"anonymous", "moorage", "system"})
 
 
-class AuthenticationError(Exception):
-    """Credentials were wrong (the message never says which part)."""
-
-
-class ThrottledError(AuthenticationError):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed sign-ins; retry in {retry_after}s")
-        self.retry_after = retry_after
-
-
 @dataclass(frozen=True, slots=True)
 class Subject:
     """An authenticated caller."""
@@ -117,20 +109,16 @@ ANONYMOUS: Final = Subject("anonymous", None, "anonymous")
 @dataclass(frozen=True, slots=True)
 class IdentityPolicy:
     min_password_length: int = 12
-    max_failures: int = 5  # per account
-    # Per client address: higher, because many people can share one (NAT, proxies).
-    max_failures_per_address: int = 20
-    failure_window_seconds: float = 900
-    base_lock_seconds: float = 30
-    max_lock_seconds: float = 900
-    refresh_token_days: int = 30
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
 
 
 def policy_from(settings: Settings) -> IdentityPolicy:
     return IdentityPolicy(
         min_password_length=settings.min_password_length,
-        max_failures=settings.login_failures_per_user,
-        max_failures_per_address=settings.login_failures_per_address,
+        throttle=ThrottlePolicy(
+            max_failures=settings.login_failures_per_user,
+            max_failures_per_address=settings.login_failures_per_address,
+        ),
     )
 
 
@@ -191,6 +179,18 @@ def grants_from(permissions: Sequence[dict[str, Any]]) -> tuple[RepositoryGrant,
     )
 
 
+def permissions_of(grants: Sequence[RepositoryGrant]) -> list[dict[str, Any]]:
+    """The stored (and token claim) form of an allow-list; `grants_from` reads it back."""
+    return [
+        {
+            "project": grant.project,
+            "repositories": grant.pattern,
+            "actions": sorted(action.value for action in grant.actions),
+        }
+        for grant in grants
+    ]
+
+
 class IdentityService:
     def __init__(
         self, store: IamStore, events: EventBus, policy: IdentityPolicy | None = None
@@ -201,7 +201,7 @@ class IdentityService:
         self._access = TtlCache(_CACHE_SECONDS)
         self._live = TtlCache(_CACHE_SECONDS)
         self._projects = TtlCache(_CACHE_SECONDS)
-        self._locks = TtlCache(_CACHE_SECONDS)
+        self.throttle = SignInThrottle(store, self.policy.throttle)
 
     # -- events
 
@@ -257,80 +257,43 @@ class IdentityService:
             return self._authenticate_robot(username, secret, client_ip)
         return self._authenticate_user(username, secret, client_ip)
 
-    def _throttle_keys(self, username: str, client_ip: str | None) -> list[str]:
-        keys = [f"user:{username[:200]}"]
-        if client_ip:
-            keys.append(f"ip:{client_ip}")
-        return keys
-
-    def _check_throttle(self, keys: list[str]) -> None:
-        now = datetime.now(UTC)
-        for key in keys:
-            until = self._locks.get_or_load(key, functools.partial(self._locked_until, key))
-            if until is not None and until > now:
-                raise ThrottledError(int((until - now).total_seconds()) + 1)
-
-    def _locked_until(self, key: str) -> datetime | None:
-        row = self.store.throttle(key)
-        if row is None or row.locked_until is None:
-            return None
-        locked = row.locked_until
-        return locked if locked.tzinfo else locked.replace(tzinfo=UTC)
-
-    def check_not_locked(self, username: str, client_ip: str | None) -> None:
-        """Raise ThrottledError while the user or the address is locked out.
+    def check_not_locked(self, username: str, secret: str, client_ip: str | None) -> None:
+        """Raise ThrottledError while this credential, its account or the address is locked.
 
         Credentials verified earlier (and cached by the HTTP layer) pass through here too, so
         a lock stops them as well."""
-        self._check_throttle(self._throttle_keys(username, client_ip))
+        self.throttle.check(Attempt(username, secret, client_ip))
 
-    def _fail(
-        self, keys: list[str], username: str, client_ip: str | None, kind: str
-    ) -> AuthenticationError:
-        now = datetime.now(UTC)
-        self._locks.clear()
-        for key in keys:
-            self.store.record_failure(
-                key,
-                now,
-                self.policy.failure_window_seconds,
-                self.policy.max_failures
-                if key.startswith("user:")
-                else self.policy.max_failures_per_address,
-                self.policy.base_lock_seconds,
-                self.policy.max_lock_seconds,
-            )
-        self._emit("login", Actor(username[:255], kind, client_ip), result="failure")
+    def _fail(self, attempt: Attempt, kind: str) -> AuthenticationError:
+        self.throttle.failed(attempt)
+        name = attempt.username or "token"
+        self._emit("login", Actor(name[:255], kind, attempt.client_ip), result="failure")
         return AuthenticationError("invalid credentials")
 
-    def _succeed(self, keys: list[str], subject: Subject, client_ip: str | None) -> Subject:
-        # Only the account's own count is cleared: an address's failures stand until their
-        # window ends, so one valid account cannot be used to keep guessing others' passwords.
-        user_keys = [key for key in keys if key.startswith("user:")]
-        for key in user_keys:
-            if self.store.throttle(key) is not None:
-                self.store.clear_failures(key)
-                self._locks.clear()
-        self._emit("login", subject.actor(client_ip), credential=subject.credential or "password")
+    def _succeed(self, attempt: Attempt, subject: Subject) -> Subject:
+        self.throttle.succeeded(attempt)
+        self._emit(
+            "login",
+            subject.actor(attempt.client_ip),
+            credential=subject.credential or "password",
+        )
         return subject
 
     def _authenticate_user(self, username: str, password: str, client_ip: str | None) -> Subject:
-        keys = self._throttle_keys(username, client_ip)
-        self._check_throttle(keys)
+        attempt = Attempt(username, password, client_ip)
+        self.throttle.check(attempt)
         user = self.store.user_by_name(username)
         stored = user.password_hash if user is not None else _unknown_user_hash()
         # Unknown users cost the same time as wrong passwords: no account enumeration.
         ok = password_matches(stored, password) and user is not None and not user.disabled
         if not ok or user is None:
-            raise self._fail(keys, username, client_ip, "user")
-        subject = Subject(
-            "user", user.id, user.username, user.is_admin, proof=_password_proof(user)
-        )
-        return self._succeed(keys, subject, client_ip)
+            raise self._fail(attempt, "user")
+        subject = Subject("user", user.id, user.username, user.is_admin, proof=password_proof(user))
+        return self._succeed(attempt, subject)
 
     def _authenticate_robot(self, name: str, secret: str, client_ip: str | None) -> Subject:
-        keys = self._throttle_keys(name, client_ip)
-        self._check_throttle(keys)
+        attempt = Attempt(name, secret, client_ip)
+        self.throttle.check(attempt)
         robot = self.store.robot_by_name(name)
         ok = (
             robot is not None
@@ -338,16 +301,16 @@ class IdentityService:
             and self._robot_usable(robot)
         )
         if not ok or robot is None:
-            raise self._fail(keys, name, client_ip, "robot")
+            raise self._fail(attempt, "robot")
         self.store.touch("robot", robot.id)
         subject = Subject(
             "robot", robot.id, robot.name, credential="robot", proof=_robot_proof(robot)
         )
-        return self._succeed(keys, subject, client_ip)
+        return self._succeed(attempt, subject)
 
     def _authenticate_pat(self, username: str, token: str, client_ip: str | None) -> Subject:
-        keys = self._throttle_keys(username or "token", client_ip)
-        self._check_throttle(keys)
+        attempt = Attempt(username, token, client_ip)
+        self.throttle.check(attempt)
         public_id, _, secret = token[len(PAT_PREFIX) :].partition("_")
         row = self.store.pat_by_public_id(public_id) if public_id and secret else None
         user = self.store.user_by_id(row.user_id) if row is not None else None
@@ -361,7 +324,7 @@ class IdentityService:
             and not _expired(row.expires_at)
         )
         if not ok or row is None or user is None:
-            raise self._fail(keys, username or "token", client_ip, "user")
+            raise self._fail(attempt, "user")
         self.store.touch("pat", row.id)
         limit = grants_from(row.scopes) if row.scopes else None
         subject = Subject(
@@ -373,7 +336,7 @@ class IdentityService:
             credential=f"pat:{row.name}",
             proof=f"pat:{row.id}",
         )
-        return self._succeed(keys, subject, client_ip)
+        return self._succeed(attempt, subject)
 
     @staticmethod
     def _robot_usable(robot: Robot) -> bool:
@@ -430,7 +393,7 @@ class IdentityService:
             if subject.kind == "user" and subject.id is not None:
                 user = self.store.user_by_id(subject.id)
                 live = user is not None and not user.disabled and user.username == subject.name
-                return live and self._proof_holds(subject, user)
+                return live and self.proof_holds(subject, user)
             if subject.kind == "robot" and subject.id is not None:
                 robot = self.store.robot_by_id(subject.id)
                 return (
@@ -443,12 +406,12 @@ class IdentityService:
 
         return self._live.get_or_load((subject.kind, subject.id, subject.name, subject.proof), load)
 
-    def _proof_holds(self, subject: Subject, user: Any) -> bool:
+    def proof_holds(self, subject: Subject, user: Any) -> bool:
         proof = subject.proof
         if proof is None:
             return True
         if proof.startswith("password:"):
-            return proof == _password_proof(user)
+            return proof == password_proof(user)
         if proof.startswith("pat:"):
             token = self.store.pat_by_id(int(proof[4:]))
             return (
@@ -486,6 +449,7 @@ class IdentityService:
         return SubjectAccess(
             is_admin=user.is_admin,
             authenticated=True,
+            personal=True,
             may_create_projects=creation == "authenticated",
             project_actions=project_actions,
             grants=self._grants(principals),
@@ -589,11 +553,14 @@ class IdentityService:
         if current_password is None and _is_self(actor, username):
             # A stolen session must not be enough to take the account over for good.
             raise IdentityError("change your own password with your current password", 409)
-        if current_password is not None and not password_matches(
-            user.password_hash, current_password
-        ):
-            self._emit("user:password", actor, result="failure", resource=f"user:{username}")
-            raise IdentityError("the current password is wrong", 403)
+        if current_password is not None:
+            # Guessing the current password is a sign-in attempt: it shares their back-off.
+            attempt = Attempt(username, "", actor.client_ip)
+            self.throttle.check(attempt)
+            if not password_matches(user.password_hash, current_password):
+                self.throttle.failed(attempt)
+                self._emit("user:password", actor, result="failure", resource=f"user:{username}")
+                raise IdentityError("the current password is wrong", 403)
         self.check_password_rules(new_password)
         self.store.update_user(
             user.id,
@@ -684,15 +651,24 @@ class IdentityService:
         if grantor is None:
             return
         access = self.access_of(grantor)
-        if access.is_admin and access.limit is None:
+        wanted = {Action(a) for a in actions}
+        if holds_all(access, project, wanted):
             return
         if project is None:
             raise IdentityError("only administrators grant access across projects", 403)
-        missing = sorted({a for a in actions if not decide(access, Action(a), project)})
-        if missing:
-            raise IdentityError(
-                f"you cannot grant {', '.join(missing)} in {project}: you do not hold it", 403
-            )
+        missing = sorted(a.value for a in wanted if not holds_all(access, project, (a,)))
+        raise IdentityError(
+            f"this needs {', '.join(missing)} in {project}, which you do not hold: nobody grants"
+            " or changes more than they hold",
+            403,
+        )
+
+    def robot_holdings(self, robot: Robot) -> set[str]:
+        """Every action a robot holds: its allow-list and any grants made to it."""
+        held = {action for item in grants_from(robot.permissions) for action in item.actions}
+        for _project, _pattern, actions in self.store.grants_of([("robot", robot.id)]):
+            held.update(Action(action) for action in actions)
+        return {action.value for action in held}
 
     def create_robot(
         self,
@@ -771,25 +747,44 @@ class IdentityService:
     ) -> None:
         robot = self.robot(full_name, project)
         changes: dict[str, Any] = {}
+        held = self.robot_holdings(robot)
         if disabled is not None:
             changes["disabled"] = disabled
         if permissions is not None:
             cleaned = parse_permissions(permissions, project=project)
-            self.assert_may_grant(grantor, project, (a for p in cleaned for a in p["actions"]))
+            held.update(a for p in cleaned for a in p["actions"])
             changes["permissions"] = cleaned
+        self.assert_may_grant(grantor, project, held)
         self.store.update_robot(robot.id, **changes)
         self.forget_cached()
         self._emit("robot:update", actor, project=project, resource=f"robot:{full_name}", **changes)
 
-    def rotate_robot(self, actor: Actor, full_name: str, project: str | None) -> IssuedSecret:
+    def rotate_robot(
+        self,
+        actor: Actor,
+        full_name: str,
+        project: str | None,
+        *,
+        grantor: Subject | None = None,
+    ) -> IssuedSecret:
+        """A new secret: whoever receives it holds everything the robot holds."""
         robot = self.robot(full_name, project)
+        self.assert_may_grant(grantor, project, self.robot_holdings(robot))
         secret = secrets.token_urlsafe(32)
         self.store.update_robot(robot.id, secret_hash=hash_secret(secret))
         self._emit("robot:rotate", actor, project=project, resource=f"robot:{full_name}")
         return IssuedSecret(full_name, secret, robot.id)
 
-    def delete_robot(self, actor: Actor, full_name: str, project: str | None) -> None:
+    def delete_robot(
+        self,
+        actor: Actor,
+        full_name: str,
+        project: str | None,
+        *,
+        grantor: Subject | None = None,
+    ) -> None:
         robot = self.robot(full_name, project)
+        self.assert_may_grant(grantor, project, self.robot_holdings(robot))
         self.store.delete_robot(robot.id)
         self.forget_cached()
         self._emit("robot:delete", actor, project=project, resource=f"robot:{full_name}")
@@ -847,31 +842,12 @@ class IdentityService:
                 return
         raise IdentityError(f"token {name} not found", 404)
 
-    # -- refresh tokens (OAuth2 flow of docker clients)
-
-    def issue_refresh_token(self, subject: Subject) -> str:
-        assert subject.kind == "user"
-        assert subject.id is not None
-        token = secrets.token_urlsafe(32)
-        expires = datetime.now(UTC) + timedelta(days=self.policy.refresh_token_days)
-        self.store.add_refresh_token(hash_secret(token), subject.id, expires)
-        return token
-
-    def redeem_refresh_token(self, token: str) -> Subject:
-        row = self.store.refresh_token(hash_secret(token))
-        if row is None or _expired(row.expires_at):
-            raise AuthenticationError("invalid refresh token")
-        user = self.store.user_by_id(row.user_id)
-        if user is None or user.disabled:
-            raise AuthenticationError("invalid refresh token")
-        return Subject("user", user.id, user.username, user.is_admin, credential="refresh-token")
-
 
 def _is_self(actor: Actor, username: str) -> bool:
     return actor.kind == "user" and actor.name == username
 
 
-def _password_proof(user: Any) -> str:
+def password_proof(user: Any) -> str:
     changed = user.password_changed_at
     return f"password:{changed.replace(tzinfo=None).isoformat()}"
 

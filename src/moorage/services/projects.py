@@ -7,12 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from moorage.domain.access import ROLE_ACTIONS, Action, PatternError, decide, validate_pattern
+from moorage.domain.access import (
+    ROLE_ACTIONS,
+    Action,
+    PatternError,
+    Role,
+    decide,
+    validate_pattern,
+)
 from moorage.domain.errors import RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import validate_repository_name
 from moorage.metadata.iam_models import Project
-from moorage.metadata.iam_store import ConflictError, IamStore
+from moorage.metadata.iam_store import ConflictError, IamStore, LastMemberError
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService, Subject
@@ -150,17 +157,57 @@ class ProjectService:
         roles = self._identity.role_table()
         if role not in roles:
             raise IdentityError(f"unknown role {role}")
-        self._identity.assert_may_grant(grantor, project, (a.value for a in roles[role]))
-        row = self.project(project)
-        self._store.set_member(row.id, kind, self._principal(kind, name), role)
+        self._change_member(project, kind, name, role, roles, grantor)
         self._emit(
             "member:set", actor, project, f"project:{project}", kind=kind, member=name, role=role
         )
 
-    def remove_member(self, actor: Actor, project: str, kind: str, name: str) -> None:
-        row = self.project(project)
-        self._store.set_member(row.id, kind, self._principal(kind, name), None)
+    def remove_member(
+        self,
+        actor: Actor,
+        project: str,
+        kind: str,
+        name: str,
+        *,
+        grantor: Subject | None = None,
+    ) -> None:
+        self._change_member(project, kind, name, None, self._identity.role_table(), grantor)
         self._emit("member:remove", actor, project, f"project:{project}", kind=kind, member=name)
+
+    def _change_member(
+        self,
+        project: str,
+        kind: str,
+        name: str,
+        role: str | None,
+        roles: dict[str, frozenset[Action]],
+        grantor: Subject | None,
+    ) -> None:
+        """Change a membership when the grantor holds both what the member held and what it
+        will hold, and never leave the project without a project admin."""
+        row = self.project(project)
+
+        def check(previous: str | None) -> None:
+            held = set(roles.get(previous, frozenset()) if previous else ())
+            held |= roles.get(role, frozenset()) if role else frozenset()
+            self._identity.assert_may_grant(grantor, project, (a.value for a in held))
+
+        try:
+            self._store.set_member(
+                row.id,
+                kind,
+                self._principal(kind, name),
+                role,
+                check=check,
+                keep_role=Role.PROJECT_ADMIN.value,
+            )
+        except LastMemberError:
+            raise IdentityError(
+                f"{name} is the last project admin of {project}: make someone else project"
+                " admin first",
+                409,
+            ) from None
+        self._identity.forget_cached()
 
     def members(self, project: str) -> list[tuple[str, str, str]]:
         return self._store.list_members(self.project(project).id)
@@ -224,8 +271,13 @@ class ProjectService:
         groups = {group.id: group.name for group, _ in self._store.list_groups()}
         return groups.get(principal_id)
 
-    def delete_grant(self, actor: Actor, project: str, grant_id: int) -> None:
+    def delete_grant(
+        self, actor: Actor, project: str, grant_id: int, *, grantor: Subject | None = None
+    ) -> None:
         row = self.project(project)
+        for grant in self._store.list_grants(row.id):
+            if grant.id == grant_id:
+                self._identity.assert_may_grant(grantor, project, grant.actions)
         if not self._store.delete_grant(row.id, grant_id):
             raise IdentityError(f"grant {grant_id} not found", 404)
         self._emit("grant:delete", actor, project, f"project:{project}", grant=grant_id)

@@ -182,9 +182,8 @@ def _validated(
     """The settings as stored (auth-specific fields cleared), or 422 saying what is wrong."""
     try:
         url_guard(settings.url, settings.allow_private_network)
-    except ValueError as error:
-        hint = "" if settings.allow_private_network else " (set allowPrivateNetwork to allow it)"
-        raise _invalid(f"url: {error}{hint}") from None
+    except ValueError as error:  # the guard's message names allowPrivateNetwork where it helps
+        raise _invalid(f"url: {error}") from None
     if same_origin(settings.url, own):
         # Its scan requests would come back to this registry's scan queue and wait on themselves.
         raise _invalid(

@@ -23,11 +23,12 @@ import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from moorage.domain.access import RepositoryGrant
 from moorage.domain.events import AccessEvent, Actor
 from moorage.metadata.iam_models import SigningKey
 from moorage.metadata.iam_store import IamStore
 from moorage.services.events import EventBus
-from moorage.services.identity import Subject
+from moorage.services.identity import Subject, grants_from, permissions_of
 
 log = logging.getLogger("moorage.tokens")
 
@@ -52,6 +53,18 @@ class VerifiedToken:
     def allows(self, kind: str, name: str, action: str) -> bool:
         actions = self.access.get((kind, name), frozenset())
         return action in actions or "*" in actions
+
+
+def _limit_claim(value: object) -> tuple[RepositoryGrant, ...] | None:
+    """The ceiling a token carries; a claim that cannot be read limits to nothing at all."""
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, list):
+            raise TypeError("the limit claim is a list")
+        return grants_from(value)
+    except (TypeError, ValueError, KeyError):
+        return ()
 
 
 def _new_key() -> SigningKey:
@@ -169,6 +182,9 @@ class TokenService:
                 "admin": subject.is_admin,
                 "credential": subject.credential,
                 "proof": subject.proof,
+                # The credential's ceiling travels with the token: every check made with it
+                # (the catalog filter, upstream fetches, liveness) applies the same limit.
+                "limit": permissions_of(subject.limit) if subject.limit is not None else None,
             },
         }
         token = jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
@@ -226,11 +242,14 @@ class TokenService:
         except jwt.PyJWTError as error:
             raise TokenError(f"invalid token: {error}") from None
         meta = claims.get("moorage") or {}
+        if not isinstance(meta, dict):
+            raise TokenError("invalid token: malformed moorage claims")
         subject = Subject(
             kind=str(meta.get("kind", "anonymous")),
             id=meta.get("id"),
             name=str(claims["sub"]),
             is_admin=bool(meta.get("admin", False)),
+            limit=_limit_claim(meta.get("limit")),
             credential=meta.get("credential"),
             proof=meta.get("proof"),
         )

@@ -68,7 +68,13 @@ async def add_grant(call: Call) -> Grant:
 
 
 async def delete_grant(call: Call) -> None:
-    await call.run(call.iam.projects.delete_grant, call.actor, call.project, call.id_param("grant"))
+    await call.run(
+        call.iam.projects.delete_grant,
+        call.actor,
+        call.project,
+        call.id_param("grant"),
+        grantor=call.subject,
+    )
 
 
 ROUTES: tuple[ApiRoute, ...] = (

@@ -48,6 +48,7 @@ async def remove_member(call: Call) -> None:
         call.project,
         call.param("kind"),
         call.param("member"),
+        grantor=call.subject,
     )
 
 

@@ -134,12 +134,14 @@ async def _update(call: Call, system: bool) -> Robot:
 
 async def _delete(call: Call, system: bool) -> None:
     project, name = _owner(call, system)
-    await call.run(call.iam.identity.delete_robot, call.actor, name, project)
+    await call.run(call.iam.identity.delete_robot, call.actor, name, project, grantor=call.subject)
 
 
 async def _rotate(call: Call, system: bool) -> RobotSecret:
     project, name = _owner(call, system)
-    issued = await call.run(call.iam.identity.rotate_robot, call.actor, name, project)
+    issued = await call.run(
+        call.iam.identity.rotate_robot, call.actor, name, project, grantor=call.subject
+    )
     return RobotSecret(name=issued.name, secret=issued.secret)
 
 
