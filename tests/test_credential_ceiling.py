@@ -140,7 +140,9 @@ def _from_robot(world: World) -> str:
     return world.token(world.robot)
 
 
-def _from_refresh_token(world: World) -> str:
+def _refreshed(world: World, scope: str) -> httpx.Response:
+    """Sign in as docker does (alice's scoped token, offline access), then redeem the refresh
+    token asking for `scope`."""
     signed_in = world.oauth(
         grant_type="password",
         username="alice",
@@ -150,12 +152,14 @@ def _from_refresh_token(world: World) -> str:
     )
     assert signed_in.status_code == 200, signed_in.text
     refreshed = world.oauth(
-        grant_type="refresh_token",
-        refresh_token=signed_in.json()["refresh_token"],
-        scope=" ".join(ASKED),
+        grant_type="refresh_token", refresh_token=signed_in.json()["refresh_token"], scope=scope
     )
     assert refreshed.status_code == 200, refreshed.text
-    return str(refreshed.json()["access_token"])
+    return refreshed
+
+
+def _from_refresh_token(world: World) -> str:
+    return str(_refreshed(world, " ".join(ASKED)).json()["access_token"])
 
 
 def _from_certificate(world: World) -> str:
@@ -336,20 +340,9 @@ def test_a_token_laundered_through_the_token_service_cannot_administer(world: Wo
 
 
 def test_a_refresh_token_never_widens_its_credential(world: World) -> None:
-    signed_in = world.oauth(
-        grant_type="password",
-        username="alice",
-        password=world.pats["alice"],
-        access_type="offline",
-        scope="repository:alpha/app:pull",
+    refreshed = _refreshed(
+        world, "repository:alpha/app:pull,push,delete repository:beta/app:pull,push"
     )
-    assert signed_in.status_code == 200, signed_in.text
-    refreshed = world.oauth(
-        grant_type="refresh_token",
-        refresh_token=signed_in.json()["refresh_token"],
-        scope="repository:alpha/app:pull,push,delete repository:beta/app:pull,push",
-    )
-    assert refreshed.status_code == 200, refreshed.text
     assert token_claims(refreshed.json()["access_token"])["access"] == [
         {"type": "repository", "name": "alpha/app", "actions": ["pull"]}
     ]

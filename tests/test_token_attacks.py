@@ -12,7 +12,7 @@ import hmac
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -165,24 +165,21 @@ def test_an_embedded_jwk_is_not_trusted(server: RegistryProcess, repository: str
     _refused(_get(server, BLOB, forged))
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {
-            "exp": int(time.time()) - 60,
-            "iat": int(time.time()) - 400,
-            "nbf": int(time.time()) - 400,
-        },
-        {"nbf": int(time.time()) + 600},
-        {"aud": "another-service"},
-        {"iss": "someone-else"},
-    ],
-    ids=["expired", "not-yet-valid", "wrong-audience", "wrong-issuer"],
-)
+# Times relative to the moment the token is made (never to when the module was collected).
+WRONG_CLAIMS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "expired": lambda now: {"exp": now - 60, "iat": now - 400, "nbf": now - 400},
+    "not-yet-valid": lambda now: {"nbf": now + 600},
+    "wrong-audience": lambda now: {"aud": "another-service"},
+    "wrong-issuer": lambda now: {"iss": "someone-else"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_CLAIMS))
 def test_validly_signed_but_wrong_claims(
-    server: RegistryProcess, repository: str, overrides: dict[str, Any]
+    server: RegistryProcess, repository: str, case: str
 ) -> None:
     kid, key, _ = _signing_key(server)
+    overrides = WRONG_CLAIMS[case](int(time.time()))
     token = jwt.encode(_claims(**overrides), key, algorithm="ES256", headers={"kid": kid})
     _refused(_get(server, BLOB, token))
 

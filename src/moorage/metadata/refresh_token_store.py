@@ -28,9 +28,8 @@ class RefreshGrant:
 
 @dataclass(frozen=True, slots=True)
 class Redemption:
-    """The outcome of presenting a token: `grant` when it was live (now used up), or when it
-    had been used before (`reused`: its family is revoked by then); None when unknown,
-    revoked or expired."""
+    """What a presented token stands for: `grant` (None when unknown, revoked or expired), and
+    whether it was used before (`reused`)."""
 
     grant: RefreshGrant | None
     reused: bool = False
@@ -52,6 +51,20 @@ def _grant(row: RefreshToken) -> RefreshGrant:
     )
 
 
+def _row(token_hash: str, grant: RefreshGrant) -> RefreshToken:
+    return RefreshToken(
+        token_hash=token_hash,
+        user_id=grant.user_id,
+        family=grant.family,
+        credential=grant.credential,
+        proof=grant.proof,
+        account_proof=grant.account_proof,
+        scopes=grant.scopes,
+        expires_at=grant.expires_at,
+        revoked=False,
+    )
+
+
 class RefreshTokenStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -61,42 +74,37 @@ class RefreshTokenStore:
         with write_session(self._engine) as session:
             # Expired tokens (and the used ones kept for reuse detection) leave here.
             session.execute(delete(RefreshToken).where(RefreshToken.expires_at < datetime.now(UTC)))
-            session.add(
-                RefreshToken(
-                    token_hash=token_hash,
-                    user_id=grant.user_id,
-                    family=grant.family,
-                    credential=grant.credential,
-                    proof=grant.proof,
-                    account_proof=grant.account_proof,
-                    scopes=grant.scopes,
-                    expires_at=grant.expires_at,
-                    revoked=False,
-                )
-            )
-
-    def redeem(self, token_hash: str) -> Redemption:
-        """Use a token up, in one transaction: a second redemption of the same token, however
-        close in time, sees it used and revokes its whole family."""
-        with write_session(self._engine) as session:
-            row = session.get(RefreshToken, token_hash)
-            if row is None or row.revoked:
-                return Redemption(None)
-            if _aware(row.expires_at) <= datetime.now(UTC):
-                return Redemption(None)
-            if row.used_at is not None:
-                self._revoke(session, row.family)
-                return Redemption(_grant(row), reused=True)
-            row.used_at = datetime.now(UTC)
-            return Redemption(_grant(row))
+            session.add(_row(token_hash, grant))
 
     def peek(self, token_hash: str) -> Redemption:
-        """A live token's grant, leaving it usable (for clients that cannot rotate)."""
+        """What a token stands for, without using it up: None when unknown, revoked or
+        expired; `reused` when it was used before."""
         with self._sessions() as session:
             row = session.get(RefreshToken, token_hash)
             if row is None or row.revoked or _aware(row.expires_at) <= datetime.now(UTC):
                 return Redemption(None)
-            return Redemption(_grant(row))
+            return Redemption(_grant(row), reused=row.used_at is not None)
+
+    def rotate(self, token_hash: str, successor_hash: str) -> bool:
+        """Use a token up and store its successor, in one transaction; False when it was used
+        (or revoked) meanwhile, and then the whole family is revoked.
+
+        The successor is written in the transaction that uses its predecessor up, so a
+        concurrent redemption of the same token, however close in time, sees it used, and its
+        revocation of the family covers the successor too.
+        """
+        with write_session(self._engine) as session:
+            row = session.get(RefreshToken, token_hash)
+            if row is None:
+                return False
+            if row.revoked or row.used_at is not None:
+                self._revoke(session, row.family)
+                return False
+            if _aware(row.expires_at) <= datetime.now(UTC):
+                return False
+            row.used_at = datetime.now(UTC)
+            session.add(_row(successor_hash, _grant(row)))
+            return True
 
     def grants(self, user_id: int) -> list[RefreshGrant]:
         """Every stored token of an account (used or not), oldest first."""

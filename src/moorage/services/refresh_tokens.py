@@ -78,7 +78,7 @@ class RefreshTokenService:
         return self._add(grant)
 
     def _add(self, grant: RefreshGrant) -> str:
-        token = REFRESH_PREFIX + secrets.token_urlsafe(32)
+        token = _new_token()
         self._tokens.add(hash_secret(token), grant)
         return token
 
@@ -88,26 +88,15 @@ class RefreshTokenService:
         if not token or len(token) > 256:
             raise AuthenticationError("invalid refresh token")
         token_hash = hash_secret(token)
-        if self.rotation:
-            redemption = self._tokens.redeem(token_hash)
-        else:
-            redemption = self._tokens.peek(token_hash)
-        grant = redemption.grant
+        presented = self._tokens.peek(token_hash)
+        grant = presented.grant
         if grant is None:
             raise AuthenticationError("invalid refresh token")
         user = self._store.user_by_id(grant.user_id)
         name = user.username if user is not None else f"user#{grant.user_id}"
-        if redemption.reused:
-            self._events.publish(
-                AccessEvent(
-                    "token:refresh-reuse",
-                    Actor(name, "user", client_ip, None, grant.user_id),
-                    "denied",
-                    resource=f"refresh-family:{grant.family[:12]}",
-                    details={"credential": grant.credential, "revoked": "family"},
-                )
-            )
-            raise AuthenticationError("invalid refresh token")
+        if presented.reused and self.rotation:
+            self._tokens.revoke_family(grant.family)
+            raise self._reused(grant, name, client_ip)
         subject = Subject(
             "user",
             grant.user_id,
@@ -126,5 +115,26 @@ class RefreshTokenService:
         if not holds:
             self._tokens.revoke_family(grant.family)
             raise AuthenticationError("invalid refresh token")
-        successor = self._add(grant) if self.rotation else None
+        if not self.rotation:
+            return Redeemed(subject, None)
+        successor = _new_token()
+        if not self._tokens.rotate(token_hash, hash_secret(successor)):
+            raise self._reused(grant, name, client_ip)
         return Redeemed(subject, successor)
+
+    def _reused(self, grant: RefreshGrant, name: str, client_ip: str | None) -> Exception:
+        """Audit the reuse of a used token (its family is revoked by then)."""
+        self._events.publish(
+            AccessEvent(
+                "token:refresh-reuse",
+                Actor(name, "user", client_ip, None, grant.user_id),
+                "denied",
+                resource=f"refresh-family:{grant.family[:12]}",
+                details={"credential": grant.credential, "revoked": "family"},
+            )
+        )
+        return AuthenticationError("invalid refresh token")
+
+
+def _new_token() -> str:
+    return REFRESH_PREFIX + secrets.token_urlsafe(32)
