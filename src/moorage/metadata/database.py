@@ -153,7 +153,27 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
+    sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-        connection.commit()
+        if sqlite:
+            # A migration that rebuilds a table drops it and renames its copy; with foreign keys
+            # on, the drop would cascade into every referencing table. The pragma is ignored
+            # inside a transaction, so it is set before one begins; migrations that rebuild
+            # check the foreign keys themselves before committing.
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            connection.commit()
+        finally:
+            if sqlite:
+                if connection.in_transaction():
+                    connection.rollback()
+                _sqlite_foreign_keys(connection, on=True)
+
+
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    # On the driver's connection: through SQLAlchemy the statement would begin a transaction.
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")

@@ -34,6 +34,10 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     password_changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    # Account ids are never reused (see 0014): a row that still names a deleted account must
+    # not come to mean whoever is created next.
+    __table_args__ = {"sqlite_autoincrement": True}
+
 
 class Group(Base):
     __tablename__ = "groups"
@@ -41,6 +45,8 @@ class Group(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = {"sqlite_autoincrement": True}
 
 
 class GroupMember(Base):
@@ -170,6 +176,8 @@ class Robot(Base):
     created_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = {"sqlite_autoincrement": True}
 
 
 class PersonalAccessToken(Base):

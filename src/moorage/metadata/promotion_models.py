@@ -59,13 +59,17 @@ class PromotionApprovalRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     digest: Mapped[str] = mapped_column(DigestString)
-    approver_id: Mapped[int] = mapped_column(Integer)
+    # Deleting the account deletes its approvals: they no longer count (see 0014).
+    approver_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE", name="fk_promotion_approvals_approver")
+    )
     approver: Mapped[str] = mapped_column(String(255))
     comment: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("project_id", "digest", "approver_id", name="uq_promotion_approval"),
+        Index("ix_promotion_approvals_approver", "approver_id"),
     )
 
 
