@@ -230,6 +230,8 @@ def build_app(
         events,
         UploadLimits(settings.max_blob_bytes, timedelta(seconds=settings.upload_expiry_seconds)),
         UploadIds(lambda: metadata.server_secret("upload-session-ids")),
+        # Every upload step is a push:blob decision (a project may become promotion-only).
+        authorize=registry.authorize_upload,
     )
     # SBOMs of scanned images; attached as referrers when a scan completes (attach_sbom).
     sboms = SbomService(scans, registry, uploads, threads, public_url=settings.public_url)

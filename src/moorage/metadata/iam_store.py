@@ -40,6 +40,7 @@ from moorage.metadata.iam_models import (
     User,
 )
 from moorage.metadata.models import utcnow
+from moorage.metadata.promotion_models import ProjectStageRow
 
 __all__ = [
     "GENESIS_HASH",
@@ -50,8 +51,13 @@ __all__ = [
     "LimitExceededError",
     "NewAuditEntry",
     "NewImmutableTagRule",
+    "PromotionOnlyConflictError",
     "entry_hash",
 ]
+
+
+class PromotionOnlyConflictError(Exception):
+    """The project accepts only promotions, so it cannot become a proxy cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +294,23 @@ class IamStore(AccountStore, AuditStore):
             )
 
     def set_proxy_upstream(self, project_id: int, values: dict[str, Any]) -> ProxyUpstreamRow:
-        """Create or replace the project's upstream configuration."""
+        """Create or replace the project's upstream configuration.
+
+        Raises PromotionOnlyConflictError when the project accepts only promotions.
+        """
 
         def work(session: Session) -> ProxyUpstreamRow:
+            # Read inside the write transaction, after locking the project row (PostgreSQL;
+            # SQLite runs one write transaction at a time): `PromotionStore.set_stage` does
+            # the same the other way round, so the two modes can never both be committed.
+            session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+            promotion_only = session.scalar(
+                select(ProjectStageRow.promotion_only).where(
+                    ProjectStageRow.project_id == project_id
+                )
+            )
+            if promotion_only:
+                raise PromotionOnlyConflictError(project_id)
             row = session.get(ProxyUpstreamRow, project_id)
             if row is None:
                 row = ProxyUpstreamRow(project_id=project_id)

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Row, Table, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from moorage.metadata.database import read_transaction, write_transaction
-from moorage.metadata.iam_models import Project
+from moorage.metadata.iam_models import Project, ProxyUpstreamRow
 from moorage.metadata.models import utcnow
 from moorage.metadata.promotion_models import (
     ProjectStageRow,
@@ -28,6 +28,14 @@ from moorage.metadata.store import ManifestLinks, MetadataStore
 
 class ProjectNotFoundError(Exception):
     pass
+
+
+class ProxyCacheConflictError(Exception):
+    """The project is a proxy cache (of `url`), so it cannot become promotion-only."""
+
+    def __init__(self, project: str, url: str) -> None:
+        super().__init__(f"project {project} is a proxy cache of {url}")
+        self.url = url
 
 
 def _utc(moment: datetime) -> datetime:
@@ -169,6 +177,20 @@ class PromotionStore:
         now = utcnow()
         with write_transaction(self._engine) as connection:
             project_id = self._project_id(connection, project)
+            if promotion_only:
+                # Promotion-only and proxy-cache exclude each other. The proxy configuration
+                # is read inside this write transaction, and `IamStore.set_proxy_upstream`
+                # reads the stage inside its own: SQLite runs write transactions one at a
+                # time, and on PostgreSQL both lock the project row first, so whichever
+                # commits second sees the other's change and is refused.
+                connection.execute(
+                    select(Project.id).where(Project.id == project_id).with_for_update()
+                )
+                url = connection.execute(
+                    select(ProxyUpstreamRow.url).where(ProxyUpstreamRow.project_id == project_id)
+                ).scalar()
+                if url is not None:
+                    raise ProxyCacheConflictError(project, url)
             connection.execute(
                 delete(ProjectStageRow).where(ProjectStageRow.project_id == project_id)
             )

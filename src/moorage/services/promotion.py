@@ -65,6 +65,7 @@ from moorage.metadata.promotion_store import (
     ProjectNotFoundError,
     PromotionRecord,
     PromotionStore,
+    ProxyCacheConflictError,
     StageRecord,
 )
 from moorage.metadata.store import ManifestLinks, ManifestRecord, MetadataStore
@@ -181,6 +182,27 @@ class StageService:
             previous, stored = self._store.set_stage(project, stage, promotion_only, actor.name)
         except ProjectNotFoundError as error:
             raise IdentityError(str(error), 404) from None
+        except ProxyCacheConflictError as error:
+            # A proxy cache brings upstream content in without any promotion.
+            message = (
+                f"project {project} is a proxy cache of {error.url} and cannot be"
+                " promotion-only; remove its proxy configuration first (DELETE"
+                f" /api/v1/projects/{project}/proxy or `moorage project proxy-remove"
+                f" {project}`), or promote into another project"
+            )
+            self._events.publish(
+                AccessEvent(
+                    "policy:denied",
+                    actor,
+                    "denied",
+                    project,
+                    f"project:{project}",
+                    {"point": "configure:stage", "policy": "proxy-cache", "reason": message},
+                )
+            )
+            raise IdentityError(message, 409) from None
+        # Upload sessions opened before are refused at their next step (PromotionOnlyPolicy
+        # runs at every step), so clearing this worker's cache is all a switch needs here.
         self._stages.clear()
         self._emit(
             "promotion-stage:update",
@@ -268,7 +290,11 @@ class StageService:
 
 
 class PromotionOnlyPolicy:
-    """The checks at push:manifest and push:blob that keep promotion-only projects so."""
+    """The checks at push:manifest and push:blob that keep promotion-only projects so.
+
+    push:blob is decided at every step of an upload session (`UploadService`), so a session
+    opened before its project became promotion-only is refused at its next step.
+    """
 
     def __init__(
         self,

@@ -60,7 +60,7 @@ from moorage.domain.proxy import (
 )
 from moorage.hashing import new_resumable
 from moorage.metadata.iam_models import ProxyUpstreamRow
-from moorage.metadata.iam_store import IamStore
+from moorage.metadata.iam_store import IamStore, PromotionOnlyConflictError
 from moorage.metadata.store import MetadataStore
 from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
@@ -278,7 +278,10 @@ class ProxyService:
             values = self._values(project_id, given, current)
         except ProxyConfigError as error:
             raise IdentityError(str(error)) from None
-        row = self._store.set_proxy_upstream(project_id, {**values, "updated_by": actor.name})
+        try:
+            row = self._store.set_proxy_upstream(project_id, {**values, "updated_by": actor.name})
+        except PromotionOnlyConflictError:
+            raise self._refused(actor, project, promotion_only_refusal(project)) from None
         self._configs.clear()
         self._events.publish(
             AccessEvent(
@@ -302,6 +305,19 @@ class ProxyService:
             )
         )
         return _view(project, row)
+
+    def _refused(self, actor: Actor, project: str, message: str) -> IdentityError:
+        self._events.publish(
+            AccessEvent(
+                "policy:denied",
+                actor,
+                "denied",
+                project,
+                f"project:{project}",
+                {"point": "configure:proxy", "policy": "promotion-only", "reason": message},
+            )
+        )
+        return IdentityError(message, 409)
 
     def remove(self, actor: Actor, project: str) -> None:
         project_id = self._project_id(project)
@@ -400,6 +416,15 @@ class ProxyService:
         return ProxyConfig(
             endpoint, timedelta(seconds=row.tag_ttl_seconds), platforms, row.anonymous_fetch
         )
+
+
+def promotion_only_refusal(project: str) -> str:
+    return (
+        f"project {project} is promotion-only, and a proxy cache would bring upstream content"
+        " into it without a promotion; make it an ordinary project first (PUT"
+        f" /api/v1/projects/{project}/stage with promotionOnly false) or proxy through another"
+        " project"
+    )
 
 
 def _tls_summary(row: ProxyUpstreamRow) -> str:

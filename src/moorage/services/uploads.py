@@ -7,6 +7,11 @@ another caller cannot read, append to or cancel it. The bytes a session holds ar
 storage file holds, so a chunk cut short by a crash or a dropped connection is simply a shorter
 upload the client can resume.
 
+Every step of a session (status, chunk, finish) is a push:blob decision, not only opening it,
+and the finishing step decides once more just before it commits: a project that became
+promotion-only while a session was open refuses the session's next step, and the session's
+bytes are discarded, so nothing that was uploaded before the change lands after it.
+
 After each chunk the digest state of the bytes so far is saved beside the upload, so the next
 chunk can continue it on whichever worker receives it; when the state is missing or stale (a
 crash between writing a chunk and saving its state), it is rebuilt from the stored bytes.
@@ -19,7 +24,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -76,6 +81,10 @@ class UploadIds:
         return hmac.compare_digest(mac, self._mac(repository, owner, prefix))
 
 
+# The push:blob checks for a repository and caller; raises DENIED when a policy refuses.
+Authorize = Callable[[str, Actor], Awaitable[None]]
+
+
 class UploadService:
     def __init__(
         self,
@@ -85,6 +94,8 @@ class UploadService:
         events: EventBus,
         limits: UploadLimits,
         ids: UploadIds,
+        *,
+        authorize: Authorize | None = None,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
@@ -92,6 +103,7 @@ class UploadService:
         self._events = events
         self._limits = limits
         self.ids = ids
+        self._authorize = authorize
 
     async def start(self, repository: str, actor: Actor) -> str:
         upload_id = self.ids.new(repository, actor.identity)
@@ -107,7 +119,27 @@ class UploadService:
         if time.time() - last_activity > self._limits.expiry.total_seconds():
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session expired")
 
+    async def _decide(self, repository: str, upload_id: str | None, actor: Actor) -> None:
+        """The push:blob decision for one step; a refusal discards the caller's session.
+
+        It comes before the session is looked up, so every later step of a discarded session
+        is answered with the same refusal rather than "unknown upload".
+        """
+        if self._authorize is None:
+            return
+        try:
+            await self._authorize(repository, actor)
+        except RegistryError as error:
+            if (
+                error.code is ErrorCode.DENIED
+                and upload_id is not None
+                and self.ids.belongs_to(upload_id, repository, actor.identity)
+            ):
+                await self._threads.run(self._storage.delete_upload, upload_id)
+            raise
+
     async def status(self, repository: str, upload_id: str, actor: Actor) -> int:
+        await self._decide(repository, upload_id, actor)
         self._check_session(repository, upload_id, actor)
         size = self._storage.upload_size(upload_id)
         if size is None:
@@ -124,6 +156,7 @@ class UploadService:
         actor: Actor,
     ) -> int:
         """Append one chunk; returns the session's new size."""
+        await self._decide(repository, upload_id, actor)
         self._check_session(repository, upload_id, actor)
         writer = self._open(upload_id)
         try:
@@ -150,6 +183,7 @@ class UploadService:
         actor: Actor,
     ) -> int:
         """Append the optional last chunk, verify the whole blob and commit it; its size."""
+        await self._decide(repository, upload_id, actor)
         self._check_session(repository, upload_id, actor)
         writer = self._open(upload_id)
         try:
@@ -157,6 +191,8 @@ class UploadService:
                 self._check_chunk(writer.size, chunk_range, content_length)
             hasher = await self._hasher_for(upload_id, writer, digest.algorithm)
             await self._stream(writer, hasher, body, content_length)
+            # Streaming the last chunk can outlast a change of the project's mode.
+            await self._decide(repository, upload_id, actor)
             size = await self._verify_and_commit(writer, hasher, digest)
         except RegistryError as error:
             if error.code is ErrorCode.DIGEST_INVALID:
@@ -187,6 +223,8 @@ class UploadService:
         try:
             hasher = new_resumable(digest.algorithm)
             await self._stream(writer, hasher, body, content_length)
+            # As in `finish`: decide again once the body is in (the bytes go when refused).
+            await self._decide(repository, None, actor)
             size = await self._verify_and_commit(writer, hasher, digest)
             committed = True
         finally:
