@@ -15,7 +15,6 @@ from moorage.services.scan_targets import (
     IndexTarget,
     NotScannableError,
     classify,
-    is_cosign_tag,
 )
 from moorage.vulnerability.findings import Finding
 from moorage.vulnerability.severity import Severity
@@ -85,7 +84,7 @@ def test_container_images_are_scanned(body: bytes, media_type: str) -> None:
                 "application/spdx+json",
                 artifactType="application/spdx+json",
             ),
-            "artifact of type application/spdx+json",
+            "not an image config",
         ),
         (  # a Helm chart
             manifest(
@@ -103,17 +102,17 @@ def test_artifacts_are_not_scanned(body: bytes, reason: str) -> None:
     assert reason in raised.value.reason
 
 
-def test_cosign_tags_are_never_scanned_whatever_they_hold() -> None:
+def test_content_decides_whatever_the_artifact_type_or_tag_claims() -> None:
     image = manifest(
-        "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar"
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.oci.image.layer.v1.tar",
+        artifactType="application/spdx+json",
     )
-    tag = "sha256-" + "c" * 64 + ".sig"
-    assert is_cosign_tag(tag)
-    assert not is_cosign_tag("sha256-abc.sig")
-    assert not is_cosign_tag("v1.0")
-    with pytest.raises(NotScannableError, match="cosign"):
-        classify(image, OCI_MANIFEST, ["latest", tag])
-    assert isinstance(classify(image, OCI_MANIFEST, ["latest"]), ImageTarget)
+    # A runnable image is scanned even when it declares itself an artifact.
+    assert isinstance(classify(image, OCI_MANIFEST), ImageTarget)
+    child = {"mediaType": OCI_MANIFEST, "digest": DIGEST, "size": 1, "artifactType": "x/y"}
+    index = {"schemaVersion": 2, "manifests": [child], "artifactType": "application/x"}
+    assert classify(json.dumps(index).encode(), OCI_INDEX) == IndexTarget((DIGEST,))
 
 
 def test_an_index_lists_its_children_and_no_more_than_the_cap() -> None:
@@ -122,7 +121,13 @@ def test_an_index_lists_its_children_and_no_more_than_the_cap() -> None:
     assert classify(index, OCI_INDEX) == IndexTarget((DIGEST,))
     with pytest.raises(NotScannableError, match="lists no manifests"):
         classify(json.dumps({"schemaVersion": 2, "manifests": []}).encode(), OCI_INDEX)
-    many = json.dumps({"schemaVersion": 2, "manifests": children * 257}).encode()
+    distinct = [
+        {"mediaType": OCI_MANIFEST, "digest": f"sha256:{n:064x}", "size": 1} for n in range(257)
+    ]
+    assert classify(json.dumps({"manifests": children * 3}).encode(), OCI_INDEX) == IndexTarget(
+        (DIGEST,)
+    )
+    many = json.dumps({"schemaVersion": 2, "manifests": distinct}).encode()
     with pytest.raises(NotScannableError, match="more than 256"):
         classify(many, OCI_INDEX)
 

@@ -16,6 +16,10 @@ Gates are named checks; each yields a `GateResult` (passed or not, and why). The
 - `approval`: `count` distinct users holding `role` in the destination project approved the
   digest before the promotion (the requester's own approval counts only with `allowRequester`).
 
+Besides the configured gates, every promotion satisfies the source project's own pull policies
+(results of kind `source-policy`), unless a `scan` or `signature` gate with
+`replaceSourcePolicy` re-judges in their place.
+
 What is promoted is recorded as an in-toto Statement v1 whose predicate says what moved where,
 which gates ran with which results, who asked and when; the registry signs it as a DSSE envelope.
 """
@@ -162,6 +166,12 @@ class GateKind(StrEnum):
     AGE = "age"
     LABEL = "label"
     APPROVAL = "approval"
+    # Not configured: the results of the source project's own pull policies (vulnerability
+    # policy, enforced trust rule), which every promotion must also satisfy.
+    SOURCE_POLICY = "source-policy"
+
+
+CONFIGURABLE_KINDS: Final = tuple(kind for kind in GateKind if kind is not GateKind.SOURCE_POLICY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +188,8 @@ class Gate:
     count: int | None = None  # approval
     role: str | None = None  # approval
     allow_requester: bool = False  # approval
+    # scan, signature: this gate re-judges in place of the source project's own pull policy
+    replace_source_policy: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The gate as configured (for the API, the audit log and the record)."""
@@ -188,12 +200,14 @@ class Gate:
                 fields[key] = value
         if self.kind is GateKind.APPROVAL:
             fields["allow_requester"] = self.allow_requester
+        if self.replace_source_policy:
+            fields["replace_source_policy"] = True
         return fields
 
 
 _ALLOWED_FIELDS: Final[dict[GateKind, frozenset[str]]] = {
-    GateKind.SCAN: frozenset({"severity"}),
-    GateKind.SIGNATURE: frozenset(),
+    GateKind.SCAN: frozenset({"severity", "replace_source_policy"}),
+    GateKind.SIGNATURE: frozenset({"replace_source_policy"}),
     GateKind.SOURCE_STAGE: frozenset(),
     GateKind.AGE: frozenset({"min_hours", "max_days"}),
     GateKind.LABEL: frozenset({"key", "value"}),
@@ -205,10 +219,12 @@ def make_gate(fields: Mapping[str, Any]) -> Gate:
     """A gate from its configuration (snake_case keys), validated."""
     try:
         kind = GateKind(str(fields.get("kind")))
+        if kind not in CONFIGURABLE_KINDS:
+            raise ValueError(kind)
     except ValueError:
         raise GateError(
             f"unknown gate kind {str(fields.get('kind'))[:40]!r}; one of"
-            f" {', '.join(kind.value for kind in GateKind)}"
+            f" {', '.join(kind.value for kind in CONFIGURABLE_KINDS)}"
         ) from None
     given = {key for key, value in fields.items() if value is not None and value is not False}
     extra = sorted(given - _ALLOWED_FIELDS[kind] - {"kind", "name"})
@@ -228,6 +244,7 @@ def make_gate(fields: Mapping[str, Any]) -> Gate:
         count=fields.get("count"),
         role=fields.get("role"),
         allow_requester=bool(fields.get("allow_requester", False)),
+        replace_source_policy=bool(fields.get("replace_source_policy", False)),
     )
     _check_kind_fields(gate)
     return gate

@@ -96,7 +96,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "promotion-gates:update": frozenset({"gates", "previous"}),
     "promotion:approve": frozenset({"digest", "comment"}),
     "promotion:create": frozenset(
-        {"source", "destination", "digest", "gates", "promotion", "record"}
+        {"source", "destination", "digest", "gates", "promotion", "record", "reason"}
     ),
     # a system administrator's push into a promotion-only project, let through by break-glass
     "promotion:break-glass": frozenset({"digest", "tag"}),

@@ -6,14 +6,15 @@
   promotion-only projects, whoever pushes; with `promotion_break_glass` on, a system
   administrator's manifest push is let through and audited as `promotion:break-glass`. The
   registry's own writes (SBOMs and promotion records, by the system actor) are not pushes.
-- `PromotionService.promote` resolves the source to a digest, evaluates the destination's
-  gates, and links the manifest, an index's children, the referrers of each (signatures,
-  SBOMs, attestations, and their own referrers) and cosign's `sha256-<hex>.sig/.att/.sbom` tags
-  into the destination repository, then sets the tag. Blobs are linked, never copied. The
-  record (an in-toto statement in a DSSE envelope signed with the registry's key) is attached
-  to the promoted manifest as a referrer first; the links, the tag and the stored record are
-  then committed in one transaction, and the attached record is removed again if that fails.
-  Promoting the digest the tag already holds from an earlier promotion returns that promotion.
+- `PromotionService.promote` resolves the source to a digest, plans what crosses (the closure
+  of the digest: `promotion_plan`), evaluates the destination's gates and the source's own pull
+  policies on exactly that (`promotion_gates`, `promotion_source`), and links it into the
+  destination repository, then sets the tag. Blobs are linked, never copied. The record (an
+  in-toto statement in a DSSE envelope signed with the registry's key, `promotion_record`) is
+  attached to the promoted manifest as a referrer first; the links, the tag and the stored
+  record are then committed in one transaction, and the attached record is removed again if
+  that fails. Promoting the digest the tag already holds from an earlier promotion returns that
+  promotion. Every attempt but a dry run is audited once (`promotion_audit`), refusals too.
 """
 
 from __future__ import annotations
@@ -21,25 +22,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
-from moorage.domain import mediatypes as mt
 from moorage.domain.access import SystemAction, decide_system
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import SYSTEM, AccessEvent, Actor
-from moorage.domain.manifest import parse_manifest
-from moorage.domain.names import Reference, project_of
+from moorage.domain.events import AccessEvent, Actor
+from moorage.domain.names import project_of
 from moorage.domain.policy import Allow, Decision, DecisionPoint, Deny, PolicyContext, PolicySet
 from moorage.domain.promotion import (
-    ANNOTATION_PROMOTION,
-    DSSE_ENVELOPE_TYPE,
-    IN_TOTO_PAYLOAD_TYPE,
     DestinationReference,
     Gate,
     GateError,
@@ -49,9 +45,7 @@ from moorage.domain.promotion import (
     SourceReference,
     StageError,
     canonical_json,
-    envelope,
     make_gate,
-    pae,
     parse_destination,
     parse_source,
     statement,
@@ -73,7 +67,10 @@ from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 from moorage.services.identity import IdentityService, Subject
+from moorage.services.promotion_audit import promotion_event
 from moorage.services.promotion_gates import GateEvaluator, GateSubject
+from moorage.services.promotion_plan import plan_promotion
+from moorage.services.promotion_record import RecordWriter
 from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.services.tokens import ALGORITHM, TokenService
@@ -83,13 +80,7 @@ log = logging.getLogger("moorage.promotion")
 
 POLICY_NAME: Final = "promotion-only"
 STAGE_CACHE_SECONDS: Final = 2.0
-MAX_LINKED_MANIFESTS: Final = 1000
-MAX_REFERRERS_PER_SUBJECT: Final = 200
 MAX_COMMENT_LENGTH: Final = 1000
-_COSIGN_SUFFIXES: Final = (".sig", ".att", ".sbom")
-_EMPTY_CONFIG: Final = b"{}"
-_TITLE: Final = "org.opencontainers.image.title"
-_CREATED: Final = "org.opencontainers.image.created"
 
 
 def promotion_path_hint(project: str) -> str:
@@ -393,11 +384,11 @@ class SigningKeyView:
 
 
 @dataclass
-class _Plan:
-    manifests: list[str]
-    blobs: list[str]
-    tags: list[tuple[str, str]]
-    keep_tags: set[str]
+class _Attempt:
+    """What a promotion attempt learnt before it was refused (for the audit entry)."""
+
+    digest: str | None = None
+    results: tuple[GateResult, ...] = ()
 
 
 class PromotionService:
@@ -419,12 +410,14 @@ class PromotionService:
         self._gates = gates
         self._store = store
         self._registry = registry
-        self._uploads = uploads
         self._metadata = metadata
         self._tokens = tokens
         self._threads = threads
         self._events = events
         self._is_proxy = is_proxy
+        self._records = RecordWriter(
+            registry=registry, uploads=uploads, metadata=metadata, tokens=tokens, threads=threads
+        )
 
     # -- keys
 
@@ -463,6 +456,21 @@ class PromotionService:
         except PromotionReferenceError as error:
             raise IdentityError(str(error), 422) from None
 
+    def refused(
+        self,
+        actor: Actor,
+        source: SourceReference,
+        destination: DestinationReference,
+        reason: str,
+        *,
+        digest: str | None = None,
+        results: Sequence[GateResult] = (),
+    ) -> None:
+        """Audit a refused promotion (also one refused before the service was asked)."""
+        self._events.publish(
+            promotion_event(actor, "denied", source, destination, digest, results, reason=reason)
+        )
+
     async def promote(
         self,
         actor: Actor,
@@ -473,7 +481,32 @@ class PromotionService:
     ) -> PromotionOutcome:
         """Promote (the caller's permissions were decided before). Raises IdentityError (404
         for a missing project, 409 for a destination that cannot take promotions),
-        RegistryError (MANIFEST_UNKNOWN for a missing source) or PromotionRefusedError."""
+        RegistryError (MANIFEST_UNKNOWN for a missing source, DENIED by a destination rule)
+        or PromotionRefusedError. Every refusal is audited, unless it is a dry run."""
+        attempt = _Attempt()
+        try:
+            return await self._promote(actor, source, destination, dry_run, attempt)
+        except (PromotionRefusedError, IdentityError, RegistryError) as error:
+            if not dry_run:
+                reason = error.message if isinstance(error, RegistryError) else str(error)
+                self.refused(
+                    actor,
+                    source,
+                    destination,
+                    reason,
+                    digest=attempt.digest,
+                    results=attempt.results,
+                )
+            raise
+
+    async def _promote(
+        self,
+        actor: Actor,
+        source: SourceReference,
+        destination: DestinationReference,
+        dry_run: bool,
+        attempt: _Attempt,
+    ) -> PromotionOutcome:
         destination_project = project_of(destination.repository)
         destination_stage = await self._threads.run(self._stages.stage_of, destination_project)
         if destination_stage is None:
@@ -484,10 +517,15 @@ class PromotionService:
             )
         source_stage = await self._threads.run(self._stages.stage_of, project_of(source.repository))
         top = await self._resolve(source)
+        attempt.digest = top.digest
         existing = await self._existing(destination, top.digest)
         if existing is not None and not dry_run:
             return PromotionOutcome(existing, False, (), top.digest, source, destination)
         gates = (await self._threads.run(self._stages.gates, destination_project)).gates
+        # What crosses is planned before the gates run: they judge exactly what is linked.
+        plan = await self._threads.run(
+            plan_promotion, self._metadata, source.repository, destination.tag, top
+        )
         subject = GateSubject(
             source.repository,
             destination.repository,
@@ -496,15 +534,15 @@ class PromotionService:
             actor,
             source_stage.stage if source_stage is not None else None,
             destination_stage.stage,
+            images=tuple(plan.images),
+            under_top=frozenset(plan.under_top),
         )
         results = tuple(await self._gates.evaluate(gates, subject))
+        attempt.results = results
         if any(not result.passed for result in results):
-            if not dry_run:  # a dry run only asks
-                self._audit(actor, "denied", source, destination, top.digest, results)
             raise PromotionRefusedError(str(destination), results)
         if dry_run:
             return PromotionOutcome(None, False, results, top.digest, source, destination)
-        plan = await self._threads.run(self._plan, source.repository, destination, top)
         now = datetime.now(UTC)
         requester = {"name": actor.name, "kind": actor.kind}
         document = statement(
@@ -517,8 +555,8 @@ class PromotionService:
             at=now,
             linked=[digest for digest in plan.manifests if digest != top.digest],
         )
-        signed = await self._threads.run(self._sign, canonical_json(document))
-        record_digest = await self._attach(destination.repository, top, signed, source, now)
+        signed = await self._threads.run(self._records.sign, canonical_json(document))
+        record_digest = await self._records.attach(destination.repository, top, signed, source, now)
         links = ManifestLinks(
             source.repository,
             destination.repository,
@@ -548,9 +586,13 @@ class PromotionService:
                 links, top, actor, lambda guarded: self._store.commit(guarded, new)
             )
         except BaseException:
-            await self._detach(destination.repository, record_digest)
+            await self._records.detach(destination.repository, record_digest)
             raise
-        self._audit(actor, "success", source, destination, top.digest, results, record)
+        self._events.publish(
+            promotion_event(
+                actor, "success", source, destination, top.digest, results, record=record
+            )
+        )
         return PromotionOutcome(record, True, results, top.digest, source, destination)
 
     async def _resolve(self, source: SourceReference) -> ManifestRecord:
@@ -582,159 +624,6 @@ class PromotionService:
         return await self._threads.run(
             self._store.latest, destination.repository, destination.tag, digest
         )
-
-    def _plan(self, source: str, destination: DestinationReference, top: ManifestRecord) -> _Plan:
-        """Every manifest to link (children before their index, referrers after their subject),
-        the blobs they need, and the tags to set. Blocking."""
-        manifests: dict[str, None] = {}
-        blobs: dict[str, None] = {}
-        tags: list[tuple[str, str]] = []
-        keep: set[str] = set()
-
-        def add(digest: str) -> list[str]:
-            """Link `digest` (after its children); its child digests."""
-            if digest in manifests:
-                return []
-            if len(manifests) >= MAX_LINKED_MANIFESTS:
-                raise IdentityError(
-                    f"a promotion links at most {MAX_LINKED_MANIFESTS} manifests", 422
-                )
-            record = self._metadata.resolve_digest(source, digest)
-            body = self._metadata.manifest_body(digest)
-            if record is None or body is None:
-                raise RegistryError(
-                    ErrorCode.MANIFEST_UNKNOWN, f"{source} does not hold {digest}", status=404
-                )
-            parsed = parse_manifest(body, record.media_type, Digest.parse(digest))
-            children = [str(child.digest) for child in parsed.children]
-            for child in children:
-                add(child)
-            for blob in parsed.required_blobs():
-                blobs[str(blob)] = None
-            manifests[digest] = None
-            return children
-
-        subjects = [top.digest, *add(top.digest)]
-        referrers: list[str] = []
-        for subject in subjects:
-            referrers.extend(self._referrers_of(source, subject))
-            for suffix in _COSIGN_SUFFIXES:
-                tag = subject.replace(":", "-") + suffix
-                found = self._metadata.resolve_tag(source, tag)
-                if found is not None:
-                    add(found.digest)
-                    tags.append((tag, found.digest))
-                    keep.add(tag)
-        for referrer in referrers:
-            add(referrer)
-        # Referrers of referrers (a signature on an SBOM): one level further.
-        for referrer in list(referrers):
-            for second in self._referrers_of(source, referrer):
-                add(second)
-        tags.append((destination.tag, top.digest))
-        return _Plan(list(manifests), list(blobs), tags, keep)
-
-    def _referrers_of(self, repository: str, subject: str) -> list[str]:
-        return [
-            record.digest
-            for record in self._metadata.referrers(
-                repository, subject, None, None, MAX_REFERRERS_PER_SUBJECT
-            )
-        ]
-
-    def _sign(self, payload: bytes) -> bytes:
-        kid, signature = self._tokens.sign_bytes(pae(IN_TOTO_PAYLOAD_TYPE, payload))
-        return canonical_json(envelope(payload, kid, signature))
-
-    async def _store_blob(self, repository: str, data: bytes) -> Digest:
-        digest = Digest.of(data)
-        size = await self._threads.run(
-            self._metadata.blob_size_in_repository, repository, str(digest)
-        )
-        if size is None:
-            await self._uploads.monolithic(repository, digest, len(data), _once(data), SYSTEM)
-        return digest
-
-    async def _attach(
-        self,
-        repository: str,
-        top: ManifestRecord,
-        signed: bytes,
-        source: SourceReference,
-        at: datetime,
-    ) -> str:
-        """Push the record as a referrer of `top` (by the system actor); its digest."""
-        config = await self._store_blob(repository, _EMPTY_CONFIG)
-        layer = await self._store_blob(repository, signed)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "artifactType": DSSE_ENVELOPE_TYPE,
-            "config": {
-                "mediaType": mt.OCI_EMPTY,
-                "digest": str(config),
-                "size": len(_EMPTY_CONFIG),
-                "data": base64.b64encode(_EMPTY_CONFIG).decode(),
-            },
-            "layers": [
-                {
-                    "mediaType": DSSE_ENVELOPE_TYPE,
-                    "digest": str(layer),
-                    "size": len(signed),
-                    "annotations": {_TITLE: "promotion.dsse.json"},
-                }
-            ],
-            "subject": {"mediaType": top.media_type, "digest": top.digest, "size": top.size},
-            "annotations": {
-                _CREATED: at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                ANNOTATION_PROMOTION: str(source),
-            },
-        }
-        body = json.dumps(manifest, indent=2).encode()
-        pushed = await self._registry.put_manifest(
-            repository, Reference(digest=Digest.of(body)), mt.OCI_MANIFEST, body, SYSTEM
-        )
-        return str(pushed.digest)
-
-    async def _detach(self, repository: str, record_digest: str) -> None:
-        try:
-            await self._registry.delete_manifest(
-                repository, Reference(digest=Digest.parse(record_digest)), SYSTEM
-            )
-        except Exception:
-            log.exception("could not remove the record %s of a failed promotion", record_digest)
-
-    def _audit(
-        self,
-        actor: Actor,
-        result: str,
-        source: SourceReference,
-        destination: DestinationReference,
-        digest: str,
-        results: Sequence[GateResult],
-        record: PromotionRecord | None = None,
-    ) -> None:
-        self._events.publish(
-            AccessEvent(
-                "promotion:create",
-                actor,
-                result,
-                project_of(destination.repository),
-                f"{destination}@{digest}",
-                {
-                    "source": str(source),
-                    "destination": str(destination),
-                    "digest": digest,
-                    "gates": [gate.as_dict() for gate in results],
-                    "promotion": record.id if record is not None else None,
-                    "record": record.record_digest if record is not None else None,
-                },
-            )
-        )
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def record_statement(record: PromotionRecord) -> dict[str, Any]:

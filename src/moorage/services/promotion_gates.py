@@ -2,7 +2,9 @@
 
 Every gate runs, even after one failed, so a refused promotion names every reason at once. The
 scan and signature gates ask the same evaluations the pull checks use (vulnerability policy,
-signature trust), with the destination's rules applied to the image the source still holds.
+signature trust), with the destination's rules applied to every runnable image that crosses
+(`promotion_plan`), as the source still holds it. The source project's own pull policies are
+judged after the gates (`promotion_source`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from moorage.domain.vulnerability_policy import parse_severity as parse_threshol
 from moorage.metadata.promotion_store import PromotionStore
 from moorage.metadata.store import ManifestRecord, MetadataStore
 from moorage.services.identity import IdentityService, Subject
+from moorage.services.promotion_source import SourcePolicies, crossing, judged_images
 from moorage.services.threads import Threads
 from moorage.services.trust import SignaturePolicy
 from moorage.services.vulnerability_policy import (
@@ -58,6 +61,10 @@ class GateSubject:
     requester: Actor
     source_stage: str | None
     destination_stage: str | None
+    # Every runnable image that crosses (the promotion's closure), and those reached from the
+    # promoted digest through index children only (its signature pins them).
+    images: tuple[str, ...] = ()
+    under_top: frozenset[str] = frozenset()
 
 
 class GateEvaluator:
@@ -83,8 +90,13 @@ class GateEvaluator:
         self._metadata = metadata
         self._storage = storage
         self._threads = threads
+        self._source = SourcePolicies(
+            vulnerability_gate, vulnerability_policies, signatures, threads
+        )
 
     async def evaluate(self, gates: Sequence[Gate], subject: GateSubject) -> list[GateResult]:
+        """Every configured gate's result, then the source's own pull policies' (when they
+        apply and no gate replaces them)."""
         results = []
         for gate in gates:
             try:
@@ -92,6 +104,7 @@ class GateEvaluator:
             except Exception:
                 log.exception("promotion gate %s failed to evaluate", gate.name)
                 results.append(failed(gate, "the gate could not be evaluated (an internal error)"))
+        results.extend(await self._source.evaluate(gates, subject))
         return results
 
     async def _evaluate(self, gate: Gate, subject: GateSubject) -> GateResult:
@@ -139,23 +152,26 @@ class GateEvaluator:
             block_failed=True,
             ignore_unfixed=project_policy.ignore_unfixed,
         )
-        decision = await self._vulnerability_gate.evaluate(
-            subject.destination_repository,
-            subject.manifest.digest,
-            policy,
-            held_in=subject.source_repository,
+        denials: list[tuple[str, str]] = []
+        for digest in subject.images:
+            decision = await self._vulnerability_gate.evaluate(
+                subject.destination_repository, digest, policy, held_in=subject.source_repository
+            )
+            if isinstance(decision, Deny):
+                denials.append((digest, decision.reason))
+        if denials:
+            return failed(gate, judged_images(subject, denials))
+        return passed(
+            gate,
+            f"no finding at or above {severity.value} (allowlists applied)" + crossing(subject),
         )
-        if isinstance(decision, Deny):
-            return failed(gate, decision.reason)
-        return passed(gate, f"no finding at or above {severity.value} (allowlists applied)")
 
     # -- signature
 
     async def _signature(self, gate: Gate, subject: GateSubject) -> GateResult:
+        top = subject.manifest.digest
         result = await self._signatures.evaluate_as(
-            subject.destination_repository,
-            subject.manifest.digest,
-            held_in=subject.source_repository,
+            subject.destination_repository, top, held_in=subject.source_repository
         )
         if result.rule_id is None:
             return failed(
@@ -164,10 +180,21 @@ class GateEvaluator:
                 f" {subject.destination_repository}: the gate has nothing to check signatures"
                 " against",
             )
-        if result.mode is Mode.OFF:
+        if result.mode is Mode.OFF or not result.satisfied:
             return failed(gate, result.reason)
-        if not result.satisfied:
-            return failed(gate, result.reason)
+        # The promoted digest's signature pins what its index children reach; any other
+        # image that crosses (a referrer, a cosign-tagged manifest) needs a signature of its own.
+        unsigned: list[tuple[str, str]] = []
+        for digest in subject.images:
+            if digest in subject.under_top:
+                continue
+            own = await self._signatures.evaluate_as(
+                subject.destination_repository, digest, held_in=subject.source_repository
+            )
+            if not own.satisfied:
+                unsigned.append((digest, own.reason))
+        if unsigned:
+            return failed(gate, judged_images(subject, unsigned))
         return passed(gate, result.reason)
 
     # -- label

@@ -1,8 +1,9 @@
-"""Reports as stored and as read: findings in JSON, and an index's report from its children's.
+"""Reports as stored and as read: findings in JSON, and an index's report from its images'.
 
-An index's report is the worst of its children's: Pending or Running until every child is
-complete, then Error if any child ended in Error, else Success. Its findings are the union of
-the children's (one per advisory and installed package, whichever platform has it).
+An index's report is the worst of every image it reaches through its children, nested indexes
+included (the scan request lists them all): Pending or Running until every one is complete,
+then Error if any ended in Error, else Success. Its findings are the union of theirs (one per
+advisory and installed package, whichever image has it).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def error_reason(reason: str) -> str:
 
 
 def aggregate_index(children: Sequence[ReportRecord | None]) -> IndexOutcome:
-    """The report of an index whose platform children have these reports (None: none yet)."""
+    """The report of an index whose images (at any depth) have these reports (None: none yet)."""
     statuses = [child.status if child is not None else PENDING for child in children]
     findings: dict[tuple[str, str, str, str], Finding] = {}
     notes: list[str] = []

@@ -51,6 +51,7 @@ from moorage.scanning.packages import Inventory, Note
 from moorage.scanning.report import BUILTIN_SCANNER, ScanFailedError, ScannerResolver, ScanTarget
 from moorage.scanning.squash import LayerSource, inventory_image
 from moorage.services.events import EventBus
+from moorage.services.manifest_kinds import MAX_INDEX_DEPTH
 from moorage.services.scan_cache import CountingCache, StoredLayerCache
 from moorage.services.scan_reports import (
     aggregate_index,
@@ -134,7 +135,7 @@ class ReportPublisher:
         for parent in await threads.run(self._deps.store.parents_with_reports, digest):
             await self.refresh_index(parent)
 
-    async def refresh_index(self, digest: str) -> None:
+    async def refresh_index(self, digest: str, depth: int = 0) -> None:
         changed = await self._deps.threads.run(
             self._deps.store.update_index, digest, aggregate_index
         )
@@ -147,6 +148,12 @@ class ReportPublisher:
             or before.generation != after.generation
         ):
             self.publish(after)
+        # An index's report covers every image it reaches: the indexes above it follow.
+        if depth < MAX_INDEX_DEPTH:
+            for parent in await self._deps.threads.run(
+                self._deps.store.parents_with_reports, digest
+            ):
+                await self.refresh_index(parent, depth + 1)
 
 
 class ScanRunner:

@@ -42,6 +42,7 @@ from moorage.scanning.report import BUILTIN_SCANNER, ScannerResolver, ScanReport
 from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
+from moorage.services.manifest_kinds import MAX_INDEX_DEPTH
 from moorage.services.scan_cache import StoredLayerCache
 from moorage.services.scan_reports import scan_report
 from moorage.services.scan_runner import (
@@ -51,11 +52,11 @@ from moorage.services.scan_runner import (
     ScanRunner,
 )
 from moorage.services.scan_targets import (
+    MAX_INDEX_CHILDREN,
     ImageTarget,
     IndexTarget,
     NotScannableError,
     classify,
-    is_cosign_tag,
 )
 from moorage.services.threads import Threads
 from moorage.storage.base import BlobStore
@@ -238,9 +239,10 @@ class ScanService:
         requests = await self._threads.run(self._plan, repository, digest, rescan=rescan)
         await self._threads.run(self._store.request, requests)
         self._runner.wake()
-        if requests[0].children:
-            # The children may be complete already (scanned when they were pushed).
-            await self._publisher.refresh_index(digest)
+        for request in requests:
+            if request.children:
+                # The children may be complete already (scanned when they were pushed).
+                await self._publisher.refresh_index(request.digest)
 
     def _plan(self, repository: str, digest: str, *, rescan: bool) -> list[ScanRequest]:
         """The requests that scanning this manifest takes (blocking: reads metadata)."""
@@ -248,41 +250,30 @@ class ScanService:
         body = self._metadata.manifest_body(digest)
         if record is None or body is None:
             raise NotScannableError("the manifest is not stored")
-        tags = self._metadata.manifest_tags(repository, digest)
-        target = classify(body, record.media_type, tags)
+        target = classify(body, record.media_type)
         scanner = self._settings_of(project_of(repository)).scanner or BUILTIN_SCANNER
         if isinstance(target, ImageTarget):
             return [ScanRequest(repository, digest, record.media_type, scanner, rescan)]
-        children = self._image_children(repository, target)
-        if not children:
-            raise NotScannableError("the index lists no container image")
-        index = ScanRequest(
-            repository,
-            digest,
-            record.media_type,
-            scanner,
-            rescan,
-            tuple(child for child, _ in children),
-        )
-        return [
-            index,
-            *(ScanRequest(repository, child, media, scanner, rescan) for child, media in children),
+        walk = _IndexWalk(self._metadata, repository)
+        images = walk.images(digest, target, 0)
+        if not images:
+            raise NotScannableError("the index reaches no container image")
+        # Every index on the way gets its own report (over what it reaches), so that a child
+        # completing refreshes its index, and that index its own parents, up to this one.
+        indexes = [
+            ScanRequest(repository, index, media, scanner, rescan, reached)
+            for index, (media, reached) in walk.indexes.items()
+            if reached
         ]
-
-    def _image_children(self, repository: str, target: IndexTarget) -> list[tuple[str, str]]:
-        """The index's children that are container images (not attestations, not indexes)."""
-        images: list[tuple[str, str]] = []
-        for child in dict.fromkeys(target.children):
-            record = self._metadata.resolve_digest(repository, child)
-            body = self._metadata.manifest_body(child)
-            if record is None or body is None:
-                continue
-            try:
-                if isinstance(classify(body, record.media_type), ImageTarget):
-                    images.append((child, record.media_type))
-            except NotScannableError:
-                continue
-        return images
+        own = ScanRequest(repository, digest, record.media_type, scanner, rescan, images)
+        return [
+            own,
+            *(request for request in indexes if request.digest != digest),
+            *(
+                ScanRequest(repository, child, media, scanner, rescan)
+                for child, media in walk.found.items()
+            ),
+        ]
 
     # -- settings
 
@@ -338,8 +329,6 @@ class ScanService:
                 self._spawn(self.database_changed())
             return
         if event.kind is not EventKind.MANIFEST_PUSHED or event.digest is None:
-            return
-        if event.tag is not None and is_cosign_tag(event.tag):
             return
         self._spawn(self._scan_pushed(event))
 
@@ -430,3 +419,38 @@ class ScanService:
             except Exception:
                 log.exception("checking the vulnerability database generation failed")
             await asyncio.sleep(self._options.vulndb_poll_seconds)
+
+
+class _IndexWalk:
+    """The images an index reaches through its children, nested indexes included (bounded).
+    Blocking: reads metadata."""
+
+    def __init__(self, metadata: MetadataStore, repository: str) -> None:
+        self._metadata = metadata
+        self._repository = repository
+        self.found: dict[str, str] = {}  # image digest -> media type
+        self.indexes: dict[str, tuple[str, tuple[str, ...]]] = {}  # index -> (media, reached)
+
+    def images(self, digest: str, target: IndexTarget, depth: int) -> tuple[str, ...]:
+        reached: dict[str, None] = {}
+        for child in target.children:
+            if child in self.indexes:  # an index reached twice: its images were collected
+                reached.update(dict.fromkeys(self.indexes[child][1]))
+                continue
+            record = self._metadata.resolve_digest(self._repository, child)
+            body = self._metadata.manifest_body(child)
+            if record is None or body is None:
+                continue
+            try:
+                found = classify(body, record.media_type)
+            except NotScannableError:
+                continue
+            if isinstance(found, ImageTarget):
+                self.found[child] = record.media_type
+                reached[child] = None
+            elif depth < MAX_INDEX_DEPTH and len(self.found) < MAX_INDEX_CHILDREN:
+                self.indexes[child] = (record.media_type, ())
+                nested = self.images(child, found, depth + 1)
+                self.indexes[child] = (record.media_type, nested)
+                reached.update(dict.fromkeys(nested))
+        return tuple(reached)[:MAX_INDEX_CHILDREN]

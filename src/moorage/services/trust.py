@@ -17,8 +17,9 @@ A manifest pulled as the child of an index is satisfied by the index's signature
 multi-platform image signs the index). Signatures, attestations, SBOMs and every other artifact
 (what cosign tags `sha256-*.sig/.att/.sbom`, referrers with an empty or foreign config) are never
 gated: clients must be able to fetch them to verify anything. What counts as an artifact is
-decided by content (`is_artifact_manifest`), never by a tag name or a `subject`, which anyone
-who may push could put on a runnable image.
+decided by content (`moorage.domain.content`; an index when nothing it reaches is an image),
+never by a tag name, an `artifactType` or a `subject`, which anyone who may push could put on a
+runnable image.
 
 Results are cached per (repository, digest, policy version, rule, set of signature manifests)
 in a bounded per-process cache, so a new policy version or a new signature is seen at once,
@@ -31,7 +32,6 @@ itself).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -43,6 +43,7 @@ from typing import Any, Final
 from cryptography import x509
 
 from moorage.domain import mediatypes as mt
+from moorage.domain.content import ManifestKind, classify_body, document_of
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
@@ -64,6 +65,7 @@ from moorage.metadata.trust_store import (
 from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
+from moorage.services.manifest_kinds import ManifestKinds
 from moorage.services.scanner_adapters import is_adapter_pull
 from moorage.services.threads import Threads
 from moorage.signing import cosign, notation, sigstore_bundle
@@ -113,14 +115,6 @@ RESULT_CACHE_ENTRIES: Final = 4096
 # Results are decided again after this long even when nothing changed: a certificate that was
 # not yet valid may have become valid. Expiry is exact (`TrustResult.valid_until`).
 RESULT_CACHE_SECONDS: Final = 600.0
-ARTIFACT_CACHE_ENTRIES: Final = 8192
-_IMAGE_CONFIGS: Final = frozenset(
-    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
-)
-_IMAGE_LAYER_PREFIXES: Final = (
-    "application/vnd.oci.image.layer.",
-    "application/vnd.docker.image.rootfs.",
-)
 
 
 # -- views
@@ -546,38 +540,12 @@ class _SignatureRef:
 
 
 def is_artifact_manifest(body: bytes) -> bool:
-    """Whether a manifest is an artifact (signature, attestation, SBOM...) no runtime can run.
-
-    Decided by content alone: an image manifest whose config is not an image config, or with a
-    layer that is not a container layer (cosign's `.sig` manifests have an image config but
-    simple-signing layers; `.att` has DSSE layers, `.sbom` SPDX or CycloneDX ones). A tag name,
-    a `subject` or an `artifactType` decide nothing: anyone who may push could put them on a
-    runnable image to slip it past the policy. An index is an artifact when it lists nothing or
-    only artifacts (every child has an artifactType: the referrers tag `sha256-<hex>` of
-    registries without the referrers API); that is safe because every child manifest is checked
-    again when it is pulled.
-    """
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+    """Whether a manifest is, by its own content, an artifact no runtime runs
+    (`moorage.domain.content`). An index is not: it is judged through what it reaches; nor is
+    what cannot be read."""
+    if document_of(body) is None:
         return False
-    if not isinstance(document, dict):
-        return False
-    children = document.get("manifests")
-    if children is not None:
-        return isinstance(children, list) and all(
-            isinstance(child, dict) and isinstance(child.get("artifactType"), str)
-            for child in children
-        )
-    config = document.get("config")
-    if not isinstance(config, dict) or config.get("mediaType") not in _IMAGE_CONFIGS:
-        return True
-    layers = document.get("layers")
-    return isinstance(layers, list) and any(
-        not isinstance(layer, dict)
-        or not str(layer.get("mediaType", "")).startswith(_IMAGE_LAYER_PREFIXES)
-        for layer in layers
-    )
+    return classify_body(body).kind is ManifestKind.ARTIFACT
 
 
 class SignaturePolicy:
@@ -599,7 +567,7 @@ class SignaturePolicy:
         self._threads = threads
         self._events = events
         self._results = _Lru(RESULT_CACHE_ENTRIES)
-        self._artifacts = _Lru(ARTIFACT_CACHE_ENTRIES)
+        self._kinds = ManifestKinds(metadata)
 
     def register(self, policies: PolicySet) -> None:
         policies.register(DecisionPoint.PULL_MANIFEST, self.check_pull)
@@ -786,13 +754,8 @@ class SignaturePolicy:
 
     # -- the pull check
 
-    async def _is_artifact(self, digest: str) -> bool:
-        cached: bool | None = self._artifacts.get(digest)
-        if cached is None:
-            body = await self._threads.run(self._metadata.manifest_body, digest)
-            cached = body is not None and is_artifact_manifest(body)
-            self._artifacts.put(digest, cached)
-        return cached
+    async def _is_artifact(self, digest: str, media_type: str | None) -> bool:
+        return not await self._threads.run(self._kinds.runnable, digest, media_type)
 
     async def check_pull(self, context: PolicyContext) -> Decision:
         digest = context.digest
@@ -804,7 +767,7 @@ class SignaturePolicy:
             return Allow()
         if context.media_type is not None and context.media_type not in mt.MANIFEST_TYPES:
             return Allow()
-        if await self._is_artifact(digest):
+        if await self._is_artifact(digest, context.media_type):
             return Allow()
         try:
             result = await self._evaluate(context.repository, digest, policy, rule)

@@ -112,6 +112,7 @@ class GateFields(ApiModel):
     count: int | None = None
     role: str | None = None
     allow_requester: bool | None = None
+    replace_source_policy: bool | None = None
 
 
 class GateInput(RequestModel):
@@ -144,6 +145,11 @@ class GateInput(RequestModel):
     )
     allow_requester: bool = Field(
         False, description="approval: the requester's own approval counts too"
+    )
+    replace_source_policy: bool = Field(
+        False,
+        description="scan, signature: this gate re-judges in place of the source project's own"
+        " pull policy (vulnerability policy, enforced trust rule), which applies otherwise",
     )
 
 
@@ -331,7 +337,7 @@ async def approve(call: Call) -> Approval | Reply:
 
 
 async def _authorize(
-    call: Call, source: SourceReference, destination: DestinationReference
+    call: Call, source: SourceReference, destination: DestinationReference, *, dry_run: bool
 ) -> None:
     for permission, repository, action in (
         (PULL, source.repository, "pull"),
@@ -349,6 +355,8 @@ async def _authorize(
                     {"action": action, "reason": message},
                 )
             )
+            if not dry_run:  # a dry run only asks
+                call.iam.promotions.refused(call.actor, source, destination, message)
             raise AccessDenied(message, challenge=False)
 
 
@@ -380,7 +388,7 @@ async def promote(call: Call) -> Promotion | Reply:
     body = call.body(PromotionInput)
     service = call.iam.promotions
     source, destination = service.parse(body.source, body.destination)
-    await _authorize(call, source, destination)
+    await _authorize(call, source, destination, dry_run=body.dry_run)
     try:
         outcome = await service.promote(call.actor, source, destination, dry_run=body.dry_run)
     except PromotionRefusedError as error:

@@ -1,0 +1,121 @@
+"""The signed promotion record: an in-toto statement in a DSSE envelope, signed with the
+registry's key, attached to the promoted manifest as a referrer (by the system actor), and
+removed again when the promotion it records does not commit."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Final
+
+from moorage.domain import mediatypes as mt
+from moorage.domain.digest import Digest
+from moorage.domain.events import SYSTEM
+from moorage.domain.names import Reference
+from moorage.domain.promotion import (
+    ANNOTATION_PROMOTION,
+    DSSE_ENVELOPE_TYPE,
+    IN_TOTO_PAYLOAD_TYPE,
+    SourceReference,
+    canonical_json,
+    envelope,
+    pae,
+)
+from moorage.metadata.store import ManifestRecord, MetadataStore
+from moorage.services.registry import RegistryService
+from moorage.services.threads import Threads
+from moorage.services.tokens import TokenService
+from moorage.services.uploads import UploadService
+
+log = logging.getLogger("moorage.promotion")
+
+_EMPTY_CONFIG: Final = b"{}"
+_TITLE: Final = "org.opencontainers.image.title"
+_CREATED: Final = "org.opencontainers.image.created"
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        *,
+        registry: RegistryService,
+        uploads: UploadService,
+        metadata: MetadataStore,
+        tokens: TokenService,
+        threads: Threads,
+    ) -> None:
+        self._registry = registry
+        self._uploads = uploads
+        self._metadata = metadata
+        self._tokens = tokens
+        self._threads = threads
+
+    def sign(self, payload: bytes) -> bytes:
+        """The DSSE envelope of `payload` (blocking: signs with the registry's key)."""
+        kid, signature = self._tokens.sign_bytes(pae(IN_TOTO_PAYLOAD_TYPE, payload))
+        return canonical_json(envelope(payload, kid, signature))
+
+    async def _store_blob(self, repository: str, data: bytes) -> Digest:
+        digest = Digest.of(data)
+        size = await self._threads.run(
+            self._metadata.blob_size_in_repository, repository, str(digest)
+        )
+        if size is None:
+            await self._uploads.monolithic(repository, digest, len(data), _once(data), SYSTEM)
+        return digest
+
+    async def attach(
+        self,
+        repository: str,
+        top: ManifestRecord,
+        signed: bytes,
+        source: SourceReference,
+        at: datetime,
+    ) -> str:
+        """Push the record as a referrer of `top` (by the system actor); its digest."""
+        config = await self._store_blob(repository, _EMPTY_CONFIG)
+        layer = await self._store_blob(repository, signed)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "artifactType": DSSE_ENVELOPE_TYPE,
+            "config": {
+                "mediaType": mt.OCI_EMPTY,
+                "digest": str(config),
+                "size": len(_EMPTY_CONFIG),
+                "data": base64.b64encode(_EMPTY_CONFIG).decode(),
+            },
+            "layers": [
+                {
+                    "mediaType": DSSE_ENVELOPE_TYPE,
+                    "digest": str(layer),
+                    "size": len(signed),
+                    "annotations": {_TITLE: "promotion.dsse.json"},
+                }
+            ],
+            "subject": {"mediaType": top.media_type, "digest": top.digest, "size": top.size},
+            "annotations": {
+                _CREATED: at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                ANNOTATION_PROMOTION: str(source),
+            },
+        }
+        body = json.dumps(manifest, indent=2).encode()
+        pushed = await self._registry.put_manifest(
+            repository, Reference(digest=Digest.of(body)), mt.OCI_MANIFEST, body, SYSTEM
+        )
+        return str(pushed.digest)
+
+    async def detach(self, repository: str, record_digest: str) -> None:
+        try:
+            await self._registry.delete_manifest(
+                repository, Reference(digest=Digest.parse(record_digest)), SYSTEM
+            )
+        except Exception:
+            log.exception("could not remove the record %s of a failed promotion", record_digest)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
