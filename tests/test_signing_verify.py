@@ -535,3 +535,32 @@ def test_malformed_signature_material_never_breaks_evaluation(data: st.DataObjec
     the_rule = rule(COSIGN, NotationVerifier("release", ("acme",), ("*",)), require="all-of")
     result = check(the_rule, found, trust)
     assert isinstance(result.reason, str)
+
+
+def test_a_leaf_certificate_whose_key_does_not_load_is_a_reason_not_a_crash() -> None:
+    """A certificate can parse and still carry an EC point off the curve: its key never loads."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = _FUZZ_SIGNER.chain[0]
+    point = leaf.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    assert der.count(point) == 1
+    off_curve = point[:-1] + bytes([point[-1] ^ 0x01])
+    broken = x509.load_der_x509_certificate(der.replace(point, off_curve))
+    with pytest.raises(ValueError):
+        broken.public_key()
+    envelope = notation.parse_envelope(notation_envelope(_FUZZ_SIGNER, IMAGE))
+    reason = notation.check_signature(
+        notation.Envelope(
+            envelope.signed,
+            envelope.protected,
+            envelope.payload,
+            envelope.signature,
+            (broken, *envelope.chain[1:]),
+        )
+    )
+    assert reason is not None
+    assert "cannot be used" in reason

@@ -176,7 +176,11 @@ def check_target(payload: dict[str, Any], digest: str, media_type: str, size: in
 def check_signature(envelope: Envelope) -> str | None:
     """Why the signature does not verify with the leaf's key under `alg`, or None."""
     alg = envelope.protected.get("alg")
-    key = envelope.chain[0].public_key()
+    try:
+        # A certificate can parse and still carry a key that does not load (an invalid point).
+        key = envelope.chain[0].public_key()
+    except (ValueError, TypeError) as error:
+        return f"the signing certificate's key cannot be used: {error}"
     try:
         if isinstance(key, ec.EllipticCurvePublicKey) and alg in _ECDSA_ALGS:
             curve, algorithm = _ECDSA_ALGS[str(alg)]
