@@ -235,3 +235,23 @@ def test_guessing_the_current_password_backs_off_like_a_sign_in(throttled: Throt
     # The password did not change: it still signs in where erin is known (she created her
     # token from 127.0.0.1 with it).
     assert throttled.sign_in("127.0.0.1", "erin", PASSWORD).status_code == 200
+
+
+def test_a_new_account_of_a_deleted_name_inherits_no_lock_and_no_familiar_address(
+    throttled: Throttled,
+) -> None:
+    home, attacker = "127.0.0.8", "127.0.0.9"
+    assert throttled.sign_in(home, "frank", PASSWORD).status_code == 200
+    for _ in range(MAX_FAILURES):
+        assert_refused(throttled.sign_in(attacker, "frank", WRONG))
+    with api_client(throttled.server) as admin:
+        assert admin.delete("/users/frank").status_code == 204
+        created = admin.post("/users", json={"username": "frank", "password": PASSWORD})
+        assert created.status_code == 201, created.text
+    # The new frank is not locked anywhere, not even where the old one was attacked...
+    assert throttled.sign_in(attacker, "frank", PASSWORD).status_code == 200
+    # ... and the old frank's address is not familiar to the new one: a flood from elsewhere
+    # locks the new account there too.
+    for _ in range(MAX_FAILURES):
+        assert_refused(throttled.sign_in("127.0.0.10", "frank", WRONG))
+    assert_locked(throttled.sign_in(home, "frank", PASSWORD))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from moorage.metadata.account_store import AccountStore
@@ -534,6 +534,16 @@ class IamStore(AccountStore, AuditStore):
                 session.add(LoginThrottle(key=key, failures=0, window_started_at=now))
             else:
                 row.window_started_at = now
+
+        self._run_write(work)
+
+    def forget_throttle(self, keys: Sequence[str], prefixes: Sequence[str]) -> None:
+        """Delete the counters named in `keys` and every one starting with a prefix."""
+
+        def work(session: Session) -> None:
+            conditions: list[ColumnElement[bool]] = [LoginThrottle.key.in_(list(keys))]
+            conditions += [LoginThrottle.key.startswith(p, autoescape=True) for p in prefixes]
+            session.execute(delete(LoginThrottle).where(or_(*conditions)))
 
         self._run_write(work)
 

@@ -6,36 +6,37 @@ Synchronous: the HTTP layer calls it on the worker threads; the CLI calls it dir
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import re
 import secrets
-import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from moorage.config import Settings
 from moorage.domain.access import (
     ROLE_ACTIONS,
     Action,
-    PatternError,
     RepositoryGrant,
     SubjectAccess,
-    holds_all,
-    robot_full_name,
-    validate_pattern,
 )
 from moorage.domain.events import AccessEvent, Actor
-from moorage.domain.names import validate_repository_name
-from moorage.metadata.iam_models import Group, PersonalAccessToken, Robot, User
+from moorage.metadata.iam_models import Group, Robot, User
 from moorage.metadata.iam_store import ConflictError, IamStore
 from moorage.services.cache import TtlCache
+from moorage.services.credential_admin import CredentialAdministration
+from moorage.services.credentials import ANONYMOUS as ANONYMOUS
+from moorage.services.credentials import NAME_RE, expired, is_self, robot_proof, unknown_user_hash
+from moorage.services.credentials import IssuedSecret as IssuedSecret
+from moorage.services.credentials import Subject as Subject
+from moorage.services.credentials import grants_from as grants_from
+from moorage.services.credentials import hash_password as hash_password
+from moorage.services.credentials import hash_secret as hash_secret
+from moorage.services.credentials import parse_permissions as parse_permissions
+from moorage.services.credentials import password_matches as password_matches
+from moorage.services.credentials import password_proof as password_proof
+from moorage.services.credentials import permissions_of as permissions_of
+from moorage.services.credentials import secret_matches as secret_matches
+from moorage.services.credentials import with_certificate as with_certificate
 from moorage.services.errors import AuthenticationError as AuthenticationError
 from moorage.services.errors import IdentityError
 from moorage.services.errors import ThrottledError as ThrottledError
@@ -47,63 +48,9 @@ log = logging.getLogger("moorage.identity")
 
 T = TypeVar("T")
 
-_USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_ROBOT_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-# OWASP's argon2id parameters: 19 MiB, 2 passes, 1 lane. Bounded memory per concurrent sign-in.
-_HASHER: Final = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-# One argon2 computation at a time per process: each holds 19 MiB and a core for tens of
-# milliseconds, so a burst of sign-ins queues instead of multiplying memory and CPU.
-_HASHING: Final = threading.Lock()
-_dummy_hash: str | None = None
-
-
-def hash_password(password: str) -> str:
-    with _HASHING:
-        return _HASHER.hash(password)
-
-
-def password_matches(stored_hash: str, password: str) -> bool:
-    with _HASHING:
-        try:
-            return bool(_HASHER.verify(stored_hash, password))
-        except (VerificationError, InvalidHashError):
-            return False
-
-
-def _unknown_user_hash() -> str:
-    """A real hash to verify against for unknown users, so they cost the same time."""
-    global _dummy_hash
-    if _dummy_hash is None:
-        _dummy_hash = hash_password(secrets.token_hex(16))
-    return _dummy_hash
-
-
 _CACHE_SECONDS: Final = 2.0
 # Names the audit log uses for callers that are not accounts.
 _RESERVED_NAMES: Final = frozenset({"anonymous", "moorage", "system"})
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """An authenticated caller."""
-
-    kind: str  # user | robot | anonymous
-    id: int | None
-    name: str
-    is_admin: bool = False
-    limit: tuple[RepositoryGrant, ...] | None = None  # a scoped token narrows the user's access
-    certificate: str | None = None
-    credential: str | None = None  # e.g. "pat:ci-token", for the audit trail
-    # Which exact credential signed in (password version, robot secret, token id): checked
-    # again with the account, so a changed password or a rotated or revoked secret stops
-    # working everywhere within the liveness cache time.
-    proof: str | None = None
-
-    def actor(self, client_ip: str | None) -> Actor:
-        return Actor(self.name, self.kind, client_ip, self.certificate, self.id)
-
-
-ANONYMOUS: Final = Subject("anonymous", None, "anonymous")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,76 +69,7 @@ def policy_from(settings: Settings) -> IdentityPolicy:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedSecret:
-    """A secret shown once, with the name it belongs to."""
-
-    name: str
-    secret: str
-    id: int
-
-
-def hash_secret(secret: str) -> str:
-    """Robot and token secrets carry 256 random bits: a fast hash suffices for them."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def secret_matches(secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
-
-
-def parse_permissions(
-    raw: Sequence[dict[str, Any]], *, project: str | None
-) -> list[dict[str, Any]]:
-    """Validate a robot's or token's allow-list: [{project, repositories, actions}]."""
-    cleaned: list[dict[str, Any]] = []
-    for item in raw:
-        item_project = str(item.get("project", project or ""))
-        if project is not None and item_project != project:
-            raise IdentityError(
-                f"a robot of project {project} cannot be granted access to {item_project}", 403
-            )
-        if item_project != "*":
-            validate_repository_name(item_project)
-        try:
-            pattern = validate_pattern(str(item.get("repositories", "**")))
-        except PatternError as error:
-            raise IdentityError(str(error)) from None
-        actions = item.get("actions") or []
-        try:
-            parsed = sorted({Action(a).value for a in actions})
-        except ValueError as error:
-            raise IdentityError(f"unknown action: {error}") from None
-        if not parsed:
-            raise IdentityError("a permission needs at least one action")
-        cleaned.append({"project": item_project, "repositories": pattern, "actions": parsed})
-    if not cleaned:
-        raise IdentityError("at least one permission is required")
-    return cleaned
-
-
-def grants_from(permissions: Sequence[dict[str, Any]]) -> tuple[RepositoryGrant, ...]:
-    return tuple(
-        RepositoryGrant(
-            str(p["project"]), str(p["repositories"]), frozenset(Action(a) for a in p["actions"])
-        )
-        for p in permissions
-    )
-
-
-def permissions_of(grants: Sequence[RepositoryGrant]) -> list[dict[str, Any]]:
-    """The stored (and token claim) form of an allow-list; `grants_from` reads it back."""
-    return [
-        {
-            "project": grant.project,
-            "repositories": grant.pattern,
-            "actions": sorted(action.value for action in grant.actions),
-        }
-        for grant in grants
-    ]
-
-
-class IdentityService:
+class IdentityService(CredentialAdministration):
     def __init__(
         self, store: IamStore, events: EventBus, policy: IdentityPolicy | None = None
     ) -> None:
@@ -283,7 +161,7 @@ class IdentityService:
         attempt = Attempt(username, password, client_ip)
         self.throttle.check(attempt)
         user = self.store.user_by_name(username)
-        stored = user.password_hash if user is not None else _unknown_user_hash()
+        stored = user.password_hash if user is not None else unknown_user_hash()
         # Unknown users cost the same time as wrong passwords: no account enumeration.
         ok = password_matches(stored, password) and user is not None and not user.disabled
         if not ok or user is None:
@@ -304,7 +182,7 @@ class IdentityService:
             raise self._fail(attempt, "robot")
         self.store.touch("robot", robot.id)
         subject = Subject(
-            "robot", robot.id, robot.name, credential="robot", proof=_robot_proof(robot)
+            "robot", robot.id, robot.name, credential="robot", proof=robot_proof(robot)
         )
         return self._succeed(attempt, subject)
 
@@ -321,7 +199,7 @@ class IdentityService:
             and (not username or username == user.username)
             and secret_matches(secret, row.secret_hash)
             and not row.revoked
-            and not _expired(row.expires_at)
+            and not expired(row.expires_at)
         )
         if not ok or row is None or user is None:
             raise self._fail(attempt, "user")
@@ -340,7 +218,7 @@ class IdentityService:
 
     @staticmethod
     def _robot_usable(robot: Robot) -> bool:
-        return not robot.disabled and not _expired(robot.expires_at)
+        return not robot.disabled and not expired(robot.expires_at)
 
     def subject_for_certificate(self, name: str, description: str) -> Subject | None:
         """The user or robot a verified client certificate maps to, if it names one."""
@@ -400,7 +278,7 @@ class IdentityService:
                     robot is not None
                     and robot.name == subject.name
                     and self._robot_usable(robot)
-                    and subject.proof in (None, _robot_proof(robot))
+                    and subject.proof in (None, robot_proof(robot))
                 )
             return False
 
@@ -418,7 +296,7 @@ class IdentityService:
                 token is not None
                 and token.user_id == user.id
                 and not token.revoked
-                and not _expired(token.expires_at)
+                and not expired(token.expires_at)
             )
         return False
 
@@ -507,7 +385,7 @@ class IdentityService:
         email: str | None = None,
         is_admin: bool = False,
     ) -> int:
-        if not _USERNAME_RE.fullmatch(username) or username.startswith("robot"):
+        if not NAME_RE.fullmatch(username) or username.startswith("robot"):
             raise IdentityError("usernames are 1-64 lowercase letters, digits, '.', '_' or '-'")
         if username in _RESERVED_NAMES:
             raise IdentityError(f"{username!r} is reserved", 409)
@@ -529,7 +407,7 @@ class IdentityService:
         disabled: bool | None = None,
     ) -> None:
         user = self._user(username)
-        if _is_self(actor, username) and (disabled or is_admin is False):
+        if is_self(actor, username) and (disabled or is_admin is False):
             # Nobody locks themselves out; another administrator has to do it.
             raise IdentityError("you cannot disable your own account or drop your own admin", 409)
         changes: dict[str, Any] = {}
@@ -550,7 +428,7 @@ class IdentityService:
     ) -> None:
         """Users change their own password with the current one; admins reset anyone else's."""
         user = self._user(username)
-        if current_password is None and _is_self(actor, username):
+        if current_password is None and is_self(actor, username):
             # A stolen session must not be enough to take the account over for good.
             raise IdentityError("change your own password with your current password", 409)
         if current_password is not None:
@@ -574,6 +452,7 @@ class IdentityService:
         if user.username == actor.name:
             raise IdentityError("you cannot delete your own account", 409)
         self.store.delete_user(user.id)
+        self.throttle.forget_account(user.username)
         self.forget_cached()
         self._emit("user:delete", actor, resource=f"user:{username}")
 
@@ -599,7 +478,7 @@ class IdentityService:
     # -- groups
 
     def create_group(self, actor: Actor, name: str) -> int:
-        if not _USERNAME_RE.fullmatch(name):
+        if not NAME_RE.fullmatch(name):
             raise IdentityError("group names are 1-64 lowercase letters, digits, '.', '_' or '-'")
         try:
             group = self.store.create_group(name)
@@ -639,230 +518,3 @@ class IdentityService:
         self.store.delete_group(row.id)
         self.forget_cached()
         self._emit("group:delete", actor, resource=f"group:{name}")
-
-    # -- robots
-
-    def assert_may_grant(
-        self, grantor: Subject | None, project: str | None, actions: Iterable[str]
-    ) -> None:
-        """Nobody hands out more than they hold: each action must be the grantor's own in
-        `project` (system robots: administrators only). `None` is the command line, acting as
-        the system on the host."""
-        if grantor is None:
-            return
-        access = self.access_of(grantor)
-        wanted = {Action(a) for a in actions}
-        if holds_all(access, project, wanted):
-            return
-        if project is None:
-            raise IdentityError("only administrators grant access across projects", 403)
-        missing = sorted(a.value for a in wanted if not holds_all(access, project, (a,)))
-        raise IdentityError(
-            f"this needs {', '.join(missing)} in {project}, which you do not hold: nobody grants"
-            " or changes more than they hold",
-            403,
-        )
-
-    def robot_holdings(self, robot: Robot) -> set[str]:
-        """Every action a robot holds: its allow-list and any grants made to it."""
-        held = {action for item in grants_from(robot.permissions) for action in item.actions}
-        for _project, _pattern, actions in self.store.grants_of([("robot", robot.id)]):
-            held.update(Action(action) for action in actions)
-        return {action.value for action in held}
-
-    def create_robot(
-        self,
-        actor: Actor,
-        name: str,
-        permissions: Sequence[dict[str, Any]],
-        project: str | None,
-        expires_in_days: int | None,
-        description: str | None = None,
-        *,
-        grantor: Subject | None = None,
-    ) -> IssuedSecret:
-        if not _ROBOT_NAME_RE.fullmatch(name):
-            raise IdentityError("robot names are 1-64 lowercase letters, digits, '.', '_' or '-'")
-        project_row = None
-        if project is not None:
-            project_row = self.store.project_by_name(project)
-            if project_row is None:
-                raise IdentityError(f"project {project} not found", 404)
-        cleaned = parse_permissions(permissions, project=project)
-        self.assert_may_grant(grantor, project, (a for p in cleaned for a in p["actions"]))
-        full_name = robot_full_name(name, project)
-        secret = secrets.token_urlsafe(32)
-        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-        try:
-            robot = self.store.create_robot(
-                Robot(
-                    name=full_name,
-                    project_id=project_row.id if project_row else None,
-                    description=description,
-                    secret_hash=hash_secret(secret),
-                    permissions=cleaned,
-                    expires_at=expires,
-                    disabled=False,
-                    created_by=actor.name,
-                )
-            )
-        except ConflictError as error:
-            raise IdentityError(str(error), 409) from None
-        self._emit(
-            "robot:create",
-            actor,
-            project=project,
-            resource=f"robot:{full_name}",
-            permissions=cleaned,
-            expires_at=expires.isoformat() if expires else None,
-        )
-        return IssuedSecret(full_name, secret, robot.id)
-
-    def robots(self, project: str | None) -> list[Robot]:
-        """The robots of a project, or the system robots when `project` is None."""
-        project_id = None
-        if project is not None:
-            row = self.store.project_by_name(project)
-            if row is None:
-                raise IdentityError(f"project {project} not found", 404)
-            project_id = row.id
-        return self.store.list_robots(project_id)
-
-    def robot(self, full_name: str, project: str | None) -> Robot:
-        robot = self.store.robot_by_name(full_name)
-        project_row = self.store.project_by_name(project) if project else None
-        if robot is None or robot.project_id != (project_row.id if project_row else None):
-            raise IdentityError(f"robot {full_name} not found", 404)
-        return robot
-
-    def update_robot(
-        self,
-        actor: Actor,
-        full_name: str,
-        project: str | None,
-        *,
-        disabled: bool | None = None,
-        permissions: Sequence[dict[str, Any]] | None = None,
-        grantor: Subject | None = None,
-    ) -> None:
-        robot = self.robot(full_name, project)
-        changes: dict[str, Any] = {}
-        held = self.robot_holdings(robot)
-        if disabled is not None:
-            changes["disabled"] = disabled
-        if permissions is not None:
-            cleaned = parse_permissions(permissions, project=project)
-            held.update(a for p in cleaned for a in p["actions"])
-            changes["permissions"] = cleaned
-        self.assert_may_grant(grantor, project, held)
-        self.store.update_robot(robot.id, **changes)
-        self.forget_cached()
-        self._emit("robot:update", actor, project=project, resource=f"robot:{full_name}", **changes)
-
-    def rotate_robot(
-        self,
-        actor: Actor,
-        full_name: str,
-        project: str | None,
-        *,
-        grantor: Subject | None = None,
-    ) -> IssuedSecret:
-        """A new secret: whoever receives it holds everything the robot holds."""
-        robot = self.robot(full_name, project)
-        self.assert_may_grant(grantor, project, self.robot_holdings(robot))
-        secret = secrets.token_urlsafe(32)
-        self.store.update_robot(robot.id, secret_hash=hash_secret(secret))
-        self._emit("robot:rotate", actor, project=project, resource=f"robot:{full_name}")
-        return IssuedSecret(full_name, secret, robot.id)
-
-    def delete_robot(
-        self,
-        actor: Actor,
-        full_name: str,
-        project: str | None,
-        *,
-        grantor: Subject | None = None,
-    ) -> None:
-        robot = self.robot(full_name, project)
-        self.assert_may_grant(grantor, project, self.robot_holdings(robot))
-        self.store.delete_robot(robot.id)
-        self.forget_cached()
-        self._emit("robot:delete", actor, project=project, resource=f"robot:{full_name}")
-
-    # -- personal access tokens
-
-    def create_token(
-        self,
-        actor: Actor,
-        username: str,
-        name: str,
-        scopes: Sequence[dict[str, Any]] | None,
-        expires_in_days: int | None,
-    ) -> IssuedSecret:
-        user = self._user(username)
-        if not _ROBOT_NAME_RE.fullmatch(name):
-            raise IdentityError("token names are 1-64 lowercase letters, digits, '.', '_' or '-'")
-        cleaned = parse_permissions(scopes, project=None) if scopes else None
-        public_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
-        expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
-        try:
-            row = self.store.create_pat(
-                PersonalAccessToken(
-                    public_id=public_id,
-                    user_id=user.id,
-                    name=name,
-                    secret_hash=hash_secret(secret),
-                    scopes=cleaned,
-                    expires_at=expires,
-                    revoked=False,
-                )
-            )
-        except ConflictError as error:
-            raise IdentityError(str(error), 409) from None
-        self._emit(
-            "token:create",
-            actor,
-            resource=f"token:{username}/{name}",
-            scopes=cleaned,
-            expires_at=expires.isoformat() if expires else None,
-        )
-        return IssuedSecret(name, f"{PAT_PREFIX}{public_id}_{secret}", row.id)
-
-    def tokens(self, username: str) -> list[PersonalAccessToken]:
-        return self.store.list_pats(self._user(username).id)
-
-    def revoke_token(self, actor: Actor, username: str, name: str) -> None:
-        user = self._user(username)
-        for row in self.store.list_pats(user.id):
-            if row.name == name:
-                self.store.update_pat(row.id, revoked=True)
-                self.forget_cached()
-                self._emit("token:revoke", actor, resource=f"token:{username}/{name}")
-                return
-        raise IdentityError(f"token {name} not found", 404)
-
-
-def _is_self(actor: Actor, username: str) -> bool:
-    return actor.kind == "user" and actor.name == username
-
-
-def password_proof(user: Any) -> str:
-    changed = user.password_changed_at
-    return f"password:{changed.replace(tzinfo=None).isoformat()}"
-
-
-def _robot_proof(robot: Robot) -> str:
-    # A fingerprint of the stored hash: changes when the secret is rotated, reveals nothing.
-    return "robot:" + hashlib.sha256(robot.secret_hash.encode()).hexdigest()[:16]
-
-
-def _expired(moment: datetime | None) -> bool:
-    if moment is None:
-        return False
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware <= datetime.now(UTC)
-
-
-def with_certificate(subject: Subject, certificate: str | None) -> Subject:
-    return replace(subject, certificate=certificate) if certificate else subject

@@ -126,6 +126,13 @@ class SignInThrottle:
             self._store.record_seen(self._seen_key(attempt), datetime.now(UTC))
             self._locks.clear()
 
+    def forget_account(self, username: str) -> None:
+        """A deleted account's counters and familiar addresses go with it: a new account of the
+        same name starts with none."""
+        name = username[:_MAX_NAME]
+        self._store.forget_throttle([f"user:{name}"], [f"user:{name}|", f"seen:{name}|"])
+        self._locks.clear()
+
     @staticmethod
     def _seen_key(attempt: Attempt) -> str:
         return f"seen:{attempt.username[:_MAX_NAME]}|{attempt.client_ip}"
