@@ -28,6 +28,7 @@ from tests.support.oci import (
     push_blob_object,
     push_image,
     push_image_parts,
+    push_manifest,
     put_manifest,
     random_bytes,
     raw_exchange,
@@ -96,6 +97,75 @@ def test_deeply_nested_json_is_manifest_invalid(
     assert_manifest_refused(client, repo, nested.encode(), OCI_MANIFEST)
     objects = '{"a":' * depth + "1" + "}" * depth
     assert_manifest_refused(client, repo, objects.encode(), OCI_MANIFEST)
+
+
+def _with_duplicate(document: dict[str, Any], path: tuple[str | int, ...], key: str) -> bytes:
+    """`document` as JSON with `key` written a second time, with another value, in the object
+    at `path`; the text still parses with `json.loads` (the last value wins)."""
+    marker = "__moorage_duplicate_marker__"
+    target: Any = document
+    for step in path:
+        target = target[step]
+    target[marker] = "other"
+    text = json.dumps(document)
+    return text.replace(json.dumps(marker), json.dumps(key), 1).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ((), "mediaType"),
+        ((), "schemaVersion"),
+        ((), "layers"),
+        (("config",), "digest"),
+        (("layers", 0), "digest"),
+        (("layers", 0), "size"),
+        (("annotations",), "org.opencontainers.image.title"),
+    ],
+    ids=[
+        "top-media-type",
+        "top-schema",
+        "top-layers",
+        "config-digest",
+        "layer-digest",
+        "layer-size",
+        "annotation",
+    ],
+)
+def test_a_key_twice_in_one_object_is_manifest_invalid(
+    client: httpx.Client,
+    repo: str,
+    parts: tuple[Pushed, list[Pushed]],
+    path: tuple[str | int, ...],
+    key: str,
+) -> None:
+    """Two parsers must never see two different manifests behind one digest."""
+    document = valid_document(parts)
+    document["annotations"] = {"org.opencontainers.image.title": "first"}
+    body = _with_duplicate(document, path, key)
+    assert json.loads(body)  # an ordinary parser takes it, the last value winning
+    error = assert_manifest_refused(client, repo, body, OCI_MANIFEST)
+    assert "twice" in error["message"]
+
+
+def test_a_key_twice_inside_an_index_child_is_manifest_invalid(
+    client: httpx.Client, repo: str, parts: tuple[Pushed, list[Pushed]]
+) -> None:
+    child = push_manifest(client, repo, encode(valid_document(parts)), OCI_MANIFEST, None)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": child.digest,
+                "size": child.size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
+    body = _with_duplicate(index, ("manifests", 0, "platform"), "architecture")
+    assert_manifest_refused(client, repo, body, OCI_INDEX)
 
 
 # -- manifests with a wrong shape

@@ -67,10 +67,34 @@ class ParsedManifest:
         return None
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise DuplicateKeyError(key)
+        document[key] = value
+    return document
+
+
+def load_json_strictly(body: bytes) -> Any:
+    """JSON whose objects never repeat a key, at any depth: with a repeated key, parsers
+    disagree on the value (the first or the last wins), so a registry, a scanner and a runtime
+    could each see a different manifest behind one digest."""
+    return json.loads(body, object_pairs_hook=_unique_keys)
+
+
 def parse_manifest(body: bytes, content_type: str, digest: Digest) -> ParsedManifest:
     """Validate `body` as a manifest of a supported media type, or raise MANIFEST_INVALID."""
     try:
-        document = json.loads(body)
+        document = load_json_strictly(body)
+    except DuplicateKeyError as exc:
+        raise _invalid(
+            f"manifest has the key {str(exc)[:100]!r} twice in one object; each key may appear once"
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
