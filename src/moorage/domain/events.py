@@ -74,4 +74,18 @@ class AccessEvent:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def policy_denied(
+    actor: Actor,
+    project: str | None,
+    resource: str | None,
+    *,
+    point: str,
+    policy: str | None,
+    reason: str,
+) -> AccessEvent:
+    """The audit event of a request a policy refused at a decision point."""
+    details: dict[str, object] = {"point": point, "policy": policy, "reason": reason}
+    return AccessEvent("policy:denied", actor, "denied", project, resource, details)
+
+
 DomainEvent = RegistryEvent | AccessEvent

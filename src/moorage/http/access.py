@@ -25,7 +25,7 @@ from moorage.domain.access import (
     may_push_new_project,
 )
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import AccessEvent, Actor
+from moorage.domain.events import AccessEvent, Actor, policy_denied
 from moorage.domain.names import project_of, validate_repository_name
 from moorage.http.authn import Caller, InvalidTokenError
 from moorage.http.state import IAM, ROUTING, SERVICES, IamServices
@@ -168,13 +168,13 @@ async def _route(
             target = await router.write_target(resource, action)
         except RegistryError as error:
             iam.events.publish(
-                AccessEvent(
-                    "policy:denied",
+                policy_denied(
                     request[ACTOR],
-                    "denied",
                     project_of(resource),
                     f"{request.method} {request.path}"[:500],
-                    {"point": action.value, "policy": "virtual-project", "reason": error.message},
+                    point=action.value,
+                    policy="virtual-project",
+                    reason=error.message,
                 )
             )
             raise
@@ -319,13 +319,13 @@ async def _refuse_push_into_proxy(request: web.Request, iam: IamServices, reposi
         " push to the upstream registry or to another project"
     )
     iam.events.publish(
-        AccessEvent(
-            "policy:denied",
+        policy_denied(
             request[ACTOR],
-            "denied",
             project,
             f"{request.method} {request.path}"[:500],
-            {"point": "push", "policy": "proxy-cache", "reason": message},
+            point="push",
+            policy="proxy-cache",
+            reason=message,
         )
     )
     raise RegistryError(ErrorCode.DENIED, message)

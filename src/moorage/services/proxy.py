@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent
+from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent, policy_denied
 from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.proxy import (
@@ -308,13 +308,13 @@ class ProxyService:
 
     def _refused(self, actor: Actor, project: str, message: str) -> IdentityError:
         self._events.publish(
-            AccessEvent(
-                "policy:denied",
+            policy_denied(
                 actor,
-                "denied",
                 project,
                 f"project:{project}",
-                {"point": "configure:proxy", "policy": "promotion-only", "reason": message},
+                point="configure:proxy",
+                policy="promotion-only",
+                reason=message,
             )
         )
         return IdentityError(message, 409)

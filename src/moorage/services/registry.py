@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, TypeVar
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent
+from moorage.domain.events import Actor, EventKind, RegistryEvent, policy_denied
 from moorage.domain.manifest import ParsedManifest, parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.negotiation import DEFAULT_PLATFORM, is_acceptable
@@ -139,13 +139,13 @@ class RegistryService:
             resource += f"@{context.digest}"
         for denial in denials:
             self._events.publish(
-                AccessEvent(
-                    "policy:denied",
+                policy_denied(
                     context.actor,
-                    "denied",
                     project_of(context.repository),
                     resource,
-                    {"point": str(context.point), "policy": denial.policy, "reason": denial.reason},
+                    point=str(context.point),
+                    policy=denial.policy,
+                    reason=denial.reason,
                 )
             )
         raise RegistryError(ErrorCode.DENIED, "; ".join(d.reason for d in denials))

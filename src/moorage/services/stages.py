@@ -19,7 +19,7 @@ from typing import Any, Final
 from moorage.domain.access import SystemAction, decide_system
 from moorage.domain.digest import Digest
 from moorage.domain.errors import RegistryError
-from moorage.domain.events import AccessEvent, Actor
+from moorage.domain.events import AccessEvent, Actor, policy_denied
 from moorage.domain.names import project_of
 from moorage.domain.policy import Allow, Decision, DecisionPoint, Deny, PolicyContext, PolicySet
 from moorage.domain.promotion import (
@@ -151,13 +151,13 @@ class StageService:
                 f" {project}`), or promote into another project"
             )
             self._events.publish(
-                AccessEvent(
-                    "policy:denied",
+                policy_denied(
                     actor,
-                    "denied",
                     project,
                     f"project:{project}",
-                    {"point": "configure:stage", "policy": "proxy-cache", "reason": message},
+                    point="configure:stage",
+                    policy="proxy-cache",
+                    reason=message,
                 )
             )
             raise IdentityError(message, 409) from None
