@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
 from moorage.http.app import build_app
+from moorage.http.protocol_errors import JsonErrorAppRunner
 from moorage.logs import quote_field
 from moorage.server import STOP_SIGNALS, tls_context
 
@@ -122,7 +123,7 @@ async def _serve(
     app = build_app(settings, run_jobs=index == 0)
     in_flight = _InFlight()
     app.middlewares.insert(0, in_flight.middleware)
-    runner = web.AppRunner(
+    runner = JsonErrorAppRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("moorage.access") if settings.access_log else None,
