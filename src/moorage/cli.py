@@ -50,12 +50,21 @@ def migrate(config: Path | None, **flags: Any) -> None:
 @main.command()
 @config_option
 @data_dir_option
-def fsck(config: Path | None, **flags: Any) -> None:
-    """Check that every manifest's blobs are recorded and present in storage."""
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Remove what can be removed safely: promotion records of no stored promotion.",
+)
+def fsck(config: Path | None, repair: bool, **flags: Any) -> None:
+    """Check that every manifest's blobs are recorded and present in storage, and that every
+    promotion record belongs to a stored promotion. Run it with the registry stopped."""
     from moorage.integrity import check
 
-    problems = check(load_cli_settings(config, **flags))
-    for problem in problems:
-        click.echo(problem)
-    click.echo(f"{len(problems)} problem(s) found")
-    sys.exit(1 if problems else 0)
+    findings = check(load_cli_settings(config, **flags), repair=repair)
+    for line in findings.repaired + findings.problems:
+        click.echo(line)
+    click.echo(
+        f"{len(findings.problems) + len(findings.repaired)} problem(s) found,"
+        f" {len(findings.repaired)} repaired"
+    )
+    sys.exit(1 if findings.problems else 0)

@@ -1,32 +1,53 @@
-"""Offline consistency check: metadata against storage."""
+"""Offline consistency check: metadata against storage, and promotion records against the
+promotions they record."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from moorage.config import Settings
 from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.promotion_store import PromotionStore
 from moorage.metadata.store import MetadataStore
 from moorage.storage.filesystem import FilesystemStorage
 
 
-def check(settings: Settings) -> list[str]:
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+
+def check(settings: Settings, *, repair: bool = False) -> Findings:
+    findings = Findings()
     if settings.database_url is None and not (settings.data_dir / "moorage.db").is_file():
         # A mistyped --data-dir must not be "repaired" into a fresh, empty and clean registry.
-        return [f"{settings.data_dir} holds no registry database (moorage.db)"]
+        findings.problems.append(f"{settings.data_dir} holds no registry database (moorage.db)")
+        return findings
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     migrate(engine)
     store = MetadataStore(engine)
     storage = FilesystemStorage(settings.data_dir / "storage")
-    problems: list[str] = []
     try:
         for manifest, blob in store.manifests_with_missing_blobs():
-            problems.append(f"manifest {manifest} references blob {blob}, which has no record")
+            findings.problems.append(
+                f"manifest {manifest} references blob {blob}, which has no record"
+            )
         for digest, size in store.all_blobs():
             stored = storage.blob_size(Digest.parse(digest))
             if stored is None:
-                problems.append(f"blob {digest} is recorded but missing from storage")
+                findings.problems.append(f"blob {digest} is recorded but missing from storage")
             elif stored != size:
-                problems.append(f"blob {digest} is {stored} bytes in storage, {size} recorded")
+                findings.problems.append(
+                    f"blob {digest} is {stored} bytes in storage, {size} recorded"
+                )
+        for repository, digest in PromotionStore(engine, store).dangling_records():
+            problem = f"promotion record {repository}@{digest} records no stored promotion"
+            if repair and store.delete_manifest(repository, digest) is not None:
+                findings.repaired.append(f"{problem}: removed")
+            else:
+                findings.problems.append(problem)
     finally:
         store.close()
-    return problems
+    return findings

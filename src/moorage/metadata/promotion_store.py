@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, Table, delete, select
+from sqlalchemy import Connection, Engine, Row, Table, delete, select
 from sqlalchemy.exc import IntegrityError
 
+from moorage.domain.manifest import ParsedManifest
+from moorage.domain.promotion import ANNOTATION_PROMOTION, DSSE_ENVELOPE_TYPE
 from moorage.metadata.database import read_transaction, write_transaction
 from moorage.metadata.iam_models import Project, ProxyUpstreamRow
 from moorage.metadata.models import utcnow
@@ -90,6 +92,14 @@ class NewPromotion:
 @dataclass(frozen=True, slots=True)
 class PromotionRecord(NewPromotion):
     id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordManifest:
+    """The signed record's referrer manifest, committed with the promotion it records."""
+
+    manifest: ParsedManifest
+    body: bytes
 
 
 _promotions: Table = PromotionRow.__table__  # type: ignore[assignment]
@@ -289,22 +299,48 @@ class PromotionStore:
     def latest(self, repository: str, tag: str, digest: str) -> PromotionRecord | None:
         """The newest promotion of `digest` to `repository:tag`."""
         with read_transaction(self._engine) as connection:
-            row = connection.execute(
-                select(_promotions)
-                .where(
-                    _promotions.c.destination_repository == repository,
-                    _promotions.c.tag == tag,
-                    _promotions.c.digest == digest,
-                )
-                .order_by(_promotions.c.id.desc())
-                .limit(1)
-            ).first()
+            return self._latest_in(connection, repository, tag, digest)
+
+    @staticmethod
+    def _latest_in(
+        connection: Connection, repository: str, tag: str, digest: str
+    ) -> PromotionRecord | None:
+        row = connection.execute(
+            select(_promotions)
+            .where(
+                _promotions.c.destination_repository == repository,
+                _promotions.c.tag == tag,
+                _promotions.c.digest == digest,
+            )
+            .order_by(_promotions.c.id.desc())
+            .limit(1)
+        ).first()
         return _promotion(row) if row is not None else None
 
-    def commit(self, links: ManifestLinks, promotion: NewPromotion) -> PromotionRecord:
-        """Link the manifests and store the promotion record in one transaction."""
+    def commit(
+        self, links: ManifestLinks, promotion: NewPromotion, record: RecordManifest
+    ) -> tuple[PromotionRecord, bool]:
+        """Link the manifests, attach the signed record as a referrer and store the promotion,
+        in one transaction: a promotion that does not commit leaves no record behind.
+
+        When the tag already points at the digest through a stored promotion (an identical
+        promotion committed first), that one is returned and nothing is written: `(record,
+        created)`.
+        """
         with write_transaction(self._engine) as connection:
+            if (
+                self._metadata.tag_target_in(connection, links.target, promotion.tag)
+                == promotion.digest
+            ):
+                earlier = self._latest_in(
+                    connection, promotion.destination_repository, promotion.tag, promotion.digest
+                )
+                if earlier is not None:
+                    return earlier, False
             self._metadata.link_manifests_in(connection, links)
+            self._metadata.put_manifest_in(
+                connection, links.target, record.manifest, record.body, None
+            )
             result = connection.execute(
                 _promotions.insert().values(
                     destination_project=promotion.destination_project,
@@ -324,7 +360,24 @@ class PromotionStore:
             )
             (new_id,) = result.inserted_primary_key or (None,)
         assert new_id is not None
-        return PromotionRecord(id=int(new_id), **_fields(promotion))
+        return PromotionRecord(id=int(new_id), **_fields(promotion)), True
+
+    def dangling_records(self) -> list[tuple[str, str]]:
+        """Referrers that present themselves as promotion records but record no stored
+        promotion: (repository, digest). Left by a crash under the ordering older versions
+        used (record first, promotion after)."""
+        recorded = self._recorded_digests()
+        return [
+            (repository, digest)
+            for repository, digest, annotations in self._metadata.stored_artifacts(
+                DSSE_ENVELOPE_TYPE
+            )
+            if ANNOTATION_PROMOTION in annotations and digest not in recorded
+        ]
+
+    def _recorded_digests(self) -> set[str]:
+        with read_transaction(self._engine) as connection:
+            return set(connection.execute(select(_promotions.c.record_digest)).scalars())
 
     def promotions(
         self, project: str | None, before: int | None, limit: int

@@ -291,70 +291,101 @@ class MetadataStore:
         stored are recorded (a platform filter leaves the others out); and the tag is marked
         as confirmed against the upstream at that time.
         """
+        with write_transaction(self._engine) as connection:
+            self.put_manifest_in(
+                connection,
+                repository,
+                manifest,
+                body,
+                tag,
+                tag_precondition=tag_precondition,
+                cached_at=cached_at,
+            )
+
+    def put_manifest_in(
+        self,
+        connection: Connection,
+        repository: str,
+        manifest: ParsedManifest,
+        body: bytes,
+        tag: str | None,
+        *,
+        tag_precondition: TagPrecondition | None = None,
+        cached_at: datetime | None = None,
+    ) -> None:
+        """`put_manifest` inside a transaction the caller holds (to commit more with it)."""
         digest = str(manifest.digest)
         required_blobs = sorted({str(d) for d in manifest.required_blobs()})
         children = sorted({str(child.digest) for child in manifest.children})
         now = utcnow()
-        with write_transaction(self._engine) as connection:
-            repository_id = self._repository_id(connection, repository, create=True)
-            assert repository_id is not None
-            if tag is not None and tag_precondition is not None:
-                current = connection.execute(
-                    select(_tags.c.manifest_digest).where(
-                        _tags.c.repository_id == repository_id, _tags.c.name == tag
-                    )
-                ).scalar()
-                if current != tag_precondition.digest:
-                    raise PreconditionFailedError(f"tag {tag} now points at {current}")
-            missing_children = self._missing(connection, _rm, repository_id, children)
+        repository_id = self._repository_id(connection, repository, create=True)
+        assert repository_id is not None
+        if tag is not None and tag_precondition is not None:
+            current = connection.execute(
+                select(_tags.c.manifest_digest).where(
+                    _tags.c.repository_id == repository_id, _tags.c.name == tag
+                )
+            ).scalar()
+            if current != tag_precondition.digest:
+                raise PreconditionFailedError(f"tag {tag} now points at {current}")
+        missing_children = self._missing(connection, _rm, repository_id, children)
+        if cached_at is not None:
+            children = [child for child in children if child not in missing_children]
+        else:
+            missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
+            if missing_blobs or missing_children:
+                raise MissingReferencesError(missing_blobs, missing_children)
+        self._insert_ignore(
+            connection,
+            _manifests,
+            [
+                {
+                    "digest": digest,
+                    "media_type": manifest.media_type,
+                    "size": manifest.size,
+                    "body": body,
+                    "subject_digest": str(manifest.subject.digest) if manifest.subject else None,
+                    "artifact_type": manifest.referrer_artifact_type(),
+                    "annotations": json.dumps(manifest.annotations)
+                    if manifest.annotations
+                    else None,
+                    "created_at": now,
+                }
+            ],
+        )
+        self._insert_ignore(
+            connection,
+            _mblobs,
+            [
+                {"manifest_digest": digest, "blob_digest": str(b)}
+                for b in manifest.referenced_blobs()
+            ],
+        )
+        self._insert_ignore(
+            connection,
+            _mchildren,
+            [{"parent_digest": digest, "child_digest": child} for child in children],
+        )
+        self._insert_ignore(
+            connection,
+            _rm,
+            [{"repository_id": repository_id, "digest": digest, "created_at": now}],
+        )
+        if tag is not None:
+            self._set_tag(connection, repository_id, tag, digest, now)
             if cached_at is not None:
-                children = [child for child in children if child not in missing_children]
-            else:
-                missing_blobs = self._missing(connection, _rb, repository_id, required_blobs)
-                if missing_blobs or missing_children:
-                    raise MissingReferencesError(missing_blobs, missing_children)
-            self._insert_ignore(
-                connection,
-                _manifests,
-                [
-                    {
-                        "digest": digest,
-                        "media_type": manifest.media_type,
-                        "size": manifest.size,
-                        "body": body,
-                        "subject_digest": str(manifest.subject.digest)
-                        if manifest.subject
-                        else None,
-                        "artifact_type": manifest.referrer_artifact_type(),
-                        "annotations": json.dumps(manifest.annotations)
-                        if manifest.annotations
-                        else None,
-                        "created_at": now,
-                    }
-                ],
+                self._mark_checked(connection, repository_id, tag, cached_at)
+
+    def tag_target_in(self, connection: Connection, repository: str, tag: str) -> str | None:
+        """The digest `repository:tag` points at, read in the caller's transaction."""
+        repository_id = self._repository_id(connection, repository, create=False)
+        if repository_id is None:
+            return None
+        return connection.execute(
+            select(_tags.c.manifest_digest).where(
+                _tags.c.repository_id == repository_id, _tags.c.name == tag
             )
-            self._insert_ignore(
-                connection,
-                _mblobs,
-                [
-                    {"manifest_digest": digest, "blob_digest": str(b)}
-                    for b in manifest.referenced_blobs()
-                ],
-            )
-            self._insert_ignore(
-                connection,
-                _mchildren,
-                [{"parent_digest": digest, "child_digest": child} for child in children],
-            )
-            self._insert_ignore(
-                connection,
-                _rm,
-                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
-            )
-            if tag is not None:
-                self._set_tag(connection, repository_id, tag, digest, now)
-                if cached_at is not None:
-                    self._mark_checked(connection, repository_id, tag, cached_at)
+        ).scalar()
 
     def link_manifests(self, links: ManifestLinks) -> None:
         """Make `links.manifests` (and the blobs they need) part of `links.target`, and set
@@ -625,6 +656,20 @@ class MetadataStore:
             ReferrerRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else None)
             for row in rows
         ]
+
+    def stored_artifacts(self, artifact_type: str) -> list[tuple[str, str, dict[str, str]]]:
+        """Every manifest of `artifact_type` in every repository: (repository, digest,
+        annotations). For consistency checks, which read the whole registry."""
+        query = (
+            select(_repos.c.name, _manifests.c.digest, _manifests.c.annotations)
+            .select_from(_rm.join(_repos, _repos.c.id == _rm.c.repository_id))
+            .join(_manifests, _manifests.c.digest == _rm.c.digest)
+            .where(_manifests.c.artifact_type == artifact_type)
+            .order_by(_repos.c.name, _manifests.c.digest)
+        )
+        with read_transaction(self._engine) as connection:
+            rows = connection.execute(query).all()
+        return [(row[0], row[1], json.loads(row[2]) if row[2] else {}) for row in rows]
 
     # -- server secrets
 

@@ -6,10 +6,11 @@
   policies on exactly that (`promotion_gates`, `promotion_source`), and links it into the
   destination repository, then sets the tag. Blobs are linked, never copied. The record (an
   in-toto statement in a DSSE envelope signed with the registry's key, `promotion_record`) is
-  attached to the promoted manifest as a referrer first; the links, the tag and the stored
-  record are then committed in one transaction, and the attached record is removed again if
-  that fails. Promoting the digest the tag already holds from an earlier promotion returns that
-  promotion. Every attempt but a dry run is audited once (`promotion_audit`), refusals too.
+  committed as a referrer of the promoted manifest in the same transaction as the links, the
+  tag and the stored promotion, so nothing of a promotion that does not commit is visible.
+  Promoting the digest the tag already holds from an earlier promotion returns that promotion,
+  also when the earlier one committed while this one was being decided. Every attempt but a
+  dry run is audited once (`promotion_audit`), refusals too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import Actor
+from moorage.domain.events import SYSTEM, Actor, EventKind, RegistryEvent
 from moorage.domain.names import project_of
 from moorage.domain.promotion import (
     DestinationReference,
@@ -124,7 +125,7 @@ class PromotionService:
         self._events = events
         self._is_proxy = is_proxy
         self._records = RecordWriter(
-            registry=registry, uploads=uploads, metadata=metadata, tokens=tokens, threads=threads
+            uploads=uploads, metadata=metadata, tokens=tokens, threads=threads
         )
 
     # -- keys
@@ -264,7 +265,8 @@ class PromotionService:
             linked=[digest for digest in plan.manifests if digest != top.digest],
         )
         signed = await self._threads.run(self._records.sign, canonical_json(document))
-        record_digest = await self._records.attach(destination.repository, top, signed, source, now)
+        attached = await self._records.prepare(destination.repository, top, signed, source, now)
+        record_digest = str(attached.manifest.digest)
         links = ManifestLinks(
             source.repository,
             destination.repository,
@@ -289,13 +291,23 @@ class PromotionService:
             envelope=signed,
             created_at=now,
         )
-        try:
-            record = await self._registry.link_manifests(
-                links, top, actor, lambda guarded: self._store.commit(guarded, new)
+        record, created = await self._registry.link_manifests(
+            links, top, actor, lambda guarded: self._store.commit(guarded, new, attached)
+        )
+        if not created:
+            # An identical promotion committed first: it is the one that happened.
+            return PromotionOutcome(record, False, (), top.digest, source, destination)
+        self._events.publish(
+            RegistryEvent(
+                EventKind.MANIFEST_PUSHED,
+                destination.repository,
+                record_digest,
+                None,
+                attached.manifest.media_type,
+                attached.manifest.size,
+                SYSTEM,
             )
-        except BaseException:
-            await self._records.detach(destination.repository, record_digest)
-            raise
+        )
         self._events.publish(
             promotion_event(
                 actor, "success", source, destination, top.digest, results, record=record

@@ -1,12 +1,14 @@
 """The signed promotion record: an in-toto statement in a DSSE envelope, signed with the
-registry's key, attached to the promoted manifest as a referrer (by the system actor), and
-removed again when the promotion it records does not commit."""
+registry's key, attached to the promoted manifest as a referrer (by the system actor).
+
+Only the record's blobs are stored ahead; its manifest is committed in the promotion's own
+transaction (`PromotionStore.commit`), so a promotion that fails or crashes before it commits
+leaves no referrer behind, at most content-addressed blobs nothing points at."""
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Final
@@ -14,7 +16,7 @@ from typing import Final
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.events import SYSTEM
-from moorage.domain.names import Reference
+from moorage.domain.manifest import parse_manifest
 from moorage.domain.promotion import (
     ANNOTATION_PROMOTION,
     DSSE_ENVELOPE_TYPE,
@@ -24,13 +26,11 @@ from moorage.domain.promotion import (
     envelope,
     pae,
 )
+from moorage.metadata.promotion_store import RecordManifest
 from moorage.metadata.store import ManifestRecord, MetadataStore
-from moorage.services.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.uploads import UploadService
-
-log = logging.getLogger("moorage.promotion")
 
 _EMPTY_CONFIG: Final = b"{}"
 _TITLE: Final = "org.opencontainers.image.title"
@@ -41,13 +41,11 @@ class RecordWriter:
     def __init__(
         self,
         *,
-        registry: RegistryService,
         uploads: UploadService,
         metadata: MetadataStore,
         tokens: TokenService,
         threads: Threads,
     ) -> None:
-        self._registry = registry
         self._uploads = uploads
         self._metadata = metadata
         self._tokens = tokens
@@ -67,15 +65,15 @@ class RecordWriter:
             await self._uploads.monolithic(repository, digest, len(data), _once(data), SYSTEM)
         return digest
 
-    async def attach(
+    async def prepare(
         self,
         repository: str,
         top: ManifestRecord,
         signed: bytes,
         source: SourceReference,
         at: datetime,
-    ) -> str:
-        """Push the record as a referrer of `top` (by the system actor); its digest."""
+    ) -> RecordManifest:
+        """Store the record's blobs in `repository` and build its referrer manifest of `top`."""
         config = await self._store_blob(repository, _EMPTY_CONFIG)
         layer = await self._store_blob(repository, signed)
         manifest = {
@@ -103,18 +101,7 @@ class RecordWriter:
             },
         }
         body = json.dumps(manifest, indent=2).encode()
-        pushed = await self._registry.put_manifest(
-            repository, Reference(digest=Digest.of(body)), mt.OCI_MANIFEST, body, SYSTEM
-        )
-        return str(pushed.digest)
-
-    async def detach(self, repository: str, record_digest: str) -> None:
-        try:
-            await self._registry.delete_manifest(
-                repository, Reference(digest=Digest.parse(record_digest)), SYSTEM
-            )
-        except Exception:
-            log.exception("could not remove the record %s of a failed promotion", record_digest)
+        return RecordManifest(parse_manifest(body, mt.OCI_MANIFEST, Digest.of(body)), body)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
