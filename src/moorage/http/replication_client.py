@@ -24,7 +24,7 @@ from moorage.domain.proxy import Flavor
 from moorage.http.outbound import OutboundTLS, outbound_session
 from moorage.http.upstream import HttpUpstreamClient
 from moorage.services.proxy import UpstreamEndpoint, UpstreamError, UpstreamHead
-from moorage.services.replication import RemoteEndpoint
+from moorage.services.replication_types import RemoteEndpoint
 
 _PAGE: Final = 100
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
