@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from moorage.metadata.database import read_transaction, write_transaction
 from moorage.metadata.models import utcnow
@@ -21,12 +21,14 @@ from moorage.metadata.replication_records import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    CopyRecord,
     ExecutionRecord,
     TaskRecord,
     TaskSpec,
     task_record,
     utc,
 )
+from moorage.metadata.replication_records import copies_table as _copies
 from moorage.metadata.replication_records import executions_table as _executions
 from moorage.metadata.replication_records import tasks_table as _tasks
 
@@ -84,6 +86,7 @@ class ReplicationQueueStore:
                 "bytes_copied": 0,
                 "blobs_copied": 0,
                 "blobs_skipped": 0,
+                "referrers_copied": 0,
                 "updated_at": now,
             }
             for spec in tasks
@@ -316,3 +319,56 @@ class ReplicationQueueStore:
             ).rowcount
             if won:
                 self._refresh(connection, task.execution_id)
+
+    # -- what rules put at their targets
+
+    def record_copies(
+        self, rule_id: int, source: str, destination: str, tags: Sequence[tuple[str, str]]
+    ) -> None:
+        """Remember that the rule put `tags` (tag, digest) at `destination`."""
+        if not tags:
+            return
+        now = utcnow()
+        with write_transaction(self._engine) as connection:
+            for tag, digest in dict(tags).items():
+                where = and_(
+                    _copies.c.rule_id == rule_id,
+                    _copies.c.destination == destination,
+                    _copies.c.tag == tag,
+                )
+                changed = connection.execute(
+                    update(_copies)
+                    .where(where)
+                    .values(source=source, digest=digest, updated_at=now)
+                ).rowcount
+                if not changed:
+                    connection.execute(
+                        insert(_copies).values(
+                            rule_id=rule_id,
+                            source=source,
+                            destination=destination,
+                            tag=tag,
+                            digest=digest,
+                            updated_at=now,
+                        )
+                    )
+
+    def copies(self, rule_id: int, limit: int) -> list[CopyRecord]:
+        with read_transaction(self._engine) as connection:
+            rows = connection.execute(
+                select(_copies)
+                .where(_copies.c.rule_id == rule_id)
+                .order_by(_copies.c.id)
+                .limit(limit)
+            ).all()
+        return [CopyRecord(r.rule_id, r.source, r.destination, r.tag, r.digest) for r in rows]
+
+    def forget_copy(self, rule_id: int, destination: str, tag: str) -> None:
+        with write_transaction(self._engine) as connection:
+            connection.execute(
+                delete(_copies).where(
+                    _copies.c.rule_id == rule_id,
+                    _copies.c.destination == destination,
+                    _copies.c.tag == tag,
+                )
+            )

@@ -11,6 +11,7 @@ from sqlalchemy import Table
 
 from moorage.metadata.models import utcnow
 from moorage.metadata.replication_models import (
+    ReplicationCopyRow,
     ReplicationEndpointRow,
     ReplicationExecutionRow,
     ReplicationRuleRow,
@@ -21,6 +22,7 @@ endpoints_table: Table = ReplicationEndpointRow.__table__  # type: ignore[assign
 rules_table: Table = ReplicationRuleRow.__table__  # type: ignore[assignment]
 executions_table: Table = ReplicationExecutionRow.__table__  # type: ignore[assignment]
 tasks_table: Table = ReplicationTaskRow.__table__  # type: ignore[assignment]
+copies_table: Table = ReplicationCopyRow.__table__  # type: ignore[assignment]
 
 PENDING: Final = "pending"
 RUNNING: Final = "running"
@@ -78,6 +80,7 @@ class RuleRecord:
     next_run_at: datetime | None
     updated_by: str | None
     updated_at: datetime
+    mirror_deletions: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,18 @@ class TaskRecord:
     blobs_skipped: int
     updated_at: datetime
     finished_at: datetime | None
+    referrers_copied: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRecord:
+    """A tag a rule put at its target, and the digest it put there."""
+
+    rule_id: int
+    source: str
+    destination: str
+    tag: str
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +173,7 @@ def rule_record(row: Any) -> RuleRecord:
         utc(row.next_run_at),
         row.updated_by,
         utc(row.updated_at) or utcnow(),
+        row.mirror_deletions,
     )
 
 
@@ -179,4 +195,5 @@ def task_record(row: Any) -> TaskRecord:
         row.blobs_skipped,
         utc(row.updated_at) or utcnow(),
         utc(row.finished_at),
+        row.referrers_copied,
     )

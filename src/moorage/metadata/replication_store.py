@@ -24,6 +24,7 @@ from moorage.metadata.replication_records import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    CopyRecord,
     DuplicateNameError,
     EndpointRecord,
     ExecutionRecord,
@@ -34,6 +35,7 @@ from moorage.metadata.replication_records import (
     endpoint_record,
     rule_record,
 )
+from moorage.metadata.replication_records import copies_table as _copies
 from moorage.metadata.replication_records import endpoints_table as _endpoints
 from moorage.metadata.replication_records import executions_table as _executions
 from moorage.metadata.replication_records import rules_table as _rules
@@ -45,6 +47,7 @@ __all__ = [
     "PENDING",
     "RUNNING",
     "SUCCEEDED",
+    "CopyRecord",
     "DuplicateNameError",
     "EndpointRecord",
     "ExecutionRecord",
@@ -157,6 +160,7 @@ class ReplicationStore(ReplicationQueueStore):
             executions = select(_executions.c.id).where(_executions.c.rule_id == rule_id)
             connection.execute(delete(_tasks).where(_tasks.c.execution_id.in_(executions)))
             connection.execute(delete(_executions).where(_executions.c.rule_id == rule_id))
+            connection.execute(delete(_copies).where(_copies.c.rule_id == rule_id))
             return bool(connection.execute(delete(_rules).where(_rules.c.id == rule_id)).rowcount)
 
     def due_rules(self, now: datetime) -> list[RuleRecord]:

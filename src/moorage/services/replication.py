@@ -124,6 +124,7 @@ class RuleInput:
     trigger: str = Trigger.MANUAL
     schedule: Schedule | None = None
     replicate_deletions: bool = False
+    mirror_deletions: bool = False
     enabled: bool = True
 
 
@@ -167,6 +168,7 @@ def _rule_details(rule: RuleRecord, endpoint: str) -> dict[str, object]:
         "destination_prefix": rule.destination_prefix,
         "strip_segments": rule.strip_segments,
         "replicate_deletions": rule.replicate_deletions,
+        "mirror_deletions": rule.mirror_deletions,
         "enabled": rule.enabled,
     }
 
@@ -354,6 +356,7 @@ class ReplicationService:
             "interval_seconds": schedule.interval_seconds if schedule else None,
             "cron": schedule.cron if schedule else None,
             "replicate_deletions": given.replicate_deletions,
+            "mirror_deletions": given.mirror_deletions,
             "enabled": given.enabled,
             "next_run_at": schedule.next_after(now) if schedule else None,
             "updated_by": actor.name,

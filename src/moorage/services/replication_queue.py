@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from moorage.domain.digest import Digest
 from moorage.domain.errors import RegistryError
 from moorage.domain.events import DomainEvent, EventKind, RegistryEvent
 from moorage.domain.replication import Direction, RuleError, Schedule, Trigger
@@ -40,6 +42,7 @@ from moorage.metadata.replication_store import (
 from moorage.metadata.store import MetadataStore
 from moorage.services.errors import IdentityError
 from moorage.services.proxy import UpstreamError
+from moorage.services.replication_referrers import MAX_REFERRER_DEPTH, subject_of_tag
 from moorage.services.replication_transfer import Transfer
 from moorage.services.replication_types import (
     Progress,
@@ -96,8 +99,6 @@ class ReplicationQueue:
         rules and queues executions (no database work here, it runs inside requests)."""
         if not isinstance(event, RegistryEvent):
             return
-        if event.kind is EventKind.MANIFEST_PUSHED and event.tag is None:
-            return  # pushed by digest (an index's child): travels with the tagged parent
         if event.kind not in (
             EventKind.MANIFEST_PUSHED,
             EventKind.TAG_DELETED,
@@ -125,14 +126,54 @@ class ReplicationQueue:
         # Read fresh for each batch: a rule saved through another process applies at once.
         rules = [r for r in self._store.rules(enabled_only=True) if r.direction == Direction.PUSH]
         for event in events:
+            images: list[tuple[str, str]] | None = None
             for rule in rules:
                 spec = _event_task(rule, event)
-                if spec is not None:
+                specs = [spec] if spec is not None else []
+                if spec is None and _carries_supply_chain(rule, event):
+                    # A referrer or a cosign tag: queue the tagged image it belongs to, whose
+                    # copy brings it along (also when the tag filter leaves it out).
+                    if images is None:
+                        images = self._images_of(event)
+                    destination = rule_mapping(rule).destination(event.repository)
+                    filters = rule_filters(rule)
+                    specs = [
+                        TaskSpec("copy", event.repository, destination, tag, digest)
+                        for tag, digest in images
+                        if filters.tag_matches(tag)
+                    ]
+                if specs:
                     self._store.create_execution(
-                        rule.id, str(Trigger.EVENT), event.actor.name, [spec]
+                        rule.id, str(Trigger.EVENT), event.actor.name, specs
                     )
                     queued += 1
         return queued
+
+    def _images_of(self, event: RegistryEvent) -> list[tuple[str, str]]:
+        """(tag, digest) of the tagged manifests that a referrer pushed by digest, or a cosign
+        or referrers tag, belongs to, following subjects a few levels up."""
+        subject = (
+            subject_of_tag(event.tag) if event.tag is not None else self._subject_of(event.digest)
+        )
+        for _ in range(MAX_REFERRER_DEPTH):
+            if subject is None:
+                return []
+            tags = self._metadata.manifest_tags(event.repository, subject)
+            if tags:
+                return [(tag, subject) for tag in tags]
+            subject = self._subject_of(subject)
+        return []
+
+    def _subject_of(self, digest: str | None) -> str | None:
+        body = self._metadata.manifest_body(digest) if digest is not None else None
+        if body is None:
+            return None
+        try:
+            subject = json.loads(body).get("subject")
+        except (ValueError, AttributeError):
+            return None
+        found = subject.get("digest") if isinstance(subject, dict) else None
+        return found if isinstance(found, str) and Digest.is_digest(found) else None
 
     # -- the engine
 
@@ -199,11 +240,17 @@ class ReplicationQueue:
     async def _plan(self, execution: ExecutionRecord) -> None:
         try:
             rule = await self._threads.run(self._rule, execution.rule_id)
+            listed: dict[str, set[str]] = {}
+            client: RemoteRegistry | None = None
             if rule.direction == Direction.PUSH:
                 specs = await self._plan_push(rule)
             else:
                 remote = await self._threads.run(self._remote_of, rule.endpoint_id)
-                specs = await self._plan_pull(rule, self._remotes.client(remote))
+                client = self._remotes.client(remote)
+                specs = await self._plan_pull(rule, client, listed)
+            if rule.mirror_deletions:
+                specs.extend(await self._plan_deletions(rule, client, listed))
+                specs = specs[: self._options.max_tasks]
         except (UpstreamError, IdentityError, RuleError, RegistryError) as error:
             await self._threads.run(
                 self._store.fail_planning, execution.id, self.owner, describe(error)
@@ -245,7 +292,29 @@ class ReplicationQueue:
             last = page[-1]
         return tags
 
-    async def _plan_pull(self, rule: RuleRecord, client: RemoteRegistry) -> list[TaskSpec]:
+    async def _plan_deletions(
+        self, rule: RuleRecord, client: RemoteRegistry | None, listed: dict[str, set[str]]
+    ) -> list[TaskSpec]:
+        """Delete tasks for what this rule put at its target and what is gone at the source
+        since; nothing the rule did not put there is touched."""
+        specs: list[TaskSpec] = []
+        for copy in await self._threads.run(self._store.copies, rule.id, self._options.max_tasks):
+            if client is None:
+                found = await self._threads.run(self._metadata.resolve_tag, copy.source, copy.tag)
+                present = found is not None
+            elif copy.source in listed:
+                present = copy.tag in listed[copy.source]
+            else:
+                present = await client.find_manifest(copy.source, copy.tag) is not None
+            if not present:
+                specs.append(
+                    TaskSpec("delete", copy.source, copy.destination, copy.tag, copy.digest)
+                )
+        return specs
+
+    async def _plan_pull(
+        self, rule: RuleRecord, client: RemoteRegistry, listed: dict[str, set[str]]
+    ) -> list[TaskSpec]:
         filters, mapping = rule_filters(rule), rule_mapping(rule)
         limit = self._options.max_tasks
         repositories = filters.literal_repositories()
@@ -260,8 +329,11 @@ class ReplicationQueue:
                 tags = await client.list_tags(repository, limit)
             except UpstreamError as error:
                 if error.kind == "not-found":
+                    listed[repository] = set()
                     continue
                 raise
+            if len(tags) < limit:  # a truncated listing proves no deletion
+                listed[repository] = set(tags)
             specs.extend(
                 TaskSpec("copy", repository, destination, tag, None)
                 for tag in tags
@@ -285,13 +357,17 @@ class ReplicationQueue:
         error: str | None = None
         permanent = False
         digest: str | None = None
+        rule_seen: RuleRecord | None = None
         try:
             rule = await self._threads.run(self._store.rule, rule_id)
             if rule is None:
                 raise TaskError("the rule was removed", permanent=True)
+            rule_seen = rule
             remote = await self._threads.run(self._remote_of, rule.endpoint_id)
             client = self._remotes.client(remote)
-            if task.operation == "delete":
+            if task.operation == "delete" and rule.direction == Direction.PULL:
+                await self._transfer.delete_local(remote, task)
+            elif task.operation == "delete":
                 await self._transfer.delete_remote(client, remote, task)
             elif rule.direction == Direction.PUSH:
                 digest = await self._transfer.push(client, remote, task, progress)
@@ -331,6 +407,8 @@ class ReplicationQueue:
                 task.attempts,
                 error,
             )
+        if rule_seen is not None:
+            await self._threads.run(self._track, rule_seen, task, progress, error, retry_at)
         await self._threads.run(
             lambda: self._store.finish_task(
                 task,
@@ -343,6 +421,37 @@ class ReplicationQueue:
         )
         if self._wake is not None:
             self._wake.set()
+
+    def _track(
+        self,
+        rule: RuleRecord,
+        task: TaskRecord,
+        progress: Progress,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> None:
+        """Keep the record of what the rule put at its target up to date."""
+        if task.operation == "copy" and error is None:
+            self._store.record_copies(rule.id, task.source, task.destination, progress.tags)
+        elif task.operation == "delete" and task.tag is not None and retry_at is None:
+            # Deleted, or found gone or changed (left alone): no longer the rule's either way.
+            self._store.forget_copy(rule.id, task.destination, task.tag)
+
+
+def _carries_supply_chain(rule: RuleRecord, event: RegistryEvent) -> bool:
+    """Whether a push the rule's filters leave out may be a referrer or a cosign tag of an
+    image the rule replicates."""
+    if event.kind is not EventKind.MANIFEST_PUSHED or rule.trigger != Trigger.EVENT:
+        return False
+    if event.actor.name == replication_actor(rule.endpoint_id).name:
+        return False
+    if not rule_filters(rule).repository_matches(event.repository):
+        return False
+    try:
+        rule_mapping(rule).destination(event.repository)
+    except RuleError:
+        return False
+    return event.tag is None or subject_of_tag(event.tag) is not None
 
 
 def _event_task(rule: RuleRecord, event: RegistryEvent) -> TaskSpec | None:
@@ -359,8 +468,8 @@ def _event_task(rule: RuleRecord, event: RegistryEvent) -> TaskSpec | None:
     except RuleError:
         return None
     if event.kind is EventKind.MANIFEST_PUSHED:
-        if rule.trigger != Trigger.EVENT:
-            return None
+        if rule.trigger != Trigger.EVENT or event.tag is None:
+            return None  # by digest (an index's child, a referrer): travels with its image
         return TaskSpec("copy", event.repository, destination, event.tag, event.digest)
     if not rule.replicate_deletions:
         return None

@@ -16,12 +16,15 @@ from typing import Final
 from moorage.domain.digest import Digest
 from moorage.domain.events import Actor
 from moorage.domain.manifest import ParsedManifest, parse_manifest
+from moorage.domain.names import Reference
 from moorage.domain.replication import EndpointKind
 from moorage.metadata.replication_store import TaskRecord
 from moorage.metadata.store import MetadataStore
 from moorage.services.registry import RegistryService
+from moorage.services.replication_referrers import Referrers
 from moorage.services.replication_types import (
     MAX_DEPTH,
+    ManifestReceipt,
     Progress,
     RemoteEndpoint,
     RemoteRegistry,
@@ -56,6 +59,7 @@ class Transfer:
         self._threads = threads
         self._options = options
         self._mounts: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self._referrers = Referrers(self, metadata, registry, threads, options)
 
     # -- push
 
@@ -73,12 +77,15 @@ class Transfer:
             raise TaskError(
                 f"{task.source}:{task.tag or task.digest} is no longer here", permanent=True
             )
-        await self._push_manifest(
-            client, remote, task, record.digest, record.media_type, task.tag, progress, 0
+        await self.push_manifest(
+            client, remote, task, record.digest, record.media_type, task.tag, progress
         )
+        if task.tag is not None:
+            progress.tags.append((task.tag, record.digest))
+        await self._referrers.push(client, remote, task, record.digest, record.media_type, progress)
         return record.digest
 
-    async def _push_manifest(
+    async def push_manifest(
         self,
         client: RemoteRegistry,
         remote: RemoteEndpoint,
@@ -87,20 +94,22 @@ class Transfer:
         media_type: str,
         tag: str | None,
         progress: Progress,
-        depth: int,
-    ) -> None:
+        depth: int = 0,
+    ) -> ManifestReceipt | None:
+        """Send a manifest and what it needs; the remote's receipt, or None when the remote
+        already held it."""
         body = await self._threads.run(self._metadata.manifest_body, digest)
         if body is None:
             raise TaskError(f"manifest {digest} has no stored content", permanent=True)
         manifest = parse_manifest(body, media_type, Digest.parse(digest))
         present = await client.find_manifest(task.destination, tag or digest)
         if present is not None and present.digest == digest:
-            return  # the remote already holds it (under this tag): nothing to send
+            return None  # the remote already holds it (under this tag): nothing to send
         if manifest.is_index:
             if depth >= MAX_DEPTH:
                 raise TaskError(f"index {digest} nests deeper than {MAX_DEPTH}", permanent=True)
             for child in manifest.children:
-                await self._push_manifest(
+                await self.push_manifest(
                     client,
                     remote,
                     task,
@@ -113,7 +122,7 @@ class Transfer:
         else:
             for blob in manifest.required_blobs():
                 await self._push_blob(client, remote, task, blob, progress)
-        await client.put_manifest(task.destination, tag or digest, media_type, body)
+        return await client.put_manifest(task.destination, tag or digest, media_type, body)
 
     async def _push_blob(
         self,
@@ -179,19 +188,41 @@ class Transfer:
             head = await client.find_manifest(task.source, task.tag)
             local = await self._threads.run(self._metadata.resolve_tag, task.destination, task.tag)
             if head is not None and local is not None and head.digest == local.digest:
+                progress.tags.append((task.tag, local.digest))
+                # Unchanged, but signatures may have been added since.
+                body = await self._threads.run(self._metadata.manifest_body, local.digest)
+                if body is not None:
+                    parsed = parse_manifest(body, local.media_type, Digest.parse(local.digest))
+                    await self._referrers.pull(client, task, parsed, progress, actor)
                 return local.digest
-        manifest, body = await self._fetch_manifest(client, task.source, reference)
+        manifest = await self.pull_manifest(client, task, reference, task.tag, progress, actor)
+        await self._referrers.pull(client, task, manifest, progress, actor)
+        return str(manifest.digest)
+
+    async def pull_manifest(
+        self,
+        client: RemoteRegistry,
+        task: TaskRecord,
+        reference: str,
+        tag: str | None,
+        progress: Progress,
+        actor: Actor,
+    ) -> ParsedManifest:
+        """Fetch a remote manifest and what it needs, and store it here (under `tag`)."""
+        manifest, body = await self.fetch_manifest(client, task.source, reference)
         await self._store_tree(client, task, manifest, progress, actor, 0)
         await self._registry.put_manifest(
             task.destination,
-            reference_of(task.tag, manifest.digest),
+            reference_of(tag, manifest.digest),
             manifest.media_type,
             body,
             actor,
         )
-        return str(manifest.digest)
+        if tag is not None:
+            progress.tags.append((tag, str(manifest.digest)))
+        return manifest
 
-    async def _fetch_manifest(
+    async def fetch_manifest(
         self, client: RemoteRegistry, repository: str, reference: str
     ) -> tuple[ParsedManifest, bytes]:
         """The remote's manifest, verified against the digest asked for or announced."""
@@ -231,7 +262,7 @@ class Transfer:
                 )
                 if present is not None:
                     continue
-                parsed, body = await self._fetch_manifest(client, task.source, child_digest)
+                parsed, body = await self.fetch_manifest(client, task.source, child_digest)
                 await self._store_tree(client, task, parsed, progress, actor, depth + 1)
                 await self._registry.put_manifest(
                     task.destination,
@@ -276,9 +307,6 @@ class Transfer:
     async def delete_remote(
         self, client: RemoteRegistry, remote: RemoteEndpoint, task: TaskRecord
     ) -> None:
-        if task.tag is not None and remote.kind == EndpointKind.MOORAGE:
-            await client.delete_manifest(task.destination, task.tag)
-            return
         target = task.digest
         if task.tag is not None:
             # Distribution deletes manifests only by digest: delete what the tag points at,
@@ -294,7 +322,27 @@ class Transfer:
                     f" {task.digest}; left alone",
                     permanent=True,
                 )
+            if remote.kind == EndpointKind.MOORAGE:
+                await client.delete_manifest(task.destination, task.tag)  # the tag only
+                return
             target = head.digest or task.digest
         if target is None:
             raise TaskError("nothing identifies what to delete", permanent=True)
         await client.delete_manifest(task.destination, target)
+
+    async def delete_local(self, remote: RemoteEndpoint, task: TaskRecord) -> None:
+        """A pull rule's mirrored deletion: the local tag goes, if it still names what the rule
+        brought in."""
+        assert task.tag is not None
+        record = await self._threads.run(self._metadata.resolve_tag, task.destination, task.tag)
+        if record is None:
+            return  # already gone
+        if task.digest is not None and record.digest != task.digest:
+            raise TaskError(
+                f"{task.destination}:{task.tag} is {record.digest} here, not the replicated"
+                f" {task.digest}; left alone",
+                permanent=True,
+            )
+        await self._registry.delete_manifest(
+            task.destination, Reference(tag=task.tag), replication_actor(remote.id)
+        )

@@ -42,6 +42,15 @@ class RemoteEndpoint:
     version: str
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestReceipt:
+    """What a remote answered to a manifest PUT: its digest, and the `OCI-Subject` header that
+    registries with the Referrers API send for a manifest with a subject."""
+
+    digest: str | None
+    subject: str | None
+
+
 class RemoteRegistry(Protocol):
     async def check(self) -> None: ...
 
@@ -74,7 +83,11 @@ class RemoteRegistry(Protocol):
 
     async def put_manifest(
         self, repository: str, reference: str, media_type: str, body: bytes
-    ) -> str | None: ...
+    ) -> ManifestReceipt: ...
+
+    async def list_referrers(
+        self, repository: str, digest: str, limit: int
+    ) -> list[dict[str, object]] | None: ...
 
     async def delete_manifest(self, repository: str, reference: str) -> None: ...
 
@@ -109,12 +122,15 @@ class Progress:
     bytes_copied: int = 0
     blobs_copied: int = 0
     blobs_skipped: int = 0
+    referrers: int = 0  # referrers copied along (or found already there)
+    tags: list[tuple[str, str]] = field(default_factory=list)  # (tag, digest) now at the target
 
     def columns(self) -> dict[str, int]:
         return {
             "bytes_copied": self.bytes_copied,
             "blobs_copied": self.blobs_copied,
             "blobs_skipped": self.blobs_skipped,
+            "referrers_copied": self.referrers,
         }
 
 

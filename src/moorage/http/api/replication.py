@@ -121,6 +121,7 @@ class ReplicationRule(ApiModel):
     interval_seconds: int | None
     cron: str | None
     replicate_deletions: bool
+    mirror_deletions: bool
     enabled: bool
     next_run_at: UtcDateTime | None
     updated_by: str | None
@@ -164,6 +165,11 @@ class ReplicationRuleInput(RequestModel):
     replicate_deletions: bool = Field(
         False, description="push rules: delete on the remote what is deleted here"
     )
+    mirror_deletions: bool = Field(
+        False,
+        description="scheduled and manual runs delete at the target what this rule copied"
+        " there and the source no longer has",
+    )
     enabled: bool = True
 
 
@@ -198,6 +204,7 @@ class ReplicationTask(ApiModel):
     bytes_copied: int
     blobs_copied: int
     blobs_skipped: int
+    referrers_copied: int
     updated_at: UtcDateTime
     finished_at: UtcDateTime | None
 
@@ -259,6 +266,7 @@ def _rule(rule: RuleRecord, endpoints: dict[int, str]) -> ReplicationRule:
             "interval_seconds": rule.interval_seconds,
             "cron": rule.cron,
             "replicate_deletions": rule.replicate_deletions,
+            "mirror_deletions": rule.mirror_deletions,
             "enabled": rule.enabled,
             "next_run_at": rule.next_run_at,
             "updated_by": rule.updated_by,
@@ -305,6 +313,7 @@ def _task(record: TaskRecord) -> ReplicationTask:
             "bytes_copied": record.bytes_copied,
             "blobs_copied": record.blobs_copied,
             "blobs_skipped": record.blobs_skipped,
+            "referrers_copied": record.referrers_copied,
             "updated_at": record.updated_at,
             "finished_at": record.finished_at,
         }
@@ -343,6 +352,7 @@ def _rule_input(body: ReplicationRuleInput) -> RuleInput:
         trigger=body.trigger,
         schedule=schedule,
         replicate_deletions=body.replicate_deletions,
+        mirror_deletions=body.mirror_deletions,
         enabled=body.enabled,
     )
 
