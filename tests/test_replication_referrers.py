@@ -569,6 +569,23 @@ def test_scheduled_runs_mirror_deletions_of_what_the_rule_copied_and_nothing_els
     again = run_rule(admin, rule)
     assert all(task["operation"] == "copy" for task in tasks(admin, again["id"]))
 
+    # Distribution deletes by digest: a manifest that another tag there names too stays.
+    shared = push_image(registry, repository, "v3")
+    assert run_rule(admin, rule)["status"] == "succeeded"
+    with target.client() as remote:
+        push_manifest(remote, repository, shared.body, shared.media_type, "alias")
+    assert registry.delete(f"/v2/{repository}/manifests/v3").status_code == 202
+    refused = run_rule(admin, rule)
+    (delete,) = [task for task in tasks(admin, refused["id"]) if task["operation"] == "delete"]
+    assert delete["status"] == "failed"
+    assert "also tagged alias" in delete["error"], delete
+    with target.client() as remote:
+        assert remote_digest(remote, repository, "v3") == shared.digest
+        assert remote_digest(remote, repository, "alias") == shared.digest
+    # Left alone once, it is no longer the rule's to delete.
+    last = run_rule(admin, rule)
+    assert all(task["operation"] == "copy" for task in tasks(admin, last["id"]))
+
 
 def test_pull_rules_mirror_deletions_of_the_tags_they_brought_in(
     admin: httpx.Client, registry: httpx.Client, target: Distribution

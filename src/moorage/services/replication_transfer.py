@@ -40,6 +40,7 @@ from moorage.storage.base import StorageDriver
 
 _READ_BYTES: Final = 1 << 20
 _MOUNT_MEMORY: Final = 10_000
+_MAX_TAGS_CHECKED: Final = 1000  # before deleting by digest, for other tags of the manifest
 
 
 class Transfer:
@@ -326,9 +327,34 @@ class Transfer:
                 await client.delete_manifest(task.destination, task.tag)  # the tag only
                 return
             target = head.digest or task.digest
+            if target is not None:
+                await self._only_tag(client, task.destination, task.tag, target)
         if target is None:
             raise TaskError("nothing identifies what to delete", permanent=True)
         await client.delete_manifest(task.destination, target)
+
+    async def _only_tag(
+        self, client: RemoteRegistry, repository: str, tag: str, digest: str
+    ) -> None:
+        """Deleting by digest removes every tag of the manifest: refuse when another tag there
+        names it too, since that tag may not be ours."""
+        tags = await client.list_tags(repository, _MAX_TAGS_CHECKED + 1)
+        if len(tags) > _MAX_TAGS_CHECKED:
+            raise TaskError(
+                f"{repository} has more than {_MAX_TAGS_CHECKED} tags on the remote: cannot"
+                f" check that only {tag} names {digest}; left alone",
+                permanent=True,
+            )
+        for other in tags:
+            if other == tag:
+                continue
+            head = await client.find_manifest(repository, other)
+            if head is not None and head.digest == digest:
+                raise TaskError(
+                    f"{digest} is also tagged {other} on the remote, and the remote deletes"
+                    f" only by digest; left alone",
+                    permanent=True,
+                )
 
     async def delete_local(self, remote: RemoteEndpoint, task: TaskRecord) -> None:
         """A pull rule's mirrored deletion: the local tag goes, if it still names what the rule
