@@ -3,7 +3,8 @@
 It extends the proxy-cache's upstream client (the same outbound factory with its SSRF guard, the
 same Docker token and Basic authentication, credentials never in messages) with what pushing
 needs: blob existence checks, cross-repository mounts, monolithic and chunked uploads streamed
-from local storage, manifest PUT and DELETE, and paginated tag and catalog listings.
+from local storage, manifest PUT and DELETE, paginated tag and catalog listings, and the OCI
+Referrers API (`GET /v2/<name>/referrers/<digest>`, paginated by `Link`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from moorage.domain import mediatypes as mt
+from moorage.domain.digest import Digest
 from moorage.domain.proxy import Flavor
 from moorage.http.outbound import OutboundTLS, outbound_session
 from moorage.http.upstream import HttpUpstreamClient
 from moorage.services.proxy import UpstreamEndpoint, UpstreamError, UpstreamHead
-from moorage.services.replication import RemoteEndpoint
+from moorage.services.replication_types import ManifestReceipt, RemoteEndpoint
 
 _PAGE: Final = 100
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024
@@ -105,6 +108,40 @@ class HttpRemoteRegistry(HttpUpstreamClient):
 
     async def list_tags(self, repository: str, limit: int) -> list[str]:
         return await self._pages(f"/v2/{repository}/tags/list?n={_PAGE}", repository, "tags", limit)
+
+    async def list_referrers(
+        self, repository: str, digest: str, limit: int
+    ) -> list[dict[str, object]] | None:
+        """The descriptors of `digest`'s referrers, following `Link` pages; None when the remote
+        has no Referrers API (it answers 404, as Distribution 2.8 does)."""
+        found: list[dict[str, object]] = []
+        path: str | None = f"/v2/{repository}/referrers/{digest}"
+        what = f"the referrers list of {repository}@{digest}"
+        while path is not None and len(found) < limit:
+            try:
+                response = await self._request("GET", path, repository, {"Accept": mt.OCI_INDEX})
+            except UpstreamError as error:
+                if error.kind == "not-found" and not found:
+                    return None
+                raise
+            link = response.headers.get("Link", "")
+            try:
+                document = await self._json(response)
+            except UpstreamError as error:
+                raise UpstreamError("invalid", f"{what}: {error}") from None
+            manifests = document.get("manifests")
+            if not isinstance(manifests, list):
+                raise UpstreamError("invalid", f"{what} is not an image index")
+            for descriptor in manifests:
+                if not _valid_descriptor(descriptor):
+                    raise UpstreamError("invalid", f"{what} holds an invalid descriptor")
+                found.append(descriptor)
+            match = _NEXT_LINK.search(link)
+            if match is None or not manifests:
+                break
+            target = URL(match.group(1))
+            path = str(target) if target.is_absolute() else target.path_qs
+        return found[:limit]
 
     # -- reads beyond the proxy's
 
@@ -203,7 +240,7 @@ class HttpRemoteRegistry(HttpUpstreamClient):
 
     async def put_manifest(
         self, repository: str, reference: str, media_type: str, body: bytes
-    ) -> str | None:
+    ) -> ManifestReceipt:
         response = await self._request(
             "PUT",
             f"/v2/{repository}/manifests/{reference}",
@@ -213,13 +250,24 @@ class HttpRemoteRegistry(HttpUpstreamClient):
             body=lambda: body,
         )
         response.release()
-        return response.headers.get("Docker-Content-Digest")
+        return ManifestReceipt(
+            response.headers.get("Docker-Content-Digest"), response.headers.get("OCI-Subject")
+        )
 
     async def delete_manifest(self, repository: str, reference: str) -> None:
         response = await self._request(
             "DELETE", f"/v2/{repository}/manifests/{reference}", repository, actions="delete"
         )
         response.release()
+
+
+def _valid_descriptor(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    digest, media_type, size = value.get("digest"), value.get("mediaType"), value.get("size")
+    if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
+        return False
+    return isinstance(digest, str) and Digest.is_digest(digest)
 
 
 class HttpRemoteRegistries:

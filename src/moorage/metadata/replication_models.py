@@ -10,6 +10,8 @@ the job queue.
 - `replication_tasks`: one artifact (repository + tag or digest) to copy or delete: the leased
   queue entries. A failed attempt sets `next_attempt_at` after a back-off until the attempts
   run out.
+- `replication_copies`: what a rule put at its target (destination repository, tag, digest):
+  mirrored deletions remove only these.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -68,6 +72,7 @@ class ReplicationRuleRow(Base):
     interval_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cron: Mapped[str | None] = mapped_column(String(100), nullable=True)
     replicate_deletions: Mapped[bool] = mapped_column(Boolean, default=False)
+    mirror_deletions: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -122,10 +127,28 @@ class ReplicationTaskRow(Base):
     bytes_copied: Mapped[int] = mapped_column(BigInteger, default=0)
     blobs_copied: Mapped[int] = mapped_column(Integer, default=0)
     blobs_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    referrers_copied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         Index("ix_replication_tasks_execution", "execution_id", "id"),
         Index("ix_replication_tasks_due", "status", "next_attempt_at"),
+    )
+
+
+class ReplicationCopyRow(Base):
+    __tablename__ = "replication_copies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("replication_rules.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(NameString)
+    destination: Mapped[str] = mapped_column(NameString)
+    tag: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(DigestString)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("rule_id", "destination", "tag", name="uq_replication_copies_target"),
+        Index("ix_replication_copies_rule", "rule_id", "id"),
     )

@@ -118,6 +118,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
             "destination_prefix",
             "strip_segments",
             "replicate_deletions",
+            "mirror_deletions",
             "enabled",
         }
     ),
@@ -131,6 +132,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
             "destination_prefix",
             "strip_segments",
             "replicate_deletions",
+            "mirror_deletions",
             "enabled",
         }
     ),
