@@ -40,7 +40,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent, policy_denied
+from moorage.domain.events import (
+    SYSTEM,
+    AccessEvent,
+    Actor,
+    EventKind,
+    RegistryEvent,
+    policy_denied,
+)
 from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.proxy import (
@@ -82,6 +89,7 @@ UPSTREAM_ACCEPT: Final = (
 # An index of indexes is followed this deep, no further.
 _MAX_INDEX_DEPTH: Final = 2
 _LOCK_POLL_SECONDS: Final = 0.05
+_IMAGE_TYPES: Final = frozenset({mt.OCI_MANIFEST, mt.DOCKER_MANIFEST})
 _KEY_NAME: Final = "proxy-credentials"
 
 
@@ -113,6 +121,12 @@ class UpstreamHead:
     media_type: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamBlobHead:
+    size: int | None  # Content-Length of the upstream's HEAD
+    digest: str | None  # Docker-Content-Digest, when the upstream sent it
+
+
 class UpstreamBlob(Protocol):
     @property
     def size(self) -> int | None: ...
@@ -130,6 +144,8 @@ class UpstreamClient(Protocol):
     async def head_manifest(self, repository: str, reference: str) -> UpstreamHead: ...
 
     async def open_blob(self, repository: str, digest: str) -> UpstreamBlob: ...
+
+    async def head_blob(self, repository: str, digest: str) -> UpstreamBlobHead: ...
 
     async def check(self) -> None:
         """Reach the upstream's /v2/ and sign in: raises UpstreamError when that fails."""
@@ -213,6 +229,90 @@ class ProxyInput:
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     platforms: list[str] | None = None
     anonymous_fetch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPatch:
+    """Changes to an upstream configuration (JSON merge patch): only the fields named in
+    `given` change; a given None removes the value (its default applies). None for `password`
+    or `token` removes the stored credential."""
+
+    given: frozenset[str]
+    url: str | None = None
+    flavor: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    clear_credentials: bool | None = None
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = field(default=None, repr=False)
+    allow_private_network: bool | None = None
+    tag_ttl_seconds: int | None = None
+    timeout_seconds: int | None = None
+    platforms: list[str] | None = None
+    anonymous_fetch: bool | None = None
+
+
+def patched(row: ProxyUpstreamRow, patch: ProxyPatch) -> ProxyInput:
+    """The full configuration a patch of the stored one asks for (validated by `set`)."""
+    given = patch.given
+    if "url" in given and patch.url is None:
+        raise ProxyConfigError("url cannot be removed; DELETE the proxy configuration instead")
+    url = patch.url if patch.url is not None else row.url
+    # The stored flavor stays unless the upstream changes; a new URL implies its own flavor.
+    flavor = patch.flavor if "flavor" in given else (row.flavor if url == row.url else None)
+    clear = bool(patch.clear_credentials) or (
+        ("password" in given and patch.password is None)
+        or ("token" in given and patch.token is None)
+    )
+    client_cert = patch.client_cert if "client_cert" in given else row.client_cert
+    return ProxyInput(
+        url=url,
+        flavor=flavor,
+        username=patch.username if "username" in given else row.username,
+        password=patch.password,
+        token=patch.token,
+        clear_credentials=clear,
+        ca_bundle=patch.ca_bundle if "ca_bundle" in given else row.ca_bundle,
+        client_cert=client_cert,
+        # None keeps the stored key while a client certificate stays; "" removes it.
+        client_key=patch.client_key
+        if patch.client_key is not None
+        else ("" if "client_key" in given or client_cert is None else None),
+        allow_private_network=_given(
+            patch.allow_private_network,
+            "allow_private_network",
+            given,
+            row.allow_private_network,
+            False,
+        ),
+        tag_ttl_seconds=_given(
+            patch.tag_ttl_seconds,
+            "tag_ttl_seconds",
+            given,
+            row.tag_ttl_seconds,
+            DEFAULT_TAG_TTL_SECONDS,
+        ),
+        timeout_seconds=_given(
+            patch.timeout_seconds,
+            "timeout_seconds",
+            given,
+            row.timeout_seconds,
+            DEFAULT_TIMEOUT_SECONDS,
+        ),
+        platforms=patch.platforms if "platforms" in given else row.platforms,
+        anonymous_fetch=_given(
+            patch.anonymous_fetch, "anonymous_fetch", given, row.anonymous_fetch, False
+        ),
+    )
+
+
+def _given(value: T | None, name: str, given: frozenset[str], current: T, default: T) -> T:
+    """The patched value: unchanged when not given, the default when given as null."""
+    if name not in given:
+        return current
+    return default if value is None else value
 
 
 class SecretBox:
@@ -305,6 +405,18 @@ class ProxyService:
             )
         )
         return _view(project, row)
+
+    def patch(self, actor: Actor, project: str, changes: ProxyPatch) -> ProxyView:
+        """Change some fields of the configuration; validated, stored and audited as `set`."""
+        self._project_id(project)
+        current = self._store.proxy_upstream_of(project)
+        if current is None:
+            raise IdentityError(f"project {project} is not a proxy-cache project", 404)
+        try:
+            given = patched(current, changes)
+        except ProxyConfigError as error:
+            raise IdentityError(str(error)) from None
+        return self.set(actor, project, given)
 
     def _refused(self, actor: Actor, project: str, message: str) -> IdentityError:
         self._events.publish(
@@ -843,6 +955,19 @@ class ProxyCache:
                 actor,
             )
         )
+        if not manifest.is_index and not await self._threads.run(
+            self._metadata.blobs_missing_from, repository, str(digest)
+        ):
+            # Its blobs were all cached already (layers shared with another image).
+            self._events.publish(
+                RegistryEvent(
+                    EventKind.IMAGE_CACHED,
+                    repository,
+                    str(digest),
+                    media_type=manifest.media_type,
+                    actor=actor,
+                )
+            )
 
     async def _upstream(self, call: Awaitable[T], what: str, missing: ErrorCode) -> T:
         """Await an upstream call; its failure becomes a clear registry error."""
@@ -901,6 +1026,42 @@ class ProxyCache:
             ErrorCode.BLOB_UNKNOWN, f"blob {digest} could not be fetched from the upstream"
         )
 
+    async def head_blob(
+        self,
+        config: ProxyConfig,
+        repository: str,
+        digest: Digest,
+        actor: Actor,
+        may_fetch: MayFetch,
+    ) -> int | None:
+        """None when the blob is stored and linked to `repository`; else its size as the
+        upstream's HEAD states it. Nothing is downloaded or stored: a HEAD only asks."""
+        text = str(digest)
+        if await self._present_blob(repository, text):
+            return None
+        upstream = self._upstream_name(config, repository)
+        # Asking the upstream reveals what it holds: the same permission as fetching.
+        await self._require_fetch(may_fetch, repository, text, actor)
+        client = self._clients.client(config.endpoint)
+        head = await self._upstream(
+            client.head_blob(upstream, text), f"blob {digest} of {upstream}", ErrorCode.BLOB_UNKNOWN
+        )
+        self.stats.count("blob-head")
+        if head.digest is not None and head.digest != text:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"the upstream answered for blob {digest} with the digest {head.digest[:100]}",
+                status=502,
+            )
+        if head.size is None or head.size > self._max_blob_bytes:
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"the upstream's blob {digest} has no length or exceeds {self._max_blob_bytes}"
+                " bytes",
+                status=502,
+            )
+        return head.size
+
     async def _present_blob(self, repository: str, digest: str) -> bool:
         """Whether the blob is linked to `repository`, or can be without upstream traffic:
         another repository of the same proxy project holds it (so it came from the same
@@ -915,7 +1076,56 @@ class ProxyCache:
             return False
         await self._threads.run(self._metadata.link_blob, repository, digest, size)
         self.stats.count("blob-linked")
+        await self._images_completed(repository, digest, None)
         return True
+
+    async def _images_completed(self, repository: str, blob: str, actor: Actor | None) -> None:
+        """Announce the cached images this blob completed (scan on push scans them)."""
+        completed = await self._threads.run(self._metadata.manifests_completed_by, repository, blob)
+        for digest, media_type in completed:
+            if media_type in _IMAGE_TYPES:
+                self._events.publish(
+                    RegistryEvent(
+                        EventKind.IMAGE_CACHED,
+                        repository,
+                        digest,
+                        media_type=media_type,
+                        actor=actor or SYSTEM,
+                    )
+                )
+
+    async def fill_image(
+        self,
+        config: ProxyConfig,
+        repository: str,
+        digest: str,
+        actor: Actor,
+        may_fetch: MayFetch,
+    ) -> int:
+        """Fetch every blob a cached manifest (and the cached children of an index) references
+        that is not cached yet, through the same single flight as pulls; how many there were."""
+        fetched = 0
+        pending, seen = [digest], set[str]()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            record = await self._threads.run(self._metadata.resolve_digest, repository, current)
+            body = await self._threads.run(self._metadata.manifest_body, current)
+            if record is None or body is None:
+                continue
+            parsed = parse_manifest(body, record.media_type, Digest.parse(current))
+            pending.extend(str(child.digest) for child in parsed.children)
+            missing = await self._threads.run(
+                self._metadata.blobs_missing_from, repository, current
+            )
+            for blob in missing:
+                await self.ensure_blob(
+                    config, repository, Digest.parse(blob), actor, may_fetch, stream=False
+                )
+                fetched += 1
+        return fetched
 
     async def _start_blob(
         self,
@@ -1019,6 +1229,7 @@ class ProxyCache:
                     EventKind.BLOB_CACHED, repository, str(digest), size=size, actor=actor
                 )
             )
+            await self._images_completed(repository, str(digest), actor)
             if held:
                 yield held
         finally:
