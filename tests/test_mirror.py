@@ -9,6 +9,7 @@ own names; pushes are never mirrored; tokens name the real repositories.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Iterator
@@ -457,3 +458,95 @@ def test_podman_pulls_through_the_mirror_path_without_a_prefix(
         assert upstream.requests("GET", "/v2/library/podbox/manifests/1") == 1
     finally:
         podman.attempt("rmi", "--all", "--force")
+
+
+def test_tags_list_through_the_mirror_answers_with_the_name_asked_for(
+    upstream: Distribution, admin: httpx.Client, puller: httpx.Client
+) -> None:
+    hub = make_proxy(admin, upstream)
+    name = unique_path(admin, "tagged")
+    image = upstream_image(upstream, name, "1")
+    upstream_image(upstream, name, "2")
+    set_mirror(admin, hub)
+    eventually(lambda: mirror_serves(puller, name, "1", image.digest), what="mirror in effect")
+    assert puller.get(f"/v2/{name}/manifests/2", headers=ACCEPT).status_code == 200
+    tags = puller.get(f"/v2/{name}/tags/list")
+    assert tags.status_code == 200, tags.text
+    assert tags.json() == {"name": name, "tags": ["1", "2"]}
+    # The next page's link names it too, so a client follows it through the mirror.
+    page = puller.get(f"/v2/{name}/tags/list", params={"n": "1"})
+    assert page.json() == {"name": name, "tags": ["1"]}
+    assert page.headers["Link"].startswith(f"</v2/{name}/tags/list?")
+    # Asked with the project's prefix, the project's name is the answer.
+    prefixed = puller.get(f"/v2/{hub}/{name}/tags/list")
+    assert prefixed.json()["name"] == f"{hub}/{name}"
+
+
+def upstream_gets(upstream: Distribution, path: str) -> list[str]:
+    """The user agents of the upstream's GET requests of `path` (from its access log)."""
+    marker = f'"GET {path} HTTP/1.1"'
+    return [
+        line.rstrip().rsplit('"', 2)[-2] for line in upstream.logs().splitlines() if marker in line
+    ]
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not on PATH")
+def test_skopeo_uses_moorage_as_a_registries_conf_mirror(
+    tmp_path: Path,
+    server: RegistryProcess,
+    upstream: Distribution,
+    admin: httpx.Client,
+    puller: httpx.Client,
+    busybox: tuple[Image, Path],
+) -> None:
+    """containers-registries.conf(5): the upstream's images are pulled by their own name, and
+    skopeo asks Moorage (the mirror, in mirror mode) first."""
+    image, layout = busybox
+    hub = make_proxy(admin, upstream)
+    repository = unique_path(admin, "conf")
+    publish_upstream(tmp_path, upstream, layout, repository)
+    set_mirror(admin, hub)
+    importer = create_user(admin, "confpull")
+    set_role(admin, hub, importer, "maintainer")  # pull and upstream-fetch
+    tools = tool_environment(tmp_path / "client")
+    upstream_host = upstream.url.removeprefix("http://")
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        "unqualified-search-registries = []\n"
+        "\n"
+        "[[registry]]\n"
+        f'location = "{upstream_host}"\n'
+        "insecure = true\n"
+        "\n"
+        "[[registry.mirror]]\n"
+        f'location = "{server.host}"\n'
+        "insecure = true\n"
+    )
+    # Credentials are looked up for the host contacted: the mirror's.
+    token = base64.b64encode(f"{importer}:{PASSWORD}".encode()).decode()
+    (tmp_path / "client" / "auth.json").write_text(
+        json.dumps({"auths": {server.host: {"auth": token}}})
+    )
+    skopeo = Skopeo(tools, creds=None)
+
+    def mirrored() -> bool:
+        """The mirror is in effect: an absent tag is asked of the upstream."""
+        response = puller.get(f"/v2/{repository}/manifests/absent", headers=ACCEPT)
+        return response.status_code == 404 and "upstream" in response.text
+
+    eventually(mirrored, what="mirror in effect")
+    target = tmp_path / "copy"
+    skopeo.run(
+        "--registries-conf",
+        str(conf),
+        "copy",
+        "--quiet",
+        f"docker://{upstream_host}/{repository}:1",
+        f"oci:{target}:1",
+    )
+    index = json.loads((target / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == image.manifest.digest
+    # Only Moorage went to the upstream, once; skopeo never did.
+    assert upstream_gets(upstream, f"/v2/{repository}/manifests/1") == ["moorage"]
+    for blob in image.blobs:
+        assert upstream_gets(upstream, f"/v2/{repository}/blobs/{blob.digest}") == ["moorage"]

@@ -552,8 +552,10 @@ def test_an_upstream_blob_that_does_not_match_its_digest_is_discarded(
                 puller.get(f"/v2/{project}/fake/blobs/{bad}")
             # Nothing was stored: the next pull goes upstream again.
             assert liar.blob_requests == attempt
+        # A HEAD only asks the upstream, which states a size without the bytes.
         head = puller.head(f"/v2/{project}/fake/blobs/{bad}")
-        assert head.status_code == 502
+        assert head.status_code == 200
+        assert int(head.headers["Content-Length"]) == len(liar.claimed)
         config = puller.get(f"/v2/{project}/fake/blobs/{digest_of(liar.good)}")
         assert config.content == liar.good
         liar.lie = False
@@ -660,7 +662,7 @@ def test_robots_fetch_only_with_upstream_fetch_in_their_allow_list(
         assert pull_image(reader, f"{project}/lib/robot", "v1") == expected
 
 
-def test_head_and_range_requests_of_uncached_blobs_are_answered_from_the_stored_copy(
+def test_head_asks_the_upstream_and_a_range_is_served_while_the_blob_is_stored(
     upstream: Distribution, admin: httpx.Client, puller: httpx.Client
 ) -> None:
     project = make_proxy(admin, upstream)
@@ -672,16 +674,33 @@ def test_head_and_range_requests_of_uncached_blobs_are_answered_from_the_stored_
     head = puller.head(f"/v2/{project}/lib/partial/blobs/{first}")
     assert head.status_code == 200
     assert int(head.headers["Content-Length"]) == sizes[first]
+    assert head.headers["Docker-Content-Digest"] == first
+    # The HEAD went upstream as a HEAD: nothing was downloaded.
+    assert upstream.requests("HEAD", f"/v2/lib/partial/blobs/{first}") == 1
+    assert upstream.requests("GET", f"/v2/lib/partial/blobs/{first}", status=None) == 0
     ranged = puller.get(
         f"/v2/{project}/lib/partial/blobs/{second}", headers={"Range": "bytes=10-19"}
     )
     assert ranged.status_code == 206
+    assert ranged.headers["Content-Range"] == f"bytes 10-19/{sizes[second]}"
     assert len(ranged.content) == 10
-    whole = puller.get(f"/v2/{project}/lib/partial/blobs/{second}")
-    assert whole.content[10:20] == ranged.content
-    for digest in (first, second):
-        assert upstream.requests("GET", f"/v2/lib/partial/blobs/{digest}") == 1
+    # The fetch the range started goes on until the blob is stored: later pulls are local.
+    whole = eventually_stored(puller, f"{project}/lib/partial", second)
+    assert whole[10:20] == ranged.content
+    assert digest_of(whole) == second
+    assert upstream.requests("GET", f"/v2/lib/partial/blobs/{second}") == 1
+    # Once stored, a HEAD is answered locally.
+    assert puller.head(f"/v2/{project}/lib/partial/blobs/{second}").status_code == 200
+    assert upstream.requests("HEAD", f"/v2/lib/partial/blobs/{second}") == 0
     assert upstream.requests("GET", f"/v2/lib/partial/blobs/{config}") == 0
+
+
+def eventually_stored(client: httpx.Client, repository: str, digest: str) -> bytes:
+    """The blob once it is stored: a conditional request is answered from the stored copy
+    only (it waits for a fetch in flight), so it shows when the background fetch is done."""
+    response = client.get(f"/v2/{repository}/blobs/{digest}", headers={"If-None-Match": "x"})
+    assert response.status_code == 200, response.text
+    return response.content
 
 
 def test_the_proxy_commands(tmp_path: Path, upstream: Distribution) -> None:

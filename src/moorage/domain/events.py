@@ -19,6 +19,8 @@ class EventKind(StrEnum):
     MANIFEST_PULLED = "manifest:pulled"
     MANIFEST_CACHED = "manifest:cached"  # a proxy-cache project stored it from its upstream
     BLOB_CACHED = "blob:cached"
+    # A cached image manifest of a proxy-cache project now has every blob it references.
+    IMAGE_CACHED = "image:cached"
     TAG_REVALIDATED = "tag:revalidated"  # the upstream confirmed a cached tag (not audited)
     MANIFEST_DELETED = "manifest:deleted"
     TAG_DELETED = "tag:deleted"

@@ -31,6 +31,7 @@ from moorage.http.authn import Caller, InvalidTokenError
 from moorage.http.state import IAM, ROUTING, SERVICES, IamServices
 from moorage.services.identity import AuthenticationError, ThrottledError
 from moorage.services.mirror import normalize_host
+from moorage.services.pulls import FetchRight, PullAccess
 from moorage.services.virtual import VirtualConfig
 
 
@@ -409,3 +410,46 @@ async def may_fetch_upstream(
         )
     access = await iam.threads.run(iam.identity.access_of, caller.subject)
     return decide(access, Action.UPSTREAM_FETCH, project, repository, public)
+
+
+async def pull_access(request: web.Request) -> PullAccess:
+    """The access decision for a pull, made once here for the pull path (`PullService`): the
+    repositories that may serve it (a virtual project's members the caller may pull, each
+    decided as any pull) and, for proxy-cache ones, whether the caller may fetch upstream."""
+    name = request[REPOSITORY]
+    virtual = request.get(VIRTUAL)
+    if virtual is None:
+        sources: tuple[str, ...] = (name,)  # pull on it was decided by access_middleware
+    else:
+        sources = tuple(
+            [
+                target
+                for target in virtual.member_repositories(name)
+                if await may(request, PULL, target)
+            ]
+        )
+    cache = request.app[SERVICES].proxy
+    fetch: dict[str, FetchRight] = {}
+    for target in sources:
+        proxy = await cache.config_for(project_of(target))
+        if proxy is None:
+            continue
+        try:
+            allowed = await may_fetch_upstream(
+                request, target, public_fetch=proxy.anonymous_fetch, challenge=True
+            )
+        except AccessDenied:
+            fetch[target] = FetchRight.SIGN_IN
+            continue
+        fetch[target] = FetchRight.ALLOWED if allowed else FetchRight.REFUSED
+    return PullAccess(name, request[ACTOR], virtual, sources, fetch)
+
+
+def sign_in_challenge(request: web.Request) -> AccessDenied:
+    """An anonymous caller asked for what only a signed-in caller may fetch: challenge it for
+    the name it asked for."""
+    return AccessDenied(
+        "sign in to fetch content this proxy cache does not hold yet",
+        challenge=True,
+        scope=f"repository:{_client_name(request, request[REPOSITORY])}:pull",
+    )

@@ -60,6 +60,7 @@ from moorage.services.projects import ProjectService
 from moorage.services.promotion import PromotionOnlyPolicy, PromotionService, StageService
 from moorage.services.promotion_gates import GateEvaluator
 from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
+from moorage.services.pulls import PullService
 from moorage.services.refresh_tokens import RefreshTokenService
 from moorage.services.registry import RegistryService
 from moorage.services.replication import ReplicationOptions, ReplicationService
@@ -69,7 +70,7 @@ from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadIds, UploadLimits, UploadService
-from moorage.services.virtual import VirtualProjectService, VirtualPulls
+from moorage.services.virtual import VirtualProjectService
 from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
@@ -314,7 +315,7 @@ def build_app(
             virtual_projects,
             threads,
         ),
-        virtual_pulls=VirtualPulls(registry, proxy_cache),
+        pulls=PullService(registry, proxy_cache),
     )
     app[IAM] = IamServices(
         identity=identity,

@@ -15,6 +15,7 @@ from moorage.services.mirror import NameRouter
 from moorage.services.projects import ProjectService
 from moorage.services.promotion import PromotionService, StageService
 from moorage.services.proxy import ProxyCache, ProxyService
+from moorage.services.pulls import PullService
 from moorage.services.refresh_tokens import RefreshTokenService
 from moorage.services.registry import RegistryService
 from moorage.services.replication import ReplicationService
@@ -25,7 +26,6 @@ from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.trust import SignaturePolicy, TrustService
 from moorage.services.uploads import UploadService
-from moorage.services.virtual import VirtualPulls
 from moorage.services.vulndb import VulnerabilityDatabaseService
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
@@ -69,10 +69,10 @@ class IamServices:
 
 @dataclass(frozen=True, slots=True)
 class Routing:
-    """Name routing: the default mirror, virtual projects, and pulls through virtual projects."""
+    """Name routing (the default mirror, virtual projects) and the one path of every pull."""
 
     names: NameRouter
-    virtual_pulls: VirtualPulls
+    pulls: PullService
 
 
 SERVICES = web.AppKey("services", Services)

@@ -32,6 +32,7 @@ from moorage.http.outbound import OutboundGuard, OutboundTLS, OutboundURLError, 
 from moorage.services.proxy import (
     UPSTREAM_ACCEPT,
     UpstreamBlob,
+    UpstreamBlobHead,
     UpstreamEndpoint,
     UpstreamError,
     UpstreamHead,
@@ -302,6 +303,14 @@ class HttpUpstreamClient:
     async def open_blob(self, repository: str, digest: str) -> UpstreamBlob:
         response = await self._request("GET", f"/v2/{repository}/blobs/{digest}", repository)
         return _Blob(response)
+
+    async def head_blob(self, repository: str, digest: str) -> UpstreamBlobHead:
+        response = await self._request("HEAD", f"/v2/{repository}/blobs/{digest}", repository)
+        response.release()
+        # aiohttp reports no content_length for HEAD: the header is read as sent.
+        raw = response.headers.get("Content-Length", "")
+        size = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+        return UpstreamBlobHead(size, response.headers.get("Docker-Content-Digest"))
 
 
 class HttpUpstreamClients:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -21,16 +22,17 @@ from moorage.http.access import (
     CALLER,
     PULL,
     REPOSITORY,
-    VIRTUAL,
+    REQUESTED_NAME,
     may,
-    may_fetch_upstream,
+    pull_access,
+    sign_in_challenge,
 )
 from moorage.http.responses import BlobResponse, json_response
 from moorage.http.state import IAM, ROUTING, SERVICES, Services
-from moorage.services.proxy import LiveBlob, MayFetch, ProxyConfig
+from moorage.services.proxy import LiveBlob
+from moorage.services.pulls import BlobWant, SignInRequired, UpstreamBlobSize
 from moorage.services.registry import manifest_too_large, referrers_index
 from moorage.services.uploads import range_header
-from moorage.services.virtual import FetchDecision, MayPull
 
 log = logging.getLogger("moorage.http")
 
@@ -100,38 +102,23 @@ async def _pull_filter(request: web.Request) -> Callable[[str], bool] | None:
 
 async def list_tags(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    name = request[REPOSITORY]
     limit, last = _page(request, services.max_page_size)
-    virtual = request.get(VIRTUAL)
-    if virtual is not None:
-        tags, more = await request.app[ROUTING].virtual_pulls.tags(
-            virtual, name, _member_pull(request), last, limit
-        )
-    else:
-        # Also with n=0 the query runs: the repository must exist.
-        tags, more = _one_page(await services.registry.list_tags(name, last, limit + 1), limit)
+    tags, more = await request.app[ROUTING].pulls.tags(await pull_access(request), last, limit)
+    # The name the client asked for: a mirrored name is answered as the client knows it.
+    shown = request.get(REQUESTED_NAME, request[REPOSITORY])
     headers = {}
     if more and tags:
-        headers["Link"] = _next_link(f"/v2/{name}/tags/list", {"n": str(limit), "last": tags[-1]})
-    return json_response({"name": name, "tags": tags}, headers=headers)
+        headers["Link"] = _next_link(f"/v2/{shown}/tags/list", {"n": str(limit), "last": tags[-1]})
+    return json_response({"name": shown, "tags": tags}, headers=headers)
 
 
 async def referrers(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    name = request[REPOSITORY]
     subject = Digest.parse(request.match_info["digest"])
     limit, last = _page(request, services.max_page_size, default_all=True)
     artifact_type = request.query.get("artifactType") or None
-    source: str | None = name
-    virtual = request.get(VIRTUAL)
-    if virtual is not None:
-        source = await request.app[ROUTING].virtual_pulls.referrers_source(
-            virtual, name, subject, artifact_type, _member_pull(request)
-        )
-    found = (
-        await services.registry.referrers(source, subject, artifact_type, last, limit + 1)
-        if source is not None
-        else []
+    found = await request.app[ROUTING].pulls.referrers(
+        await pull_access(request), subject, artifact_type, last, limit + 1
     )
     records, more = _one_page(found, limit)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
@@ -139,7 +126,8 @@ async def referrers(request: web.Request) -> web.Response:
         query = {"n": str(limit), "last": records[-1].digest}
         if artifact_type:
             query["artifactType"] = artifact_type
-        headers["Link"] = _next_link(f"/v2/{name}/referrers/{subject}", query)
+        shown = request.get(REQUESTED_NAME, request[REPOSITORY])
+        headers["Link"] = _next_link(f"/v2/{shown}/referrers/{subject}", query)
     return json_response(referrers_index(records), headers=headers, content_type=mt.OCI_INDEX)
 
 
@@ -147,32 +135,17 @@ async def referrers(request: web.Request) -> web.Response:
 
 
 async def get_manifest(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
     reference = Reference.parse(request.match_info["reference"])
-    head = request.method == "HEAD"
-    name = request[REPOSITORY]
     accepted = parse_accept(request.headers.getall("Accept", []))
-    virtual = request.get(VIRTUAL)
-    if virtual is not None:
-        _, fetched = await request.app[ROUTING].virtual_pulls.manifest(
-            virtual,
-            name,
+    try:
+        fetched = await request.app[ROUTING].pulls.manifest(
+            await pull_access(request),
             reference,
             accepted,
-            request[ACTOR],
-            _member_pull(request),
-            _member_fetch(request),
-            count_pull=not head,
+            count_pull=request.method != "HEAD",
         )
-    else:
-        proxy = await services.proxy.config_for(project_of(name))
-        if proxy is not None:
-            await services.proxy.ensure_manifest(
-                proxy, name, reference, request[ACTOR], _fetch_decision(request, name, proxy)
-            )
-        fetched = await services.registry.get_manifest(
-            name, reference, accepted, request[ACTOR], count_pull=not head
-        )
+    except SignInRequired:
+        raise sign_in_challenge(request) from None
     etag = f'"{fetched.record.digest}"'
     headers = {
         "Docker-Content-Digest": fetched.record.digest,
@@ -212,51 +185,43 @@ async def delete_manifest(request: web.Request) -> web.Response:
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
     digest = Digest.parse(request.match_info["digest"])
-    name = request[REPOSITORY]
     etag = f'"{digest}"'
     headers = {"Docker-Content-Digest": str(digest), "ETag": etag, "Accept-Ranges": "bytes"}
-    # A plain GET streams an uncached blob while it is stored; HEAD, ranges and conditional
-    # requests wait until it is stored and are then answered from it.
-    whole = (
-        request.method == "GET"
-        and "Range" not in request.headers
-        and "If-None-Match" not in request.headers
-    )
-    virtual = request.get(VIRTUAL)
-    proxy = None if virtual else await services.proxy.config_for(project_of(name))
-    if virtual is not None:
-        name, live = await request.app[ROUTING].virtual_pulls.blob(
-            virtual,
-            name,
-            digest,
-            request[ACTOR],
-            _member_pull(request),
-            _member_fetch(request),
-            stream=whole,
-        )
-        if live is not None:
-            return await _stream_live(request, live, headers)
-    elif proxy is not None:
-        live = await services.proxy.ensure_blob(
-            proxy,
-            name,
-            digest,
-            request[ACTOR],
-            _fetch_decision(request, name, proxy),
-            stream=whole,
-        )
-        if live is not None:
-            return await _stream_live(request, live, headers)
-    blob = await services.registry.locate_blob(name, digest)
+    pulls = request.app[ROUTING].pulls
+    try:
+        source = await pulls.blob(await pull_access(request), digest, _blob_want(request))
+    except SignInRequired:
+        raise sign_in_challenge(request) from None
+    if isinstance(source, UpstreamBlobSize):
+        # A HEAD of an uncached blob: the upstream's answer, nothing downloaded.
+        response = web.Response(status=200, headers=headers)
+        response.content_type = "application/octet-stream"
+        response.headers["Content-Length"] = str(source.size)
+        return response
+    if isinstance(source, LiveBlob):
+        return await _stream_live(request, source, headers, etag)
+    location = source.location
     if request.headers.get("If-None-Match") in (etag, "*"):
         return web.Response(status=304, headers=headers)
-    byte_range = _requested_range(request, blob.size, etag)
-    opener = None if blob.path is not None else await services.registry.open_blob(digest)
+    byte_range = _requested_range(request, location.size, etag)
     return BlobResponse(
-        path=blob.path, opener=opener, size=blob.size, byte_range=byte_range, headers=headers
+        path=location.path,
+        opener=await pulls.open_blob(location),
+        size=location.size,
+        byte_range=byte_range,
+        headers=headers,
     )
+
+
+def _blob_want(request: web.Request) -> BlobWant:
+    """What an uncached blob must provide: a plain GET or a range streams while it is stored,
+    a HEAD asks the upstream, conditional requests wait until it is stored."""
+    if "If-None-Match" in request.headers:
+        return BlobWant.STORED
+    if request.method == "HEAD":
+        return BlobWant.HEAD
+    return BlobWant.STREAM
 
 
 async def delete_blob(request: web.Request) -> web.Response:
@@ -351,48 +316,45 @@ async def cancel_upload(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-# -- proxy-cache projects
-
-
-def _member_pull(request: web.Request) -> MayPull:
-    """Pull on a virtual project's member: decided as any pull, by the same authorizer."""
-
-    async def decide_pull(repository: str) -> bool:
-        return await may(request, PULL, repository)
-
-    return decide_pull
-
-
-def _member_fetch(request: web.Request) -> FetchDecision:
-    def decision(repository: str, proxy: ProxyConfig) -> MayFetch:
-        return _fetch_decision(request, repository, proxy)
-
-    return decision
-
-
-def _fetch_decision(request: web.Request, name: str, proxy: ProxyConfig) -> MayFetch:
-    async def decide_fetch(required: bool) -> bool:
-        return await may_fetch_upstream(
-            request, name, public_fetch=proxy.anonymous_fetch, challenge=required
-        )
-
-    return decide_fetch
+# -- blobs streamed from an upstream
 
 
 async def _stream_live(
-    request: web.Request, live: LiveBlob, headers: dict[str, str]
+    request: web.Request, live: LiveBlob, headers: dict[str, str], etag: str
 ) -> web.StreamResponse:
-    """Send a blob while it arrives from the upstream.
+    """Send a blob (or the requested range of it) while it arrives from the upstream.
 
     If the upstream's bytes turn out not to match the digest, the stored copy is discarded and
-    the connection is cut before the body is complete, so the client fails too.
+    the connection is cut before the body is complete, so the client fails too. A range is
+    sent as its bytes pass; the fetch then goes on in the background until the blob is stored.
     """
-    response = web.StreamResponse(headers={**headers, "Content-Type": "application/octet-stream"})
-    response.content_length = live.size
+    try:
+        byte_range = _requested_range(request, live.size, etag)
+    except RegistryError:
+        await live.aclose()
+        raise
+    response = web.StreamResponse(
+        status=206 if byte_range else 200,
+        headers={**headers, "Content-Type": "application/octet-stream"},
+    )
+    start, end = (byte_range.start, byte_range.end) if byte_range else (0, live.size - 1)
+    if byte_range is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{live.size}"
+    response.content_length = end - start + 1
+    handed_off = False
     try:
         await response.prepare(request)
+        offset = 0
         async for chunk in live.chunks():
-            await response.write(chunk)
+            low, high = max(start - offset, 0), min(end + 1 - offset, len(chunk))
+            offset += len(chunk)
+            if low < high:
+                await response.write(chunk[low:high])
+            if offset > end and byte_range is not None and end < live.size - 1:
+                # The range is complete before the blob: finish the fetch without the client.
+                handed_off = True
+                _finish_in_background(live)
+                break
     except RegistryError as error:
         log.warning("proxy fetch of %s failed mid-stream: %s", headers["ETag"], error.message)
         if not response.prepared:
@@ -401,9 +363,28 @@ async def _stream_live(
             request.transport.abort()
         return response
     finally:
-        await live.aclose()
+        if not handed_off:
+            await live.aclose()
     await response.write_eof()
     return response
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _finish_in_background(live: LiveBlob) -> None:
+    async def drain() -> None:
+        try:
+            async for _ in live.chunks():
+                pass
+        except RegistryError as error:
+            log.warning("background proxy fetch failed: %s", error.message)
+        finally:
+            await live.aclose()
+
+    task = asyncio.get_running_loop().create_task(drain())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 # -- helpers

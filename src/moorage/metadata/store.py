@@ -518,6 +518,52 @@ class MetadataStore:
             ).scalar()
         return size
 
+    def blobs_missing_from(self, repository: str, manifest: str) -> list[str]:
+        """Blobs that `manifest` references and that are not linked to `repository` (a
+        proxy-cache project stores a manifest before its layers)."""
+        linked = _rb.alias("linked")
+        with read_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            query = select(_mblobs.c.blob_digest).where(_mblobs.c.manifest_digest == manifest)
+            if repository_id is not None:
+                query = query.where(
+                    ~exists().where(
+                        linked.c.repository_id == repository_id,
+                        linked.c.digest == _mblobs.c.blob_digest,
+                    )
+                )
+            return sorted(connection.execute(query).scalars())
+
+    def manifests_completed_by(self, repository: str, blob: str) -> list[tuple[str, str]]:
+        """(digest, media type) of the manifests of `repository` that reference `blob` and
+        have every blob they reference linked to the repository."""
+        linked = _rb.alias("linked")
+        others = _mblobs.alias("others")
+        with read_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return []
+            rows = connection.execute(
+                select(_manifests.c.digest, _manifests.c.media_type)
+                .select_from(
+                    _mblobs.join(_rm, _rm.c.digest == _mblobs.c.manifest_digest).join(
+                        _manifests, _manifests.c.digest == _mblobs.c.manifest_digest
+                    )
+                )
+                .where(
+                    _rm.c.repository_id == repository_id,
+                    _mblobs.c.blob_digest == blob,
+                    ~exists().where(
+                        others.c.manifest_digest == _mblobs.c.manifest_digest,
+                        ~exists().where(
+                            linked.c.repository_id == repository_id,
+                            linked.c.digest == others.c.blob_digest,
+                        ),
+                    ),
+                )
+            ).all()
+        return [(row[0], row[1]) for row in rows]
+
     def _set_tag(
         self, connection: Connection, repository_id: int, tag: str, digest: str, now: datetime
     ) -> None:

@@ -110,6 +110,11 @@ def _view(project: str, record: ScanSettingsRecord) -> ScanSettingsView:
     )
 
 
+# What scan on push reacts to: a pushed manifest, and a proxy cache's image once all its
+# blobs are cached (its manifest arrives first, the layers as clients pull them).
+_SCAN_ON_PUSH: Final = frozenset({EventKind.MANIFEST_PUSHED, EventKind.IMAGE_CACHED})
+
+
 class ScanService:
     """Queue scans, serve reports and inventories, manage settings; implements ReportReader."""
 
@@ -328,7 +333,7 @@ class ScanService:
             if event.action in _DATABASE_ACTIONS and event.result == "success":
                 self._spawn(self.database_changed())
             return
-        if event.kind is not EventKind.MANIFEST_PUSHED or event.digest is None:
+        if event.kind not in _SCAN_ON_PUSH or event.digest is None:
             return
         self._spawn(self._scan_pushed(event))
 

@@ -1,43 +1,31 @@
 """Virtual projects: one name in front of an ordered list of member projects.
 
 A pull of `<virtual>/<rest>` is answered by the first member, in the configured order, that
-holds `<member>/<rest>` (a proxy-cache member counts when it can fetch it). A member the caller
-may not pull is skipped as if it did not exist: the virtual project never serves content from a
-project the caller cannot read. Pushes go to the push member, when one is configured; the
-routing of names (and the refusal of writes) happens before the one authorization decision, in
+holds `<member>/<rest>` (a proxy-cache member counts when it can fetch it); that resolution is
+part of the one pull path, `moorage.services.pulls`. A member the caller may not pull is skipped
+as if it did not exist: the virtual project never serves content from a project the caller
+cannot read. Pushes go to the push member, when one is configured; the routing of names (and
+the refusal of writes) happens before the one authorization decision, in
 `moorage.services.mirror.NameRouter`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
-from moorage.domain.names import Reference, project_of
 from moorage.metadata.virtual_store import VirtualRecord, VirtualStore
 from moorage.services.cache import TtlCache
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
-from moorage.services.proxy import LiveBlob, MayFetch, ProxyCache, ProxyConfig, ProxyService
-from moorage.services.registry import FetchedManifest, RegistryService
+from moorage.services.proxy import ProxyService
 
 MAX_MEMBERS: Final = 16
 CONFIG_CACHE_SECONDS: Final = 2.0
-# Each member contributes at most this many tags to one page of a merged tags list.
-MAX_TAGS_PER_MEMBER: Final = 10_000
-
-# May the caller pull this (member) repository?
-MayPull = Callable[[str], Awaitable[bool]]
-# The upstream-fetch decision for a proxy-cache member's repository.
-FetchDecision = Callable[[str, ProxyConfig], MayFetch]
-
-_NOT_FOUND: Final = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.NAME_UNKNOWN})
-_BLOB_NOT_FOUND: Final = frozenset({ErrorCode.BLOB_UNKNOWN, ErrorCode.NAME_UNKNOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,149 +197,3 @@ class VirtualProjectService:
                     f"pushMember {push_member} is a proxy-cache project, which refuses pushes"
                 )
         return ids
-
-
-class VirtualPulls:
-    """Resolves pulls of a virtual project's repositories through its members, in order."""
-
-    def __init__(self, registry: RegistryService, cache: ProxyCache) -> None:
-        self._registry = registry
-        self._cache = cache
-
-    async def _readable(
-        self, config: VirtualConfig, repository: str, may_pull: MayPull
-    ) -> list[str]:
-        return [
-            target for target in config.member_repositories(repository) if await may_pull(target)
-        ]
-
-    async def manifest(
-        self,
-        config: VirtualConfig,
-        repository: str,
-        reference: Reference,
-        accepted: frozenset[str] | None,
-        actor: Actor,
-        may_pull: MayPull,
-        fetch_decision: FetchDecision,
-        *,
-        count_pull: bool,
-    ) -> tuple[str, FetchedManifest]:
-        """(the member repository that serves it, the manifest)."""
-        failure: RegistryError | None = None
-        for target in await self._readable(config, repository, may_pull):
-            proxy = await self._cache.config_for(project_of(target))
-            if proxy is not None:
-                try:
-                    await self._cache.ensure_manifest(
-                        proxy, target, reference, actor, fetch_decision(target, proxy)
-                    )
-                except RegistryError as error:
-                    # Not here, not fetchable by this caller, or the upstream is down: the
-                    # next member may have it.
-                    if error.code not in _NOT_FOUND and failure is None:
-                        failure = error
-                    continue
-            try:
-                fetched = await self._registry.get_manifest(
-                    target, reference, accepted, actor, count_pull=count_pull
-                )
-            except RegistryError as error:
-                if error.code in _NOT_FOUND:
-                    continue
-                raise  # found, but refused (a pull policy): that answer stands
-            return target, fetched
-        if failure is not None:
-            raise failure
-        raise RegistryError(
-            ErrorCode.MANIFEST_UNKNOWN,
-            f"{repository}: no member of {config.project} you may pull has {reference}",
-        )
-
-    async def blob(
-        self,
-        config: VirtualConfig,
-        repository: str,
-        digest: Digest,
-        actor: Actor,
-        may_pull: MayPull,
-        fetch_decision: FetchDecision,
-        *,
-        stream: bool,
-    ) -> tuple[str, LiveBlob | None]:
-        """(the member repository that serves it, a blob being fetched or None when stored).
-
-        A member that holds the blob wins over a proxy-cache member that would fetch it."""
-        readable = await self._readable(config, repository, may_pull)
-        for target in readable:
-            try:
-                await self._registry.locate_blob(target, digest)
-            except RegistryError as error:
-                if error.code in _BLOB_NOT_FOUND:
-                    continue
-                raise
-            return target, None
-        failure: RegistryError | None = None
-        for target in readable:
-            proxy = await self._cache.config_for(project_of(target))
-            if proxy is None:
-                continue
-            try:
-                live = await self._cache.ensure_blob(
-                    proxy, target, digest, actor, fetch_decision(target, proxy), stream=stream
-                )
-            except RegistryError as error:
-                if error.code not in _BLOB_NOT_FOUND and failure is None:
-                    failure = error
-                continue
-            return target, live
-        if failure is not None:
-            raise failure
-        raise RegistryError(
-            ErrorCode.BLOB_UNKNOWN,
-            f"{repository}: no member of {config.project} you may pull has blob {digest}",
-        )
-
-    async def tags(
-        self,
-        config: VirtualConfig,
-        repository: str,
-        may_pull: MayPull,
-        last: str | None,
-        limit: int,
-    ) -> tuple[list[str], bool]:
-        """One page of the sorted union of the readable members' tags: (tags, more follow)."""
-        merged: set[str] = set()
-        found = False
-        for target in await self._readable(config, repository, may_pull):
-            try:
-                tags = await self._registry.list_tags(
-                    target, last, min(limit + 1, MAX_TAGS_PER_MEMBER)
-                )
-            except RegistryError as error:
-                if error.code in _NOT_FOUND:
-                    continue
-                raise
-            found = True
-            merged.update(tags)
-        if not found:
-            raise RegistryError(
-                ErrorCode.NAME_UNKNOWN,
-                f"repository {repository} is in no member of {config.project} you may pull",
-            )
-        ordered = sorted(merged)
-        return ordered[:limit], len(ordered) > limit
-
-    async def referrers_source(
-        self,
-        config: VirtualConfig,
-        repository: str,
-        subject: Digest,
-        artifact_type: str | None,
-        may_pull: MayPull,
-    ) -> str | None:
-        """The first readable member repository that has referrers of `subject`."""
-        for target in await self._readable(config, repository, may_pull):
-            if await self._registry.referrers(target, subject, artifact_type, None, 1):
-                return target
-        return None

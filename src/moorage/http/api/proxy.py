@@ -23,7 +23,7 @@ from moorage.domain.proxy import (
 from moorage.http.access import ADMIN, project_permission
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
 from moorage.http.state import SERVICES
-from moorage.services.proxy import ProxyInput, ProxyView, UpstreamError
+from moorage.services.proxy import ProxyInput, ProxyPatch, ProxyView, UpstreamError
 
 PROXY = "proxy-cache"
 PROXY_PATH = "/api/v1/projects/{project}/proxy"
@@ -81,6 +81,30 @@ class ProxyConfigurationInput(RequestModel):
     )
 
 
+class ProxyConfigurationChanges(RequestModel):
+    """A JSON merge patch of the upstream configuration: only the fields sent change, the
+    same rules as a PUT apply to the result. `null` removes a value (its default applies);
+    `password: null` or `token: null` removes the stored credential."""
+
+    url: Annotated[str, Field(min_length=1, max_length=MAX_URL_LENGTH)] | None = None
+    flavor: Literal["oci", "docker-hub"] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    clear_credentials: bool | None = None
+    ca_bundle: Pem | None = None
+    client_cert: Pem | None = None
+    client_key: Pem | None = None
+    allow_private_network: bool | None = None
+    tag_ttl_seconds: Annotated[int, Field(ge=0, le=MAX_TAG_TTL_SECONDS)] | None = None
+    timeout_seconds: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)] | None = None
+    platforms: (
+        Annotated[list[Annotated[str, Field(max_length=100)]], Field(max_length=MAX_PLATFORMS)]
+        | None
+    ) = None
+    anonymous_fetch: bool | None = None
+
+
 class ProxyCheck(ApiModel):
     ok: bool
     message: str
@@ -133,6 +157,29 @@ async def put_proxy(call: Call) -> ProxyConfiguration:
     return _configuration(view)
 
 
+async def patch_proxy(call: Call) -> ProxyConfiguration:
+    body = call.body(ProxyConfigurationChanges)
+    changes = ProxyPatch(
+        given=frozenset(body.model_fields_set),
+        url=body.url,
+        flavor=body.flavor,
+        username=body.username,
+        password=body.password,
+        token=body.token,
+        clear_credentials=body.clear_credentials,
+        ca_bundle=body.ca_bundle,
+        client_cert=body.client_cert,
+        client_key=body.client_key,
+        allow_private_network=body.allow_private_network,
+        tag_ttl_seconds=body.tag_ttl_seconds,
+        timeout_seconds=body.timeout_seconds,
+        platforms=list(body.platforms) if body.platforms is not None else None,
+        anonymous_fetch=body.anonymous_fetch,
+    )
+    view = await call.run(call.iam.proxies.patch, call.actor, call.param("project"), changes)
+    return _configuration(view)
+
+
 async def delete_proxy(call: Call) -> None:
     await call.run(call.iam.proxies.remove, call.actor, call.param("project"))
 
@@ -170,6 +217,16 @@ ROUTES: tuple[ApiRoute, ...] = (
         "Make the project a proxy cache of an upstream registry, or change its upstream",
         PROXY,
         body=ProxyConfigurationInput,
+        response=ProxyConfiguration,
+    ),
+    ApiRoute(
+        "PATCH",
+        PROXY_PATH,
+        patch_proxy,
+        ADMIN,
+        "Change some fields of the upstream configuration (JSON merge patch)",
+        PROXY,
+        body=ProxyConfigurationChanges,
         response=ProxyConfiguration,
     ),
     ApiRoute(

@@ -13,9 +13,18 @@ from pydantic import Field
 
 from moorage.domain.access import Action
 from moorage.domain.digest import Digest
-from moorage.http.access import ADMIN, REPOSITORY, Permission, Scope, project_permission
+from moorage.domain.names import project_of
+from moorage.http.access import (
+    ADMIN,
+    REPOSITORY,
+    Permission,
+    Scope,
+    may_fetch_upstream,
+    project_permission,
+)
 from moorage.http.api.common import NAME_PATTERN
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
+from moorage.http.state import SERVICES
 from moorage.scanning.report import ScanReport
 from moorage.services.scanning import ScanSettingsInput, ScanSettingsView
 from moorage.vulnerability.findings import Finding
@@ -163,8 +172,28 @@ async def get_scan_report(call: Call) -> ScanReportView:
 
 async def request_scan(call: Call) -> ScanReportView:
     digest = str(Digest.parse(call.param("digest")))
-    report = await call.iam.scans.request_scan(call.request[REPOSITORY], digest, call.actor)
+    repository = call.request[REPOSITORY]
+    await _fill_from_upstream(call, repository, digest)
+    report = await call.iam.scans.request_scan(repository, digest, call.actor)
     return report_view(report)
+
+
+async def _fill_from_upstream(call: Call, repository: str, digest: str) -> None:
+    """An image of a proxy-cache project is cached as clients pull it: before it is scanned,
+    the blobs nobody pulled yet are fetched through the proxy (upstream-fetch decides, as for
+    a pull)."""
+    cache = call.request.app[SERVICES].proxy
+    proxy = await cache.config_for(project_of(repository))
+    if proxy is None:
+        return
+    allowed = await may_fetch_upstream(
+        call.request, repository, public_fetch=proxy.anonymous_fetch, challenge=False
+    )
+
+    async def may_fetch(_required: bool) -> bool:
+        return allowed
+
+    await cache.fill_image(proxy, repository, digest, call.actor, may_fetch)
 
 
 async def scan_everything(call: Call) -> ScanAllResult:

@@ -1,514 +1,66 @@
-"""Proxy-cache projects: their upstream configuration, and pulls through the cache.
-
-A project with an upstream configuration is a proxy-cache project. A pull of a manifest or blob
-it does not hold yet is fetched from the upstream, stored (verified against its digest) and from
-then on served locally. The registry core stays free of HTTP: the upstream is reached through
-the `UpstreamClient` protocol, which `moorage.http.upstream` implements over the one outbound
-client factory.
+"""Pulls through a proxy cache: fill the cache from the upstream, keep tags fresh.
 
 - Digest pulls never go upstream once cached. A tag pull after the tag's TTL asks the upstream
   with a HEAD (which Docker Hub does not count as a pull) whether the cached manifest is still
   current; if the upstream is down, slow or rate-limited, the cached manifest is served
   (stale-if-error), logged and counted.
-- Single flight: concurrent pulls of the same uncached manifest or blob cause one upstream fetch.
-  Within a worker the others wait for the first; across workers a file lock per object orders
-  them, and whoever gets it after the first finds the object stored.
-- Fetching new content is a separate decision from pulling (`upstream-fetch`), made by the HTTP
-  layer and handed in as `may_fetch`; cached content needs only `pull`.
+- A blob is fetched once (single flight) and streamed to the client while it is stored; the copy
+  is committed only when its digest verifies. A HEAD of an uncached blob is a HEAD upstream.
+- A cached image whose last blob arrives is announced (`image:cached`), so scan on push scans
+  it; `fill_image` fetches what a requested scan needs.
+- Fetching new content is a separate decision from pulling (`upstream-fetch`), made at the edge
+  and handed in as `may_fetch`; cached content needs only `pull`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import hashlib
 import logging
-import os
 import secrets
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Final, Protocol, TypeVar
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from datetime import UTC, datetime
+from typing import Final, TypeVar
 
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
-from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent, policy_denied
+from moorage.domain.events import (
+    SYSTEM,
+    AccessEvent,
+    Actor,
+    EventKind,
+    RegistryEvent,
+)
 from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.proxy import (
-    DEFAULT_TAG_TTL_SECONDS,
-    DEFAULT_TIMEOUT_SECONDS,
-    MAX_TAG_TTL_SECONDS,
-    MAX_TIMEOUT_SECONDS,
-    Flavor,
-    Platform,
-    ProxyConfigError,
-    flavor_of,
-    normalize_url,
-    parse_platforms,
     platform_admitted,
     upstream_repository,
-    validate_pem,
 )
 from moorage.hashing import new_resumable
-from moorage.metadata.iam_models import ProxyUpstreamRow
-from moorage.metadata.iam_store import IamStore, PromotionOnlyConflictError
 from moorage.metadata.store import MetadataStore
-from moorage.services.cache import TtlCache
-from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
+from moorage.services.proxy.config import ProxyConfig, ProxyService
+from moorage.services.proxy.flight import FileLocks, SingleFlight
+from moorage.services.proxy.upstream import (
+    UpstreamBlob,
+    UpstreamClients,
+    UpstreamError,
+    upstream_failure,
+)
 from moorage.services.threads import Threads
 from moorage.storage.base import StorageDriver
 
 log = logging.getLogger("moorage.proxy")
 T = TypeVar("T")
 
-CONFIG_CACHE_SECONDS: Final = 2.0
-# What the proxy asks the upstream for: every manifest type the registry stores.
-UPSTREAM_ACCEPT: Final = (
-    mt.OCI_INDEX,
-    mt.OCI_MANIFEST,
-    mt.DOCKER_MANIFEST_LIST,
-    mt.DOCKER_MANIFEST,
-)
 # An index of indexes is followed this deep, no further.
 _MAX_INDEX_DEPTH: Final = 2
 _LOCK_POLL_SECONDS: Final = 0.05
-_KEY_NAME: Final = "proxy-credentials"
-
-
-# -- what the upstream side provides
-
-
-class UpstreamError(Exception):
-    """The upstream could not provide what was asked.
-
-    `kind`: not-found, unauthorized, denied, rate-limited, unavailable (down, timeout, 5xx) or
-    invalid (an answer the proxy cannot use, e.g. a digest that does not match).
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamManifest:
-    body: bytes
-    media_type: str
-    digest: str | None  # Docker-Content-Digest, when the upstream sent it
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamHead:
-    digest: str | None
-    media_type: str | None
-
-
-class UpstreamBlob(Protocol):
-    @property
-    def size(self) -> int | None: ...
-
-    def chunks(self) -> AsyncIterator[bytes]: ...
-
-    async def close(self) -> None: ...
-
-
-class UpstreamClient(Protocol):
-    async def get_manifest(
-        self, repository: str, reference: str, max_bytes: int
-    ) -> UpstreamManifest: ...
-
-    async def head_manifest(self, repository: str, reference: str) -> UpstreamHead: ...
-
-    async def open_blob(self, repository: str, digest: str) -> UpstreamBlob: ...
-
-    async def check(self) -> None:
-        """Reach the upstream's /v2/ and sign in: raises UpstreamError when that fails."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamEndpoint:
-    """What a client needs to reach one upstream. Secrets are kept out of repr."""
-
-    project: str
-    url: str
-    flavor: Flavor
-    username: str | None
-    password: str | None = field(repr=False)
-    token: str | None = field(repr=False)
-    ca_bundle: str | None
-    client_cert: str | None
-    client_key: str | None = field(repr=False)
-    allow_private_network: bool
-    timeout_seconds: int
-    version: str  # changes whenever the configuration changes: clients are cached by it
-
-
-class UpstreamClients(Protocol):
-    def client(self, endpoint: UpstreamEndpoint) -> UpstreamClient: ...
-
-
-# -- configuration
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyConfig:
-    """A proxy-cache project's configuration, as the pull path uses it."""
-
-    endpoint: UpstreamEndpoint
-    tag_ttl: timedelta
-    platforms: tuple[Platform, ...] | None
-    anonymous_fetch: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyView:
-    """A proxy-cache project's configuration as the API shows it: never a secret."""
-
-    project: str
-    url: str
-    flavor: str
-    username: str | None
-    credential: str  # none | password | token
-    ca_bundle: bool
-    client_certificate: bool
-    allow_private_network: bool
-    tag_ttl_seconds: int
-    timeout_seconds: int
-    platforms: list[str]
-    anonymous_fetch: bool
-    updated_by: str | None
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyInput:
-    """An upstream configuration as an administrator submits it.
-
-    `password`/`token`/`client_key` left as None keep what is stored (when the username is
-    unchanged); `clear_credentials` removes the stored credential.
-    """
-
-    url: str
-    flavor: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    clear_credentials: bool = False
-    ca_bundle: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = field(default=None, repr=False)
-    allow_private_network: bool = False
-    tag_ttl_seconds: int = DEFAULT_TAG_TTL_SECONDS
-    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
-    platforms: list[str] | None = None
-    anonymous_fetch: bool = False
-
-
-class SecretBox:
-    """Encrypts stored upstream secrets (AES-256-GCM, bound to the project) with a key the
-    registry generates and every worker shares."""
-
-    def __init__(self, load_key: Callable[[], bytes]) -> None:
-        self._load_key = load_key
-        self._aead: AESGCM | None = None
-
-    def _cipher(self) -> AESGCM:
-        if self._aead is None:
-            key = hashlib.sha256(b"moorage proxy credentials\0" + self._load_key()).digest()
-            self._aead = AESGCM(key)
-        return self._aead
-
-    def seal(self, project_id: int, value: str) -> bytes:
-        nonce = secrets.token_bytes(12)
-        return nonce + self._cipher().encrypt(nonce, value.encode(), str(project_id).encode())
-
-    def open(self, project_id: int, sealed: bytes | None) -> str | None:
-        if not sealed:
-            return None
-        try:
-            plain = self._cipher().decrypt(sealed[:12], sealed[12:], str(project_id).encode())
-        except InvalidTag:
-            log.error("a stored upstream credential of project %d cannot be decrypted", project_id)
-            return None
-        return plain.decode()
-
-
-class ProxyService:
-    """Create, read, replace and remove proxy configurations; every change is audited."""
-
-    def __init__(self, store: IamStore, metadata: MetadataStore, events: EventBus) -> None:
-        self._store = store
-        self._events = events
-        self._box = SecretBox(lambda: metadata.server_secret(_KEY_NAME))
-        self._configs = TtlCache(CONFIG_CACHE_SECONDS)
-        # Why a project may not become a proxy cache (a virtual project), or None.
-        self.refuse_configuration: Callable[[str], str | None] = lambda _project: None
-
-    def _project_id(self, name: str) -> int:
-        row = self._store.project_by_name(name)
-        if row is None:
-            raise IdentityError(f"project {name} not found", 404)
-        return row.id
-
-    def get(self, project: str) -> ProxyView:
-        self._project_id(project)
-        row = self._store.proxy_upstream_of(project)
-        if row is None:
-            raise IdentityError(f"project {project} is not a proxy-cache project", 404)
-        return _view(project, row)
-
-    def set(self, actor: Actor, project: str, given: ProxyInput) -> ProxyView:
-        project_id = self._project_id(project)
-        refusal = self.refuse_configuration(project)
-        if refusal is not None:
-            raise IdentityError(refusal, 409)
-        current = self._store.proxy_upstream_of(project)
-        try:
-            values = self._values(project_id, given, current)
-        except ProxyConfigError as error:
-            raise IdentityError(str(error)) from None
-        try:
-            row = self._store.set_proxy_upstream(project_id, {**values, "updated_by": actor.name})
-        except PromotionOnlyConflictError:
-            raise self._refused(actor, project, promotion_only_refusal(project)) from None
-        self._configs.clear()
-        self._events.publish(
-            AccessEvent(
-                "proxy:configure",
-                actor,
-                "success",
-                project,
-                f"project:{project}",
-                {
-                    "url": row.url,
-                    "flavor": row.flavor,
-                    "username": row.username,
-                    # Only whether a credential is set, never the credential.
-                    "credential": row.credential_kind,
-                    "tls": _tls_summary(row),
-                    "allow_private_network": row.allow_private_network,
-                    "tag_ttl_seconds": row.tag_ttl_seconds,
-                    "platforms": row.platforms or [],
-                    "anonymous_fetch": row.anonymous_fetch,
-                },
-            )
-        )
-        return _view(project, row)
-
-    def _refused(self, actor: Actor, project: str, message: str) -> IdentityError:
-        self._events.publish(
-            policy_denied(
-                actor,
-                project,
-                f"project:{project}",
-                point="configure:proxy",
-                policy="promotion-only",
-                reason=message,
-            )
-        )
-        return IdentityError(message, 409)
-
-    def remove(self, actor: Actor, project: str) -> None:
-        project_id = self._project_id(project)
-        if not self._store.delete_proxy_upstream(project_id):
-            raise IdentityError(f"project {project} is not a proxy-cache project", 404)
-        self._configs.clear()
-        self._events.publish(
-            AccessEvent("proxy:remove", actor, "success", project, f"project:{project}", {})
-        )
-
-    def _values(
-        self, project_id: int, given: ProxyInput, current: ProxyUpstreamRow | None
-    ) -> dict[str, object]:
-        url = normalize_url(given.url, allow_private=given.allow_private_network)
-        flavor = flavor_of(url, given.flavor)
-        if not 0 <= given.tag_ttl_seconds <= MAX_TAG_TTL_SECONDS:
-            raise ProxyConfigError(f"tag_ttl_seconds must be 0 to {MAX_TAG_TTL_SECONDS}")
-        if not 1 <= given.timeout_seconds <= MAX_TIMEOUT_SECONDS:
-            raise ProxyConfigError(f"timeout_seconds must be 1 to {MAX_TIMEOUT_SECONDS}")
-        platforms = parse_platforms(given.platforms)
-        if given.password is not None and given.token is not None:
-            raise ProxyConfigError("give a password or a token, not both")
-        if given.password is not None and not given.username:
-            raise ProxyConfigError("a password needs a username")
-        same_user = current is not None and current.username == given.username
-        kind: str
-        credential: bytes | None
-        if given.clear_credentials:
-            kind, credential = "none", None
-        elif given.password is not None:
-            kind, credential = "password", self._box.seal(project_id, given.password)
-        elif given.token is not None:
-            kind, credential = "token", self._box.seal(project_id, given.token)
-        elif current is not None and same_user and current.credential_kind != "none":
-            kind, credential = current.credential_kind, current.credential
-        else:
-            kind, credential = "none", None
-        client_cert = validate_pem(given.client_cert, "client_cert")
-        client_key: bytes | None
-        if given.client_key is not None:
-            key_pem = validate_pem(given.client_key, "client_key")
-            client_key = self._box.seal(project_id, key_pem) if key_pem else None
-        else:
-            client_key = current.client_key if current is not None and client_cert else None
-        if client_cert and not client_key:
-            raise ProxyConfigError("client_cert needs client_key")
-        return {
-            "url": url,
-            "flavor": str(flavor),
-            "username": given.username or None,
-            "credential_kind": kind,
-            "credential": credential,
-            "ca_bundle": validate_pem(given.ca_bundle, "ca_bundle"),
-            "client_cert": client_cert,
-            "client_key": client_key if client_cert else None,
-            "allow_private_network": given.allow_private_network,
-            "tag_ttl_seconds": given.tag_ttl_seconds,
-            "timeout_seconds": given.timeout_seconds,
-            "platforms": [str(p) for p in platforms] if platforms else None,
-            "anonymous_fetch": given.anonymous_fetch,
-        }
-
-    def config_of(self, project: str) -> ProxyConfig | None:
-        """The project's proxy configuration (cached 2 s per worker), or None."""
-
-        def load() -> ProxyConfig | None:
-            row = self._store.proxy_upstream_of(project)
-            return self._config(project, row) if row is not None else None
-
-        return self._configs.get_or_load(project, load)
-
-    def cached_config_of(self, project: str) -> tuple[bool, ProxyConfig | None]:
-        """(True, config or None) from the per-worker cache, without loading."""
-        return self._configs.peek(project)
-
-    def _config(self, project: str, row: ProxyUpstreamRow) -> ProxyConfig:
-        secret = self._box.open(row.project_id, row.credential)
-        version = hashlib.sha256(
-            f"{row.project_id}\0{row.updated_at.isoformat()}\0{row.url}".encode()
-        ).hexdigest()[:16]
-        endpoint = UpstreamEndpoint(
-            project=project,
-            url=row.url,
-            flavor=Flavor(row.flavor),
-            username=row.username,
-            password=secret if row.credential_kind == "password" else None,
-            token=secret if row.credential_kind == "token" else None,
-            ca_bundle=row.ca_bundle,
-            client_cert=row.client_cert,
-            client_key=self._box.open(row.project_id, row.client_key),
-            allow_private_network=row.allow_private_network,
-            timeout_seconds=row.timeout_seconds,
-            version=version,
-        )
-        platforms = tuple(parse_platforms(row.platforms) or ()) or None
-        return ProxyConfig(
-            endpoint, timedelta(seconds=row.tag_ttl_seconds), platforms, row.anonymous_fetch
-        )
-
-
-def promotion_only_refusal(project: str) -> str:
-    return (
-        f"project {project} is promotion-only, and a proxy cache would bring upstream content"
-        " into it without a promotion; make it an ordinary project first (PUT"
-        f" /api/v1/projects/{project}/stage with promotionOnly false) or proxy through another"
-        " project"
-    )
-
-
-def _tls_summary(row: ProxyUpstreamRow) -> str:
-    parts = [name for name, value in (("ca", row.ca_bundle), ("client", row.client_cert)) if value]
-    return "+".join(parts) or "default"
-
-
-def _view(project: str, row: ProxyUpstreamRow) -> ProxyView:
-    return ProxyView(
-        project=project,
-        url=row.url,
-        flavor=row.flavor,
-        username=row.username,
-        credential=row.credential_kind,
-        ca_bundle=row.ca_bundle is not None,
-        client_certificate=row.client_cert is not None,
-        allow_private_network=row.allow_private_network,
-        tag_ttl_seconds=row.tag_ttl_seconds,
-        timeout_seconds=row.timeout_seconds,
-        platforms=list(row.platforms or []),
-        anonymous_fetch=row.anonymous_fetch,
-        updated_by=row.updated_by,
-        updated_at=row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC),
-    )
-
-
-# -- single flight
-
-
-class SingleFlight:
-    """One leader per key inside this process; the others wait for it to finish."""
-
-    def __init__(self) -> None:
-        self._running: dict[str, asyncio.Future[None]] = {}
-
-    def join(self, key: str) -> asyncio.Future[None] | None:
-        """The running flight's future to wait on, or None: the caller now leads `key` and
-        must call `finish(key)`."""
-        running = self._running.get(key)
-        if running is not None:
-            return running
-        self._running[key] = asyncio.get_running_loop().create_future()
-        return None
-
-    def finish(self, key: str) -> None:
-        running = self._running.pop(key, None)
-        if running is not None and not running.done():
-            running.set_result(None)
-
-
-class FileLocks:
-    """Cross-process exclusive locks over a fixed set of lock files (workers share the data
-    directory). Keys are spread over the files by hash, so the files never grow in number;
-    two keys that share a file merely take turns."""
-
-    STRIPES: Final = 4096
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-
-    def _path(self, key: str) -> Path:
-        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % self.STRIPES
-        return self._directory / f"{stripe:04x}.lock"
-
-    def try_acquire(self, key: str) -> int | None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                return None
-            raise
-        return fd
-
-    @staticmethod
-    def release(fd: int) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-# -- the pull path
+_IMAGE_TYPES: Final = frozenset({mt.OCI_MANIFEST, mt.DOCKER_MANIFEST})
 
 
 @dataclass
@@ -843,6 +395,19 @@ class ProxyCache:
                 actor,
             )
         )
+        if not manifest.is_index and not await self._threads.run(
+            self._metadata.blobs_missing_from, repository, str(digest)
+        ):
+            # Its blobs were all cached already (layers shared with another image).
+            self._events.publish(
+                RegistryEvent(
+                    EventKind.IMAGE_CACHED,
+                    repository,
+                    str(digest),
+                    media_type=manifest.media_type,
+                    actor=actor,
+                )
+            )
 
     async def _upstream(self, call: Awaitable[T], what: str, missing: ErrorCode) -> T:
         """Await an upstream call; its failure becomes a clear registry error."""
@@ -901,6 +466,42 @@ class ProxyCache:
             ErrorCode.BLOB_UNKNOWN, f"blob {digest} could not be fetched from the upstream"
         )
 
+    async def head_blob(
+        self,
+        config: ProxyConfig,
+        repository: str,
+        digest: Digest,
+        actor: Actor,
+        may_fetch: MayFetch,
+    ) -> int | None:
+        """None when the blob is stored and linked to `repository`; else its size as the
+        upstream's HEAD states it. Nothing is downloaded or stored: a HEAD only asks."""
+        text = str(digest)
+        if await self._present_blob(repository, text):
+            return None
+        upstream = self._upstream_name(config, repository)
+        # Asking the upstream reveals what it holds: the same permission as fetching.
+        await self._require_fetch(may_fetch, repository, text, actor)
+        client = self._clients.client(config.endpoint)
+        head = await self._upstream(
+            client.head_blob(upstream, text), f"blob {digest} of {upstream}", ErrorCode.BLOB_UNKNOWN
+        )
+        self.stats.count("blob-head")
+        if head.digest is not None and head.digest != text:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"the upstream answered for blob {digest} with the digest {head.digest[:100]}",
+                status=502,
+            )
+        if head.size is None or head.size > self._max_blob_bytes:
+            raise RegistryError(
+                ErrorCode.SIZE_INVALID,
+                f"the upstream's blob {digest} has no length or exceeds {self._max_blob_bytes}"
+                " bytes",
+                status=502,
+            )
+        return head.size
+
     async def _present_blob(self, repository: str, digest: str) -> bool:
         """Whether the blob is linked to `repository`, or can be without upstream traffic:
         another repository of the same proxy project holds it (so it came from the same
@@ -915,7 +516,56 @@ class ProxyCache:
             return False
         await self._threads.run(self._metadata.link_blob, repository, digest, size)
         self.stats.count("blob-linked")
+        await self._images_completed(repository, digest, None)
         return True
+
+    async def _images_completed(self, repository: str, blob: str, actor: Actor | None) -> None:
+        """Announce the cached images this blob completed (scan on push scans them)."""
+        completed = await self._threads.run(self._metadata.manifests_completed_by, repository, blob)
+        for digest, media_type in completed:
+            if media_type in _IMAGE_TYPES:
+                self._events.publish(
+                    RegistryEvent(
+                        EventKind.IMAGE_CACHED,
+                        repository,
+                        digest,
+                        media_type=media_type,
+                        actor=actor or SYSTEM,
+                    )
+                )
+
+    async def fill_image(
+        self,
+        config: ProxyConfig,
+        repository: str,
+        digest: str,
+        actor: Actor,
+        may_fetch: MayFetch,
+    ) -> int:
+        """Fetch every blob a cached manifest (and the cached children of an index) references
+        that is not cached yet, through the same single flight as pulls; how many there were."""
+        fetched = 0
+        pending, seen = [digest], set[str]()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            record = await self._threads.run(self._metadata.resolve_digest, repository, current)
+            body = await self._threads.run(self._metadata.manifest_body, current)
+            if record is None or body is None:
+                continue
+            parsed = parse_manifest(body, record.media_type, Digest.parse(current))
+            pending.extend(str(child.digest) for child in parsed.children)
+            missing = await self._threads.run(
+                self._metadata.blobs_missing_from, repository, current
+            )
+            for blob in missing:
+                await self.ensure_blob(
+                    config, repository, Digest.parse(blob), actor, may_fetch, stream=False
+                )
+                fetched += 1
+        return fetched
 
     async def _start_blob(
         self,
@@ -1019,6 +669,7 @@ class ProxyCache:
                     EventKind.BLOB_CACHED, repository, str(digest), size=size, actor=actor
                 )
             )
+            await self._images_completed(repository, str(digest), actor)
             if held:
                 yield held
         finally:
@@ -1039,23 +690,3 @@ async def _drain(live: LiveBlob) -> None:
 
 async def _permitted() -> None:
     """The permission was already checked."""
-
-
-def upstream_failure(error: UpstreamError, what: str, missing: ErrorCode) -> RegistryError:
-    """The registry error a client sees for an upstream failure: it names the cause."""
-    if error.kind == "not-found":
-        return RegistryError(missing, f"{what} is not cached and the upstream does not have it")
-    if error.kind == "rate-limited":
-        return RegistryError(
-            ErrorCode.TOOMANYREQUESTS,
-            f"{what} is not cached and the upstream is rate-limiting this proxy: {error}",
-        )
-    if error.kind in ("unauthorized", "denied"):
-        return RegistryError(
-            ErrorCode.DENIED,
-            f"{what} is not cached and the upstream refused this proxy's credentials: {error}",
-            status=502,
-        )
-    return RegistryError(
-        missing, f"{what} is not cached and the upstream is unavailable: {error}", status=502
-    )
