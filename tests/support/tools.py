@@ -44,3 +44,13 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as error:
         unavailable(f"the Python module {name} cannot be imported: {error}")
+
+
+def have_tool(tool: str) -> bool:
+    """For an optional extra check: False without the tool, but a failure where every tool
+    is required."""
+    if shutil.which(tool) is not None:
+        return True
+    if tools_required():
+        pytest.fail(f"not on PATH: {tool} ({REQUIRED_VARIABLE} is set)", pytrace=False)
+    return False
