@@ -70,7 +70,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+def eventually(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """`wait_until` with this module's argument names; identity and credential caches expire
     within seconds."""
     wait_until(check, timeout, what, interval=0.25)
