@@ -9,17 +9,29 @@ import pytest
 
 from tests.support.api import api_client
 from tests.support.auth import RegistryAuth
+from tests.support.processes import kill_all
 from tests.support.server import RegistryProcess
+from tests.support.tools import require_tool
 
 _names = itertools.count()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`@pytest.mark.tools("skopeo", ...)`: skip without the tools, fail under scripts/test."""
+    for marker in item.iter_markers("tools"):
+        require_tool(*marker.args)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A server a test forgot to stop does not outlive the run.
+    kill_all()
 
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """One server shared by the tests that only need a registry; use unique repository names."""
-    server = RegistryProcess(tmp_path_factory.mktemp("shared") / "data").start()
-    yield server
-    server.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("shared") / "data").start() as server:
+        yield server
 
 
 @pytest.fixture
@@ -29,12 +41,13 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., RegistryProcess]]:
 
     def start(**kwargs: object) -> RegistryProcess:
         server = RegistryProcess(tmp_path / f"data{len(started)}", **kwargs)  # type: ignore[arg-type]
-        started.append(server.start())
-        return server
+        started.append(server)
+        return server.start()
 
-    yield start
-    for server in started:
-        if server.process is not None:
+    try:
+        yield start
+    finally:
+        for server in started:
             server.kill()
 
 
@@ -55,9 +68,8 @@ def repo(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def api_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """A server for the management API tests; their refused sign-ins back off only here."""
-    server = RegistryProcess(tmp_path_factory.mktemp("api") / "data").start()
-    yield server
-    server.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("api") / "data").start() as server:
+        yield server
 
 
 @pytest.fixture

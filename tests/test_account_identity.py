@@ -27,9 +27,8 @@ from tests.support.server import RegistryProcess
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("identity") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("identity") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture

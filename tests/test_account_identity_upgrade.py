@@ -126,8 +126,9 @@ def upgraded(tmp_path: Path) -> Iterator[tuple[RegistryProcess, dict[str, Any], 
     written = written_at_0013(data_dir)
     before = dump(data_dir / "moorage.db")
     server = RegistryProcess(data_dir).start()
-    yield server, written, before
-    if server.process is not None:
+    try:
+        yield server, written, before
+    finally:
         server.kill()
 
 

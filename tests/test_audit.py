@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,13 +17,13 @@ from moorage.services.tokens import TokenService
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.oci import push_image
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("audit") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("audit") / "data").start() as process:
+        yield process
 
 
 def _db(server: RegistryProcess) -> Path:
@@ -43,13 +42,16 @@ Rows = list[dict[str, object]]
 def _wait_for(
     server: RegistryProcess, predicate: Callable[[Rows], bool], timeout: float = 10.0
 ) -> Rows:
-    """The audit rows once `predicate` holds (entries are written in batches)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = _entries(server)
-        if predicate(entries) or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.1)
+    """The audit rows once `predicate` holds (entries are written in batches); fails if it
+    does not hold within `timeout`."""
+    rows: Rows = []
+
+    def holds() -> bool:
+        rows[:] = _entries(server)
+        return predicate(rows)
+
+    wait_until(holds, timeout, lambda: f"audit rows to match; they are {rows}", interval=0.1)
+    return rows
 
 
 def _verify(server: RegistryProcess) -> list[str]:

@@ -185,43 +185,49 @@ def delete_tag(subject: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = RegistryProcess(tmp_path_factory.mktemp("matrix") / "data").start()
-    credentials: dict[str, tuple[str, str] | None] = {"anonymous": None}
-    with api_client(server) as admin:
-        for project, public in (("own", False), ("other", False), ("pub", True)):
-            created = admin.post("/projects", json={"name": project, "public": public})
-            assert created.status_code == 201, created.text
-        for role, actions in CUSTOM_ROLES.items():
-            defined = admin.put(f"/roles/{role}", json={"actions": sorted(actions)})
-            assert defined.status_code in (200, 201), defined.text
-        for user in (*ROLES, "granted", "outsider", "bystander"):
-            created = admin.post("/users", json={"username": user, "password": PASSWORD})
-            assert created.status_code == 201, created.text
-            credentials[user] = (user, PASSWORD)
-        for role in ROLES:
-            set_role(admin, "own", role, role)
-        grant = {"kind": "user", "name": "granted", "pattern": GRANT_PATTERN}
-        granted = admin.post("/projects/own/grants", json={**grant, "actions": ["pull", "push"]})
-        assert granted.status_code == 201, granted.text
-        for key, path, rules in (
-            ("project-robot", "/projects/own/robots", PROJECT_ROBOT_RULES),
-            ("system-robot", "/robots", SYSTEM_ROBOT_RULES),
-        ):
-            robot = admin.post(path, json={"name": "matrix", "permissions": rules})
-            assert robot.status_code == 201, robot.text
-            credentials[key] = (robot.json()["name"], robot.json()["secret"])
-    credentials["admin"] = (ADMIN_USER, ADMIN_PASSWORD)
-    token = fetch_token(
-        server.url, [f"repository:{name}:pull,push,delete" for name in REPOSITORIES.values()]
-    )
-    admin_v2 = httpx.Client(base_url=server.url, headers=bearer(token), timeout=30)
-    for name in REPOSITORIES.values():
-        image = push_image(admin_v2, name, "latest")
-        for subject in SUBJECTS:
-            tagged = put_manifest(admin_v2, name, delete_tag(subject.key), image.body, OCI_MANIFEST)
-            assert tagged.status_code == 201, tagged.text
-    yield World(server, credentials, "bystander", admin_v2)
-    admin_v2.close()
-    server.stop()
+    try:
+        credentials: dict[str, tuple[str, str] | None] = {"anonymous": None}
+        with api_client(server) as admin:
+            for project, public in (("own", False), ("other", False), ("pub", True)):
+                created = admin.post("/projects", json={"name": project, "public": public})
+                assert created.status_code == 201, created.text
+            for role, actions in CUSTOM_ROLES.items():
+                defined = admin.put(f"/roles/{role}", json={"actions": sorted(actions)})
+                assert defined.status_code in (200, 201), defined.text
+            for user in (*ROLES, "granted", "outsider", "bystander"):
+                created = admin.post("/users", json={"username": user, "password": PASSWORD})
+                assert created.status_code == 201, created.text
+                credentials[user] = (user, PASSWORD)
+            for role in ROLES:
+                set_role(admin, "own", role, role)
+            grant = {"kind": "user", "name": "granted", "pattern": GRANT_PATTERN}
+            granted = admin.post(
+                "/projects/own/grants", json={**grant, "actions": ["pull", "push"]}
+            )
+            assert granted.status_code == 201, granted.text
+            for key, path, rules in (
+                ("project-robot", "/projects/own/robots", PROJECT_ROBOT_RULES),
+                ("system-robot", "/robots", SYSTEM_ROBOT_RULES),
+            ):
+                robot = admin.post(path, json={"name": "matrix", "permissions": rules})
+                assert robot.status_code == 201, robot.text
+                credentials[key] = (robot.json()["name"], robot.json()["secret"])
+        credentials["admin"] = (ADMIN_USER, ADMIN_PASSWORD)
+        token = fetch_token(
+            server.url, [f"repository:{name}:pull,push,delete" for name in REPOSITORIES.values()]
+        )
+        admin_v2 = httpx.Client(base_url=server.url, headers=bearer(token), timeout=30)
+        for name in REPOSITORIES.values():
+            image = push_image(admin_v2, name, "latest")
+            for subject in SUBJECTS:
+                tagged = put_manifest(
+                    admin_v2, name, delete_tag(subject.key), image.body, OCI_MANIFEST
+                )
+                assert tagged.status_code == 201, tagged.text
+        yield World(server, credentials, "bystander", admin_v2)
+        admin_v2.close()
+    finally:
+        server.stop()
 
 
 def assert_refused_for_scope(response: httpx.Response, scope: str) -> None:

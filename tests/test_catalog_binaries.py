@@ -18,10 +18,11 @@ from moorage.scanning.catalog import cargo_auditable, catalog_layer, elf, gobina
 from moorage.scanning.packages import Ecosystem, FileFindings, LayerInventory, Package
 
 OBJCOPY = shutil.which("objcopy")
-needs_objcopy = pytest.mark.skipif(OBJCOPY is None, reason="binutils objcopy is not installed")
+needs_objcopy = pytest.mark.tools("objcopy")
 
 SENTINEL_START = bytes.fromhex("3077af0c9274080241e1c107e6d618e6")
 SENTINEL_END = bytes.fromhex("f932433186182072008242104116d8f2")
+MAX_AUDIT_JSON_BYTES = 8 * 1024 * 1024  # the cap on a binary's cargo-auditable section
 
 
 def uvarint(value: int) -> bytes:
@@ -186,7 +187,7 @@ def bomb() -> bytes:
     compressor = zlib.compressobj(9)
     chunk = b" " * (1024 * 1024)
     data = compressor.compress(b'{"packages": [')
-    for _ in range(cargo_auditable.MAX_JSON_BYTES // len(chunk) + 2):
+    for _ in range(MAX_AUDIT_JSON_BYTES // len(chunk) + 2):
         data += compressor.compress(chunk)
     return data + compressor.compress(b"]}") + compressor.flush()
 

@@ -9,8 +9,9 @@ import zipfile
 import pytest
 
 from moorage.scanning.catalog import catalog_file, java, npm, python
-from moorage.scanning.layers import MIB
 from moorage.scanning.packages import Ecosystem, Package
+
+MIB = 1024 * 1024
 
 # -- Python
 

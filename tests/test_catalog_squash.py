@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from moorage.scanning.catalog import CATALOGER_VERSION, catalog_layer
-from moorage.scanning.layers import MIB, LayerError, LayerLimits
+from moorage.scanning.layers import LayerError, LayerLimits
 from moorage.scanning.packages import Distro, Inventory, LayerInventory, Note
 from moorage.scanning.squash import (
     LayerSource,
@@ -29,6 +29,7 @@ from moorage.scanning.squash import (
 
 APP = "usr/src/app/node_modules"
 DIST = "usr/lib/python3/dist-packages"
+MIB = 1024 * 1024
 OS_RELEASE = b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 
 

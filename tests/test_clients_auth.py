@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from tests.support.images import (
     write_layout,
 )
 from tests.support.server import RegistryProcess
+from tests.support.tools import require_tool
 from tests.test_clients_skopeo import (
     Podman,
     Skopeo,
@@ -60,7 +60,7 @@ from tests.test_clients_skopeo import (
 
 pytestmark = [
     pytest.mark.clients,
-    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not on PATH"),
+    pytest.mark.tools("skopeo"),
 ]
 
 
@@ -69,9 +69,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("clients-auth") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("clients-auth") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture
@@ -250,8 +249,7 @@ def test_skopeo_with_a_wrong_password_fails_clearly(
 
 @pytest.fixture
 def podman(tmp_path: Path) -> Iterator[Podman]:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not on PATH")
+    require_tool("podman")
     tool = podman_environment(tmp_path / "podman")
     yield tool
     tool.attempt("rmi", "--all", "--force")

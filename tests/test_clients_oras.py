@@ -24,8 +24,9 @@ import pytest
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.images import fetch_blob, fetch_manifest, push_token, sha256_digest
 from tests.support.server import RegistryProcess
+from tests.support.tools import require_module
 
-oras_client = pytest.importorskip("oras.client", reason="the oras package is not installed")
+oras_client = require_module("oras.client")
 
 pytestmark = pytest.mark.clients
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,10 +34,11 @@ from tests.support.images import (
     write_layout,
 )
 from tests.support.server import RegistryProcess
+from tests.support.tools import require_tool
 
 pytestmark = [
     pytest.mark.clients,
-    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not on PATH"),
+    pytest.mark.tools("skopeo"),
 ]
 
 _TIMEOUT = 180
@@ -199,7 +199,7 @@ def assert_layout_blobs_intact(path: Path) -> set[str]:
     return digests
 
 
-@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not on PATH")
+@pytest.mark.tools("umoci")
 def test_built_layout_is_valid_for_umoci(
     single_layout: tuple[Image, Layout], tmp_path: Path
 ) -> None:
@@ -488,8 +488,7 @@ def podman_environment(root: Path) -> Podman:
 
 @pytest.fixture
 def podman(tmp_path: Path) -> Iterator[Podman]:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not on PATH")
+    require_tool("podman")
     tool = podman_environment(tmp_path / "podman")
     yield tool
     # vfs layers are plain directories; drop them through podman so its locks stay consistent.

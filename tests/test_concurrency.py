@@ -42,8 +42,11 @@ def server(
         tmp_path_factory.mktemp("concurrency") / "data", workers=request.param
     )
     process.start()
-    yield process
-    assert process.stop() == 0
+    try:
+        yield process
+    finally:
+        code = process.stop()
+    assert code == 0
 
 
 def all_at_once(

@@ -37,9 +37,9 @@ from tests.support.images import (
     stored_size,
     tiny_image,
     upload_id,
-    wait_for,
 )
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 
@@ -76,7 +76,7 @@ def test_upload_resumes_after_kill_during_patch(
         },
     )
     stored = upload_file(server, location)
-    wait_for(lambda: file_size(stored) == held_at, "the streamed bytes to reach storage")
+    wait_until(lambda: file_size(stored) == held_at, message="the streamed bytes to reach storage")
     server.kill()
     body.release.set()
     request.join()
@@ -181,9 +181,9 @@ def test_kill_during_bulk_push_loses_nothing_acknowledged(
     ]
     for pusher in pushers:
         pusher.start()
-    wait_for(
+    wait_until(
         lambda: len(log.acknowledged) >= 30 or not all(p.is_alive() for p in pushers),
-        "30 pushed images",
+        message="30 pushed images",
     )
     killed.set()
     server.kill()

@@ -30,9 +30,10 @@ from tests.support.images import (
     start_upload,
     stored_size,
     upload_id,
-    wait_for,
 )
+from tests.support.processes import kill_group
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
 
@@ -97,7 +98,7 @@ def test_a_killed_worker_is_replaced(start_registry: Callable[..., RegistryProce
     victim, survivor = sorted(worker_pids(server))
     os.kill(victim, signal.SIGKILL)
 
-    wait_for(lambda: len(worker_pids(server) - {victim}) == 2, "a replacement worker")
+    wait_until(lambda: len(worker_pids(server) - {victim}) == 2, message="a replacement worker")
     assert survivor in worker_pids(server)
     # Whichever socket a new connection lands on, a live worker answers it.
     token = ping_token(server)
@@ -123,7 +124,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
         server.process.kill()  # only the supervisor: it gets no chance to stop its workers
         server.process.wait(10)
         server.process = None
-        wait_for(lambda: all(map(has_exited, workers)), "the orphaned workers to exit")
+        wait_until(lambda: all(map(has_exited, workers)), message="the orphaned workers to exit")
         assert connection_refused(server)
     finally:
         for worker in workers:
@@ -145,6 +146,7 @@ def connection_refused(server: RegistryProcess) -> bool:
 def wait_for_exit(server: RegistryProcess, timeout: float = 30) -> int:
     assert server.process is not None
     code = server.process.wait(timeout)
+    kill_group(server.process)  # nothing of its process group may outlive it
     server.process = None
     return code
 
@@ -172,11 +174,13 @@ def test_sigterm_lets_a_streaming_patch_finish(
         },
     )
     stored = server.data_dir / "storage" / "uploads" / upload_id(location)
-    wait_for(lambda: file_size(stored) == body.hold_at, "the first half to reach storage")
+    wait_until(lambda: file_size(stored) == body.hold_at, message="the first half to reach storage")
 
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: connection_refused(server), "the server to stop accepting connections")
+    wait_until(
+        lambda: connection_refused(server), message="the server to stop accepting connections"
+    )
     assert request.response is None  # still streaming while new connections are refused
     body.release.set()
     request.join()
@@ -204,7 +208,7 @@ def test_sigterm_lets_a_download_finish(start_registry: Callable[..., RegistryPr
             received = bytearray(next(pieces))
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
-            wait_for(lambda: connection_refused(server), "the server to stop accepting")
+            wait_until(lambda: connection_refused(server), message="the server to stop accepting")
             for piece in pieces:
                 received += piece
     assert bytes(received) == blob.data
@@ -250,8 +254,10 @@ def test_expired_sessions_and_orphaned_files_are_purged(
         session_file = uploads / upload_id(location)
         assert session_file.exists()
 
-        wait_for(lambda: not session_file.exists(), "the expired session's file to be purged")
-        wait_for(lambda: not orphan.exists(), "the orphaned upload file to be purged")
+        wait_until(
+            lambda: not session_file.exists(), message="the expired session's file to be purged"
+        )
+        wait_until(lambda: not orphan.exists(), message="the orphaned upload file to be purged")
         response = client.get(location)
         assert response.status_code == 404
         assert response.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"

@@ -15,7 +15,6 @@ import logging
 import re
 import socket
 import sys
-import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import pytest
 
 from moorage.logs import JsonFormatter, TextFormatter, configure, escape, quote_field
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 # -- what the attacker sends
 
@@ -212,10 +212,11 @@ def send_hostile_input(server: RegistryProcess, mode: str) -> None:
 
 
 def wait_for(server: RegistryProcess, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.logs():
-        assert time.monotonic() < deadline, f"{text!r} never reached the log:\n{server.logs()}"
-        time.sleep(0.05)
+    wait_until(
+        lambda: text in server.logs(),
+        timeout,
+        lambda: f"{text!r} to reach the log:\n{server.logs()}",
+    )
 
 
 @pytest.fixture(scope="module", params=["text", "json"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import httpx
 import pytest
 
 from moorage.services.mirror import normalize_host
-from tests.support import distribution
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -45,32 +43,27 @@ from tests.support.oci import (
 from tests.support.server import RegistryProcess
 from tests.test_clients_skopeo import Podman, Skopeo, podman_environment, tool_environment
 
-pytestmark = pytest.mark.skipif(
-    not distribution.available(), reason="docker-registry (Debian package) is not installed"
-)
+pytestmark = pytest.mark.tools("docker-registry")
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("mirror") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("mirror") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("upstream-a")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("upstream-a")).start() as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
 def second_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("upstream-b")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("upstream-b")).start() as registry:
+        yield registry
 
 
 @pytest.fixture
@@ -399,7 +392,7 @@ def publish_upstream(tmp_path: Path, upstream: Distribution, layout: Path, repos
     )
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not on PATH")
+@pytest.mark.tools("skopeo")
 def test_skopeo_pulls_through_the_mirror_path_without_a_prefix(
     tmp_path: Path,
     server: RegistryProcess,
@@ -435,7 +428,7 @@ def test_skopeo_pulls_through_the_mirror_path_without_a_prefix(
     assert upstream.requests("GET", "/v2/library/busybox/manifests/1") == 1
 
 
-@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not on PATH")
+@pytest.mark.tools("podman")
 def test_podman_pulls_through_the_mirror_path_without_a_prefix(
     tmp_path: Path,
     server: RegistryProcess,

@@ -93,9 +93,8 @@ class LoopbackPair:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("outbound") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("outbound") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture

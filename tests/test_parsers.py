@@ -9,10 +9,9 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from moorage.domain.digest import HEX_LENGTH, Digest
+from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.names import (
-    MAX_NAME_LENGTH,
     Reference,
     is_valid_tag,
     project_of,
@@ -26,6 +25,11 @@ from moorage.domain.ranges import ByteRange, RangeError, parse_chunk_range, pars
 LOWER_ALNUM = string.ascii_lowercase + string.digits
 TAG_FIRST = string.ascii_letters + string.digits + "_"
 TAG_REST = TAG_FIRST + ".-"
+# The boundaries come from the specifications, not from the code under test.
+# OCI image spec, descriptor digests: the registered algorithms and their hex lengths.
+HEX_LENGTH = {"sha256": 64, "sha512": 128}
+# Distribution's reference grammar: a repository name is at most 255 characters.
+MAX_NAME_LENGTH = 255
 ALGORITHMS = sorted(HEX_LENGTH)
 
 # -- strategies

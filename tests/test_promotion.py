@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,6 +56,7 @@ from tests.support.signing import (
     push_referrer,
     signature_tag,
 )
+from tests.support.tools import require_tool
 from tests.test_clients_skopeo import Skopeo, docker_ref, podman_environment, tool_environment
 from tests.test_vulnerability_policy_clients import (
     CLEAN_STATUS,
@@ -85,9 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
     root = tmp_path_factory.mktemp("promotion")
     data_dir = root / "data"
     run_vulndb(data_dir, "import", str(write_bundle(root / "osv-bundle.tar.gz", bundle_records())))
-    process = RegistryProcess(data_dir).start()
-    yield process
-    process.stop()
+    with RegistryProcess(data_dir).start() as process:
+        yield process
 
 
 @pytest.fixture
@@ -104,8 +103,7 @@ def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not on PATH")
+    require_tool("skopeo")
     return Skopeo(tool_environment(tmp_path_factory.mktemp("promotion-tools")))
 
 
@@ -765,8 +763,7 @@ def test_podman_pulls_a_promoted_image_and_cannot_push_it_back(
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not on PATH")
+    require_tool("podman")
     dev, _, prod = stages(admin)
     image = busybox_image(label=f"podman-{next(_labels)}")
     layout = write_layout(tmp_path / "layout", "v1", image)

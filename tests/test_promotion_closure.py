@@ -69,9 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
     root = tmp_path_factory.mktemp("promotion-closure")
     data_dir = root / "data"
     run_vulndb(data_dir, "import", str(write_bundle(root / "osv-bundle.tar.gz", bundle_records())))
-    process = RegistryProcess(data_dir).start()
-    yield process
-    process.stop()
+    with RegistryProcess(data_dir).start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

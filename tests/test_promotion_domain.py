@@ -10,7 +10,6 @@ import pytest
 
 from moorage.config import ConfigError, load_settings
 from moorage.domain.promotion import (
-    MAX_GATES,
     DestinationReference,
     Gate,
     GateError,
@@ -34,6 +33,7 @@ from moorage.domain.promotion import (
 
 DIGEST = "sha256:" + "ab" * 32
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+MAX_GATES = 20  # docs/staging.md: "A project has at most 20 gates"
 ORDER = ("dev", "staging", "prod")
 
 

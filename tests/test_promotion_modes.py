@@ -57,9 +57,8 @@ _labels = iter(range(1_000_000))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("modes") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("modes") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pytest
 
 from moorage.domain.proxy import (
     DOCKER_HUB_URL,
-    MAX_PLATFORMS,
     Flavor,
     Platform,
     ProxyConfigError,
@@ -18,6 +17,8 @@ from moorage.domain.proxy import (
     validate_pem,
 )
 from moorage.services.proxy import SecretBox, UpstreamEndpoint
+
+MAX_PLATFORMS = 32  # the most platforms a proxy project's filter names
 
 
 @pytest.mark.parametrize(

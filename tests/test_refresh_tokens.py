@@ -32,9 +32,8 @@ NEW_PASSWORD = "another-long-enough-password"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("refresh") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("refresh") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture

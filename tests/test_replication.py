@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import distribution
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -42,10 +40,9 @@ from tests.support.oci import (
     random_bytes,
 )
 from tests.support.server import RegistryProcess
+from tests.support.tools import have_tool
 
-pytestmark = pytest.mark.skipif(
-    not distribution.available(), reason="docker-registry (Debian package) is not installed"
-)
+pytestmark = pytest.mark.tools("docker-registry")
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 REMOTE_USER = "replicator"
@@ -56,7 +53,7 @@ REMOTE_PASSWORD = "remote-secret-9d2e71"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """Two workers: pushes reach either, only the first runs the replication queue. Retries
     back off for one second, then two."""
-    process = RegistryProcess(
+    with RegistryProcess(
         tmp_path_factory.mktemp("replication") / "data",
         workers=2,
         env={
@@ -65,25 +62,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
             "MOORAGE_REPLICATION_MAX_ATTEMPTS": "30",
             "MOORAGE_REPLICATION_CHUNK_BYTES": str(1 << 20),
         },
-    ).start()
-    yield process
-    process.stop()
+    ).start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("target")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("target")).start() as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(
+    with Distribution(
         tmp_path_factory.mktemp("secured"), users={REMOTE_USER: REMOTE_PASSWORD}
-    ).start()
-    yield registry
-    registry.stop()
+    ).start() as registry:
+        yield registry
 
 
 @pytest.fixture
@@ -184,7 +178,7 @@ def test_a_push_is_replicated_to_distribution_on_the_event(
         wait_for_manifest(remote, f"{project}/app", "v1", image.digest)
         assert_image_complete(remote, f"{project}/app", image)
     # skopeo, a real client, sees the replicated image.
-    if shutil.which("skopeo"):
+    if have_tool("skopeo"):
         inspected = subprocess.run(
             [
                 "skopeo",

@@ -215,19 +215,17 @@ def populate(server: RegistryProcess) -> Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """A server with the defaults: tokens only on /v2."""
-    server = RegistryProcess(tmp_path_factory.mktemp("routes") / "data").start()
-    yield populate(server)
-    server.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("routes") / "data").start() as server:
+        yield populate(server)
 
 
 @pytest.fixture(scope="module")
 def basic_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """A server that also accepts Basic credentials on /v2: refusals there are 403, not 401."""
-    server = RegistryProcess(
+    with RegistryProcess(
         tmp_path_factory.mktemp("routes-basic") / "data", env={"MOORAGE_V2_BASIC_AUTH": "true"}
-    ).start()
-    yield populate(server)
-    server.stop()
+    ).start() as server:
+        yield populate(server)
 
 
 @dataclass(frozen=True)

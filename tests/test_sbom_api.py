@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,10 @@ from tests.support.images import fetch_blob, fetch_manifest, push_image, tiny_im
 from tests.support.osv import write_bundle
 from tests.support.scan_images import BUNDLE_V1, debian, expected
 from tests.support.server import RegistryProcess
+from tests.support.tools import require_module
+from tests.support.wait import wait_until
 
-oras_client = pytest.importorskip("oras.client", reason="the oras package is not installed")
+oras_client = require_module("oras.client")
 
 CYCLONEDX = "application/vnd.cyclonedx+json"
 SPDX = "application/spdx+json"
@@ -93,14 +94,14 @@ def _json_if_ok(response: httpx.Response) -> Any:
 def _wait(
     read: Callable[[], Any], until: Callable[[Any], bool], what: str, timeout: float = 120
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while value is None or not until(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout}s")
-        time.sleep(0.1)
-        value = read()
-    return value
+    last: list[Any] = [None]
+
+    def holds() -> bool:
+        last[0] = read()
+        return last[0] is not None and until(last[0])
+
+    wait_until(holds, timeout, lambda: f"{what} (last seen: {last[0]!r})", interval=0.1)
+    return last[0]
 
 
 def _import_database(server: RegistryProcess, bundle: Path) -> str:

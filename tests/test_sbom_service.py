@@ -35,6 +35,7 @@ from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, basic_header
 from tests.support.images import Image, ImageIndex
 from tests.support.osv import write_bundle
 from tests.support.scan_images import BUNDLE_V1, debian, multiarch, sbom_referrer
+from tests.support.wait import wait_until_async
 
 PUSHER = Actor(name=ADMIN_USER, kind="user")
 ADMIN = {"Authorization": basic_header(ADMIN_USER, ADMIN_PASSWORD)}
@@ -114,12 +115,11 @@ class Registry:
         await self.completed(digest)
 
     async def completed(self, digest: str) -> None:
-        for _ in range(2400):
+        async def done() -> bool:
             report = await self.iam.threads.run(self.iam.scans.report, digest)
-            if report is not None and report.status.completed:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the scan of {digest} did not complete")
+            return report is not None and report.status.completed
+
+        await wait_until_async(done, 120, f"the scan of {digest} to complete")
 
     async def referrers(self, repository: str, digest: str) -> list[ReferrerRecord]:
         return await self.registry.referrers(

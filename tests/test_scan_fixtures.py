@@ -21,15 +21,14 @@ from tests.support.images import Image
 from tests.support.osv import write_bundle
 from tests.support.scan_images import (
     BUNDLE_V1,
-    MISSING_TOOLS,
-    SKIP_REASON,
+    FIXTURE_TOOLS,
     Fixtures,
     bundle_v2,
     expected,
     fixtures,
 )
 
-pytestmark = pytest.mark.skipif(bool(MISSING_TOOLS), reason=SKIP_REASON)
+pytestmark = pytest.mark.tools(*FIXTURE_TOOLS)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,7 @@ from tests.support.images import (
 from tests.support.osv import run_vulndb, write_bundle
 from tests.support.scan_images import (
     BUNDLE_V1,
-    MISSING_TOOLS,
-    SKIP_REASON,
+    FIXTURE_TOOLS,
     bomb,
     bundle_v2,
     cosign_signature,
@@ -57,6 +54,7 @@ from tests.support.scan_images import (
     sbom_referrer,
 )
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 # Look for new database generations often, so an import shows within a fraction of a second.
 FAST_POLL = {"MOORAGE_VULNDB_POLL_SECONDS": "0.2"}
@@ -105,18 +103,17 @@ class Scanning:
         timeout: float = 120.0,
     ) -> dict[str, Any]:
         """Poll the report until `until` holds (reports complete in the background)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
+        last: list[Any] = [None]
+
+        def holds() -> bool:
             response = self.report(repository, digest)
-            if response.status_code == 200:
-                last = response.json()
-                if until(last):
-                    return dict(last)
-            else:
-                last = response.text
-            time.sleep(0.1)
-        raise AssertionError(f"{repository}@{digest}: {what} did not happen; last: {last}")
+            last[0] = response.json() if response.status_code == 200 else response.text
+            return response.status_code == 200 and until(last[0])
+
+        wait_until(
+            holds, timeout, lambda: f"{repository}@{digest}: {what}; last: {last[0]}", interval=0.1
+        )
+        return dict(last[0])
 
     def vulndb(self, *args: str) -> str:
         """`moorage vulndb …` on the server's data directory, while the server runs."""
@@ -159,7 +156,7 @@ def assert_oracle(report: dict[str, Any], name: str, generation: int = 1) -> Non
     assert report["summary"] == counts
 
 
-@pytest.mark.skipif(bool(MISSING_TOOLS), reason=SKIP_REASON)
+@pytest.mark.tools(*FIXTURE_TOOLS)
 @pytest.mark.parametrize(
     ("workers", "concurrency"),
     [(1, 1), (2, 3)],  # with 2 workers, pushes reach a process that does not run the jobs
@@ -439,10 +436,12 @@ def test_permissions_and_bad_input(scanning: Scanning, tmp_path: Path) -> None:
         assert response.status_code == 200, response.text
         return list(response.json())
 
-    deadline = time.monotonic() + 20
-    while len(audited("scan-settings:update")) < 2 or not audited("scan:request"):
-        assert time.monotonic() < deadline, "scan settings and requests are audited"
-        time.sleep(0.2)
+    wait_until(
+        lambda: len(audited("scan-settings:update")) >= 2 and audited("scan:request"),
+        60,
+        "scan settings and requests to be audited",
+        interval=0.2,
+    )
     (change,) = (e for e in audited("scan-settings:update") if e["actor"] == users["maintainer"])
     assert change["details"] == {"scan_on_push": False, "attach_sbom": False}
     assert change["resource"] == f"project:{project}"
@@ -472,10 +471,7 @@ def test_a_job_of_a_killed_server_is_run_again_after_its_lease_and_by_the_projec
         assert requested.status_code == 202, requested.text
         assert requested.json()["scanner"] == name
         session.wait(repository, digest, lambda r: r["status"] == "Running", "the scan starts")
-        deadline = time.monotonic() + 60
-        while not adapter.requests_to("/report"):
-            assert time.monotonic() < deadline, "the adapter is polled"
-            time.sleep(0.1)
+        wait_until(lambda: adapter.requests_to("/report"), 60, "the adapter to be polled")
 
         first.kill()  # no chance to give the job back: its lease has to run out
         session.close()
@@ -548,7 +544,7 @@ def test_an_import_through_the_api_is_matched_at_once(
         session.close()
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+@pytest.mark.tools("skopeo")
 def test_an_index_copied_by_skopeo_is_scanned_on_push(scanning: Scanning, tmp_path: Path) -> None:
     project = scanning.project(scan_on_push=True)
     generation = scanning.import_bundle(BUNDLE_V1, tmp_path / "v1.tar.gz")

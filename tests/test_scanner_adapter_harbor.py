@@ -10,7 +10,6 @@ import pytest
 
 from moorage.domain.events import Actor
 from moorage.scanning.harbor import (
-    MAX_VULNERABILITIES,
     REPORT_HARBOR_V1_0,
     REPORT_V1_1,
     Artifact,
@@ -38,6 +37,7 @@ from moorage.vulnerability.severity import Severity
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DIGEST = "sha256:" + "ab" * 32
+MAX_VULNERABILITIES = 100_000  # the most findings an adapter's report may list
 
 LOG4J = Finding(
     id="GHSA-jfh8-c2jp-5v3q",

@@ -161,9 +161,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         [*command, "--data-dir", str(data_dir)], capture_output=True, timeout=300, check=False
     )
     assert imported.returncode == 0, imported.stderr.decode(errors="replace")
-    process = RegistryProcess(data_dir).start()
-    yield process
-    process.stop()
+    with RegistryProcess(data_dir).start() as process:
+        yield process
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from moorage.signing.trust import MAX_RULES
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -28,6 +27,8 @@ from tests.support.signing import (
     public_pem,
     rsa_key,
 )
+
+MAX_RULES = 32  # docs/signing.md: "32 rules of at most 8 verifiers"
 
 
 def paths(project: str) -> tuple[str, str, str]:

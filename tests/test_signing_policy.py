@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from tests.support.signing import (
     rsa_key,
     signature_tag,
 )
+from tests.support.tools import require_module, require_tool
 from tests.test_clients_skopeo import Skopeo, tool_environment
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
@@ -65,8 +65,7 @@ def v2(api_registry: RegistryProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not on PATH")
+    require_tool("skopeo")
     return Skopeo(tool_environment(tmp_path_factory.mktemp("signing-tools")))
 
 
@@ -317,7 +316,7 @@ def test_a_notation_signature_pushed_with_oras_lets_skopeo_pull(
     pki: NotationPki,
     tmp_path: Path,
 ) -> None:
-    oras_client = pytest.importorskip("oras.client")
+    oras_client = require_module("oras.client")
     from tests.support.images import push_token
 
     project = create_project(admin_api)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,6 +41,7 @@ from tests.support.signing import (
     LegacySignature,
     NotationPki,
     PrivateKey,
+    Signer,
     dsse_bundle,
     ec_key,
     ed25519_key,
@@ -53,15 +55,12 @@ from tests.support.signing import (
     self_signed_signer,
 )
 
-NOW = dt.datetime.now(dt.UTC)  # the moment of verification; set again before each test
 
-
-@pytest.fixture(autouse=True)
-def verification_time() -> None:
-    """Signatures are made at the wall clock while a test runs; verify at that test's start,
-    not at import time, which may be minutes earlier when tests run in parallel."""
-    global NOW
-    NOW = dt.datetime.now(dt.UTC)
+@pytest.fixture
+def now() -> dt.datetime:
+    """The test's start: certificates and signatures are made relative to it while the test
+    runs, never when the module is collected, which may be minutes earlier."""
+    return dt.datetime.now(dt.UTC)
 
 
 IMAGE = tiny_image("signing-verify").manifest
@@ -116,7 +115,8 @@ def notation_found(envelope: bytes) -> list[FoundSignature]:
 def check(
     the_rule: TrustRule, signatures: Sequence[FoundSignature], trust: TrustMaterial
 ) -> TrustResult:
-    return evaluate_rule(the_rule, SUBJECT, signatures, trust, NOW, 3)
+    # Verified now, after the signatures were made: the wall clock only moves forward.
+    return evaluate_rule(the_rule, SUBJECT, signatures, trust, dt.datetime.now(dt.UTC), 3)
 
 
 # -- cosign legacy
@@ -251,9 +251,9 @@ def test_a_notation_signature_verifies_with_ecdsa_and_rsa_leaves(pki: NotationPk
         assert "CN=Release Signer" in result.outcomes[0].signers[0]
 
 
-def test_notation_signatures_that_must_fail_say_why(pki: NotationPki) -> None:
+def test_notation_signatures_that_must_fail_say_why(pki: NotationPki, now: dt.datetime) -> None:
     roots = material(roots=pem(pki.root))
-    past = NOW - dt.timedelta(days=10)
+    past = now - dt.timedelta(days=10)
     cases = {
         "is not trusted": (
             notation_envelope(pki.leaf(), IMAGE),
@@ -262,9 +262,9 @@ def test_notation_signatures_that_must_fail_say_why(pki: NotationPki) -> None:
         "codeSigning": (notation_envelope(pki.leaf(code_signing=False), IMAGE), roots),
         "not trusted now": (
             notation_envelope(
-                pki.leaf(not_before=past, not_after=NOW - dt.timedelta(days=1)),
+                pki.leaf(not_before=past, not_after=now - dt.timedelta(days=1)),
                 IMAGE,
-                signing_time=NOW - dt.timedelta(days=5),
+                signing_time=now - dt.timedelta(days=5),
             ),
             roots,
         ),
@@ -284,7 +284,7 @@ def test_notation_signatures_that_must_fail_say_why(pki: NotationPki) -> None:
             roots,
         ),
         "expired at": (
-            notation_envelope(pki.leaf(), IMAGE, expiry=NOW - dt.timedelta(seconds=5)),
+            notation_envelope(pki.leaf(), IMAGE, expiry=now - dt.timedelta(seconds=5)),
             roots,
         ),
         "not a trusted identity": (
@@ -298,9 +298,11 @@ def test_notation_signatures_that_must_fail_say_why(pki: NotationPki) -> None:
         assert expected in result.reason, (expected, result.reason)
 
 
-def test_an_unexpired_signature_and_a_wildcard_identity_pass(pki: NotationPki) -> None:
+def test_an_unexpired_signature_and_a_wildcard_identity_pass(
+    pki: NotationPki, now: dt.datetime
+) -> None:
     envelope = notation_envelope(
-        pki.leaf(common_name="Anyone"), IMAGE, expiry=NOW + dt.timedelta(days=1)
+        pki.leaf(common_name="Anyone"), IMAGE, expiry=now + dt.timedelta(days=1)
     )
     result = check(notation_rule(pki, "*"), notation_found(envelope), material(roots=pem(pki.root)))
     assert result.satisfied, result.reason
@@ -489,9 +491,9 @@ def test_a_self_signed_signing_certificate_is_its_own_trust_anchor() -> None:
 
 
 def test_a_notation_result_holds_until_its_certificate_or_signature_expires(
-    pki: NotationPki,
+    pki: NotationPki, now: dt.datetime
 ) -> None:
-    soon = NOW + dt.timedelta(hours=3)
+    soon = now + dt.timedelta(hours=3)
     signer = pki.leaf(not_after=soon)
     result = check(
         notation_rule(pki),
@@ -500,7 +502,7 @@ def test_a_notation_result_holds_until_its_certificate_or_signature_expires(
     )
     assert result.satisfied, result.reason
     assert result.valid_until == soon.replace(microsecond=0)
-    sooner = NOW + dt.timedelta(hours=1)
+    sooner = now + dt.timedelta(hours=1)
     envelope = notation_envelope(pki.leaf(), IMAGE, expiry=sooner)
     result = check(notation_rule(pki), notation_found(envelope), material(roots=pem(pki.root)))
     assert result.valid_until == sooner.replace(microsecond=0)
@@ -511,38 +513,54 @@ def test_a_notation_result_holds_until_its_certificate_or_signature_expires(
     assert cosign_result.valid_until is None  # a key does not expire
 
 
-_FUZZ_PKI = NotationPki()
-_FUZZ_SIGNER = _FUZZ_PKI.leaf()
-_FUZZ_KEY = ec_key()
-_FUZZ_VALID = (
-    notation_envelope(_FUZZ_SIGNER, IMAGE),
-    dsse_bundle(_FUZZ_KEY, IMAGE.digest, REPOSITORY),
-    message_signature_bundle(_FUZZ_KEY, IMAGE.data),
-)
+@dataclass(frozen=True)
+class _Fuzzed:
+    pki: NotationPki
+    signer: Signer
+    key: ec.EllipticCurvePrivateKey
+    valid: tuple[bytes, ...]
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> _Fuzzed:
+    """Valid signature material to mutate, made when the tests run (certificates are dated)."""
+    pki = NotationPki()
+    signer = pki.leaf()
+    key = ec_key()
+    valid = (
+        notation_envelope(signer, IMAGE),
+        dsse_bundle(key, IMAGE.digest, REPOSITORY),
+        message_signature_bundle(key, IMAGE.data),
+    )
+    return _Fuzzed(pki, signer, key, valid)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
-def test_malformed_signature_material_never_breaks_evaluation(data: st.DataObject) -> None:
-    original = data.draw(st.sampled_from(_FUZZ_VALID))
+def test_malformed_signature_material_never_breaks_evaluation(
+    fuzzed: _Fuzzed, data: st.DataObject
+) -> None:
+    original = data.draw(st.sampled_from(fuzzed.valid))
     position = data.draw(st.integers(0, len(original) - 1))
     replacement = data.draw(st.binary(min_size=0, max_size=8))
     mutated = original[:position] + replacement + original[position + 1 :]
     found = notation_found(mutated) + bundle_found(mutated)
     trust = TrustMaterial(
-        {"ci-key": load_public_key(public_pem(_FUZZ_KEY))}, {"acme": (_FUZZ_PKI.root,)}
+        {"ci-key": load_public_key(public_pem(fuzzed.key))}, {"acme": (fuzzed.pki.root,)}
     )
     the_rule = rule(COSIGN, NotationVerifier("release", ("acme",), ("*",)), require="all-of")
     result = check(the_rule, found, trust)
     assert isinstance(result.reason, str)
 
 
-def test_a_leaf_certificate_whose_key_does_not_load_is_a_reason_not_a_crash() -> None:
+def test_a_leaf_certificate_whose_key_does_not_load_is_a_reason_not_a_crash(
+    fuzzed: _Fuzzed,
+) -> None:
     """A certificate can parse and still carry an EC point off the curve: its key never loads."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    leaf = _FUZZ_SIGNER.chain[0]
+    leaf = fuzzed.signer.chain[0]
     point = leaf.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
@@ -552,7 +570,7 @@ def test_a_leaf_certificate_whose_key_does_not_load_is_a_reason_not_a_crash() ->
     broken = x509.load_der_x509_certificate(der.replace(point, off_curve))
     with pytest.raises(ValueError, match="Invalid"):
         broken.public_key()
-    envelope = notation.parse_envelope(notation_envelope(_FUZZ_SIGNER, IMAGE))
+    envelope = notation.parse_envelope(notation_envelope(fuzzed.signer, IMAGE))
     reason = notation.check_signature(
         notation.Envelope(
             envelope.signed,

@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("tokens") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("tokens") / "data").start() as process:
+        yield process
 
 
 def _token(
@@ -243,10 +243,12 @@ def _api(server: RegistryProcess) -> httpx.Client:
 
 def _refused_within(server: RegistryProcess, token: str, seconds: float = 20.0) -> None:
     """Identity facts are cached for 2 s per worker: poll, with a deadline, for the refusal."""
-    deadline = time.monotonic() + seconds
-    while _get(server, BLOB, token).status_code != 401:
-        assert time.monotonic() < deadline, "the token still works"
-        time.sleep(0.2)
+    wait_until(
+        lambda: _get(server, BLOB, token).status_code == 401,
+        seconds,
+        "the token to stop working",
+        interval=0.2,
+    )
     _refused(_get(server, BLOB, token))
 
 

@@ -15,9 +15,8 @@ from tests.support.server import RegistryProcess
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("token-service") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("token-service") / "data").start() as process:
+        yield process
 
 
 def _claims(token: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from moorage.vulnerability.versions import (
     compare_semver,
     ecosystem_base,
 )
+from tests.support.tools import unavailable
 
 # Each chain is strictly ascending: every earlier entry is older than every later one.
 ASCENDING: dict[str, tuple[Comparator, Sequence[str]]] = {
@@ -511,9 +512,7 @@ def test_semver_agrees_with_the_specification(a: str, b: str) -> None:
 
 # --- dpkg as the oracle ------------------------------------------------------------------
 
-needs_dpkg = pytest.mark.skipif(
-    shutil.which("dpkg") is None, reason="dpkg is not installed on this machine"
-)
+needs_dpkg = pytest.mark.tools("dpkg")
 
 _DPKG_PIECES = ["0", "1", "2", "9", "10", "00", ".", "+", "~", "a", "b", "z", "A", "Z", "rc"]
 _DPKG_TAILS = ["~", "~~", "~rc1", "+", "+deb12u1", "a", "A", "0", ".0", "1", ".1"]
@@ -620,10 +619,16 @@ def _rpm_oracle() -> str | None:
 
 
 RPM_ORACLE = _rpm_oracle()
-needs_rpm = pytest.mark.skipif(
-    RPM_ORACLE is None,
-    reason="neither rpm (4.16+, for rpm.vercmp) nor rpmdev-vercmp is installed",
-)
+
+
+@pytest.fixture(scope="session")
+def rpm_oracle() -> str:
+    if RPM_ORACLE is None:
+        unavailable("neither rpm (4.16+, for rpm.vercmp) nor rpmdev-vercmp is installed")
+    return RPM_ORACLE
+
+
+needs_rpm = pytest.mark.usefixtures("rpm_oracle")
 
 _RPM_PIECES = ["0", "1", "2", "9", "10", "007", ".", "_", "+", "~", "^", "a", "b", "Z", "rc"]
 

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import distribution
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -35,25 +34,21 @@ from tests.support.oci import (
 )
 from tests.support.server import RegistryProcess
 
-pytestmark = pytest.mark.skipif(
-    not distribution.available(), reason="docker-registry (Debian package) is not installed"
-)
+pytestmark = pytest.mark.tools("docker-registry")
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("virtual") / "data").start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("virtual") / "data").start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("upstream")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("upstream")).start() as registry:
+        yield registry
 
 
 @pytest.fixture

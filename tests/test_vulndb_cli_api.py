@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -296,10 +295,7 @@ def test_an_unusable_key_stops_the_commands_with_a_message(tmp_path: Path) -> No
     assert "not a PEM public key" in junk.stderr
 
 
-@pytest.mark.skipif(
-    shutil.which("openssl") is None or shutil.which("tar") is None,
-    reason="needs the openssl and tar commands",
-)
+@pytest.mark.tools("openssl", "tar")
 def test_the_documented_air_gapped_procedure(tmp_path: Path) -> None:
     """docs/scanning.md, steps 2 to 9, with the commands as written there."""
     osv = tmp_path / "osv"

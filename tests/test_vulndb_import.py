@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -28,7 +27,6 @@ from moorage.vulnerability.bundle import (
     load_public_key,
 )
 from moorage.vulnerability.database import (
-    KEEP_GENERATIONS,
     DatabaseBusyError,
     NoPreviousGenerationError,
     VulnerabilityDatabase,
@@ -50,6 +48,8 @@ DEBIAN = [
 PYPI = [osv_record("GHSA-j8r2-6x86-q33q", "PyPI", "requests", introduced="2.3.0", fixed="2.31.0")]
 MAVEN = [log4shell()]
 RECORDS = {"Debian": DEBIAN, "PyPI": PYPI, "Maven": MAVEN}
+# docs/scanning.md: "The current generation and the three before it are kept"
+KEEP_GENERATIONS = 4
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_a_listed_file_missing_or_an_unlisted_file_is_refused(
         database.import_path(write_tar(tmp_path / "bare.tar.gz", no_manifest))
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.tools("openssl")
 @pytest.mark.parametrize(
     ("generate", "sign"),
     [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.server import RegistryProcess
+from tests.support.wait import wait_until
 
 API = "/api/v1"
 PASSWORD = "a-long-enough-password"
@@ -70,13 +70,10 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
-def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll until `check` holds; identity and credential caches expire within seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        time.sleep(0.25)
+def eventually(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """`wait_until` with this module's argument names; identity and credential caches expire
+    within seconds."""
+    wait_until(check, timeout, what, interval=0.25)
 
 
 def names(response: httpx.Response, key: str = "name") -> list[str]:

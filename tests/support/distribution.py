@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
-import signal
 import ssl
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from tests.support.processes import kill_group, spawn, terminate
 from tests.support.server import free_port
+from tests.support.wait import wait_until
 
 BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
@@ -59,7 +60,7 @@ class Distribution:
     def log_path(self) -> Path:
         return self.directory / "registry.log"
 
-    def start(self, timeout: float = 20.0) -> Distribution:
+    def start(self, timeout: float = 60.0) -> Distribution:
         self.directory.mkdir(parents=True, exist_ok=True)
         auth = ""
         if self.users:
@@ -83,33 +84,43 @@ class Distribution:
             f"{auth}"
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.process = subprocess.Popen(
-            [BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        self.process = spawn([BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited:\n{self.logs()}")
-            try:
-                with self.client() as client:
-                    if client.get("/v2/", timeout=1).status_code in (200, 401):
-                        return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"docker-registry did not start:\n{self.logs()}")
+        try:
+            wait_until(self._started, timeout, lambda: f"docker-registry to start:\n{self.logs()}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _started(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited:\n{self.logs()}")
+        try:
+            with self.client() as client:
+                return client.get("/v2/", timeout=1).status_code in (200, 401)
+        except httpx.HTTPError:
+            return False
 
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
+        process, self.process = self.process, None
+        # On a timeout the group has been killed, which is what the caller wanted.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            terminate(process, timeout=10)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            process, self.process = self.process, None
+            kill_group(process)
+
+    def __enter__(self) -> Distribution:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -15,8 +15,7 @@ import io
 import json
 import tarfile
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -463,14 +462,6 @@ class BackgroundRequest:
     def join(self, timeout: float = 60) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the request did not finish"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def file_size(path: Path) -> int:

@@ -296,9 +296,9 @@ def rpmdb(workdir: Path) -> bytes:
     return (root / "var" / "lib" / "rpm" / "rpmdb.sqlite").read_bytes()
 
 
-# Tests that build every fixture need Debian's rpm and binutils (scripts/test installs them).
-MISSING_TOOLS = [tool for tool in ("rpm", "rpmbuild", "objcopy") if shutil.which(tool) is None]
-SKIP_REASON = f"the fixture images need {', '.join(MISSING_TOOLS)}" if MISSING_TOOLS else ""
+# Tests that build every fixture need Debian's rpm and binutils (scripts/test installs them):
+# mark them with `pytest.mark.tools(*FIXTURE_TOOLS)`.
+FIXTURE_TOOLS = ("rpm", "rpmbuild", "objcopy")
 
 
 # -- the images

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 
 from tests.support.auth import ADMIN_PASSWORD
+from tests.support.processes import kill_group, spawn, terminate
+from tests.support.wait import wait_until
 
 
 def free_port() -> int:
@@ -46,7 +44,7 @@ class RegistryProcess:
         """host:port, the way registry clients (skopeo, podman) name a registry."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> RegistryProcess:
+    def start(self, timeout: float = 60.0) -> RegistryProcess:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         command = [
@@ -65,21 +63,23 @@ class RegistryProcess:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
         environment["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
         environment.update(self.env)
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=environment
-        )
+        self.process = spawn(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moorage exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if self._ready():
-                    return self
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"moorage did not start in {timeout}s:\n{self.logs()}")
+        try:
+            wait_until(self._started, timeout, lambda: f"moorage to start:\n{self.logs()}")
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _started(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"moorage exited with {self.process.returncode}:\n{self.logs()}")
+        try:
+            return self._ready()
+        except (httpx.HTTPError, OSError):
+            return False
 
     def _ready(self) -> bool:
         if self.scheme == "https":
@@ -93,31 +93,24 @@ class RegistryProcess:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Graceful stop (SIGTERM); returns the exit code."""
+        """Graceful stop (SIGTERM), then nothing of the process group left; the exit code."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self.process = None
-        return code
+        process, self.process = self.process, None
+        return terminate(process, timeout)
 
     def kill(self) -> None:
         """kill -9 the server and every worker it forked."""
         if self.process is None:
             return
-        try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        self.process.kill()
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        self.process.wait(10)
-        # Orphaned workers must be gone before a restart binds the port again, or the kernel
-        # could still hand connections to their listening sockets.
-        psutil.wait_procs(children, timeout=10)
-        self.process = None
+        process, self.process = self.process, None
+        kill_group(process)
+
+    def __enter__(self) -> RegistryProcess:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def restart(self) -> RegistryProcess:
         if self.process is not None:
