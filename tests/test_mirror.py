@@ -483,7 +483,7 @@ def upstream_gets(upstream: Distribution, path: str) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not on PATH")
+@pytest.mark.tools("skopeo")
 def test_skopeo_uses_moorage_as_a_registries_conf_mirror(
     tmp_path: Path,
     server: RegistryProcess,

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.support import distribution
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -51,9 +50,7 @@ from tests.support.oci import (
 from tests.support.scan_images import debian
 from tests.support.server import RegistryProcess, free_port
 
-pytestmark = pytest.mark.skipif(
-    not distribution.available(), reason="docker-registry (Debian package) is not installed"
-)
+pytestmark = pytest.mark.tools("docker-registry")
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 NO_DATABASE = "no vulnerability database imported"
@@ -61,16 +58,14 @@ NO_DATABASE = "no vulnerability database imported"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path_factory.mktemp("fill") / "data", workers=2).start()
-    yield process
-    process.stop()
+    with RegistryProcess(tmp_path_factory.mktemp("fill") / "data", workers=2).start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("fill-upstream")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("fill-upstream")).start() as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import distribution
 from tests.support.api import PASSWORD, api_client, create_project, create_user, eventually, unique
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.distribution import Distribution
@@ -52,9 +51,7 @@ from tests.test_replication import (
     tasks,
 )
 
-pytestmark = pytest.mark.skipif(
-    not distribution.available(), reason="docker-registry (Debian package) is not installed"
-)
+pytestmark = pytest.mark.tools("docker-registry")
 
 SBOM_TYPE = "application/spdx+json"
 ATTESTATION_TYPE = "application/vnd.in-toto+json"
@@ -63,33 +60,30 @@ PAGE = 4  # the second Moorage's page size: its referrers lists come in several 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(
+    with RegistryProcess(
         tmp_path_factory.mktemp("chain") / "data",
         env={
             "MOORAGE_REPLICATION_RETRY_BASE_SECONDS": "1",
             "MOORAGE_REPLICATION_RETRY_MAX_SECONDS": "2",
             "MOORAGE_REPLICATION_MAX_ATTEMPTS": "3",
         },
-    ).start()
-    yield process
-    process.stop()
+    ).start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(
+    with RegistryProcess(
         tmp_path_factory.mktemp("chain-second") / "data",
         env={"MOORAGE_MAX_PAGE_SIZE": str(PAGE)},
-    ).start()
-    yield process
-    process.stop()
+    ).start() as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    registry = Distribution(tmp_path_factory.mktemp("chain-target")).start()
-    yield registry
-    registry.stop()
+    with Distribution(tmp_path_factory.mktemp("chain-target")).start() as registry:
+        yield registry
 
 
 @pytest.fixture
