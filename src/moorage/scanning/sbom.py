@@ -443,10 +443,15 @@ def _package_refs(entries: Iterable[_Entry]) -> _PackageRefs:
 
 
 def _refs_of(finding: Finding, refs: _PackageRefs) -> list[str]:
-    if finding.purl is not None and finding.location is not None:
-        exact = refs.by_purl_and_location.get((finding.purl, finding.location))
-        if exact is not None:
-            return [exact]
+    if finding.purl is not None:
+        exact = [
+            ref
+            for place in finding.all_locations
+            if place.location is not None
+            and (ref := refs.by_purl_and_location.get((finding.purl, place.location))) is not None
+        ]
+        if exact:
+            return exact
     return refs.by_name_and_version.get((finding.package, finding.installed_version), [])
 
 

@@ -70,6 +70,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
             "block_unscanned",
             "block_failed",
             "ignore_unfixed",
+            "possibly_affected",
             "previous",
         }
     ),
