@@ -57,6 +57,7 @@ PROPERTY_LAYER: Final = "moorage:package:layer"
 PROPERTY_ECOSYSTEM: Final = "moorage:package:ecosystem"
 PROPERTY_SOURCE_NAME: Final = "moorage:package:source-name"
 PROPERTY_SOURCE_VERSION: Final = "moorage:package:source-version"
+PROPERTY_OS_PACKAGE: Final = "moorage:package:os-package"
 PROPERTY_GENERATION: Final = "moorage:scan:database-generation"
 
 TOOL_NAME: Final = "moorage"
@@ -339,6 +340,8 @@ def _component(entry: _Entry) -> Component:
         properties.append(Property(name=PROPERTY_SOURCE_NAME, value=package.source_name))
     if package.source_version:
         properties.append(Property(name=PROPERTY_SOURCE_VERSION, value=package.source_version))
+    if package.owner:
+        properties.append(Property(name=PROPERTY_OS_PACKAGE, value=package.owner))
     return Component(
         type=ComponentType.LIBRARY,
         name=name,
@@ -566,11 +569,16 @@ def _spdx_package(entry: _Entry) -> dict[str, Any]:
     }
     if entry.purl:
         result["externalRefs"] = [_purl_ref(entry.purl)]
+    comments = []
     if package.source_name:
         source = package.source_name
         if package.source_version:
             source += f" {package.source_version}"
-        result["comment"] = f"built from source package {source}"
+        comments.append(f"built from source package {source}")
+    if package.owner:
+        comments.append(f"installed by the operating system package {package.owner}")
+    if comments:
+        result["comment"] = "; ".join(comments)
     return result
 
 
