@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from moorage.scanning.harbor import VulnerabilityItem, finding_from_item, vulnerability_item
 from moorage.scanning.packages import Distro, Ecosystem, Inventory, Package
 from moorage.vulnerability.bundle import BundleError
 from moorage.vulnerability.cve import CveRecordError, open_cve_source, parse_cve_record
 from moorage.vulnerability.database import VulnerabilityDatabase
+from moorage.vulnerability.findings import Finding, Location, merge_findings
 from moorage.vulnerability.matcher import match
 from moorage.vulnerability.severity import Severity
 from tests.support.osv import osv_record, write_bundle, write_osv_zip
@@ -437,3 +440,32 @@ def test_an_old_generation_without_cve_data_still_serves(tmp_path: Path) -> None
     package = lang(Ecosystem.NPM, "node-fetch", "3.1.0", "a/package.json")
     (finding,) = match(Inventory(None, (package,)), reopened).findings
     assert finding.severity is Severity.HIGH
+
+
+def test_the_harbor_report_keeps_one_item_with_every_location() -> None:
+    base = Finding(
+        id="GO-2024-0001",
+        aliases=(),
+        package="stdlib",
+        ecosystem="Go",
+        installed_version="go1.21.5",
+        fixed_version="1.21.6",
+        severity=Severity.HIGH,
+        layer="sha256:" + "a" * 64,
+        location="usr/bin/a",
+        severity_source="GHSA-x CVSS_V3",
+    )
+    (merged,) = merge_findings([base, replace(base, location="usr/bin/b")])
+    item = vulnerability_item(merged)
+    assert item["layer"] == {"diff_id": "sha256:" + "a" * 64}
+    assert item["vendor_attributes"]["locations"] == [
+        {"location": "usr/bin/a", "layer": "sha256:" + "a" * 64},
+        {"location": "usr/bin/b", "layer": "sha256:" + "a" * 64},
+    ]
+    back = finding_from_item(VulnerabilityItem.model_validate(item))
+    assert back.severity_source == "GHSA-x CVSS_V3"
+    assert back.location == "usr/bin/a"
+    uncertain = vulnerability_item(replace(base, possibly_affected=True, uncertainty="why"))
+    assert uncertain["vendor_attributes"]["possibly_affected"] is True
+    assert finding_from_item(VulnerabilityItem.model_validate(uncertain)).possibly_affected
+    assert merged.all_locations[1] == Location("usr/bin/b", "sha256:" + "a" * 64)
