@@ -160,6 +160,10 @@ def test_the_scan_fails_closed_end_to_end(scanning: Scanning, tmp_path: Path) ->
     assert "CVE records rating severity: 1" in output
     generation = re.search(r"generation (\S+) is current", output)
     assert generation is not None
+    status = scanning.api.get("/vulnerability-database")
+    assert status.status_code == 200, status.text
+    assert status.json()["current"]["cveRecords"] == 1
+    assert "1 CVE ratings" in scanning.vulndb("status")
     report = scanning.wait(
         repository,
         digest,

@@ -107,6 +107,7 @@ def status(settings: Settings, as_json: bool) -> None:
             f"  {info.records} records  {info.skipped} skipped  data up to {newest}"
             f"  {info.source_kind} {info.source_name}"
             f"  {'signed' if info.signed else 'unsigned'}  sha256 {info.source_checksum}"
+            + (f"  {info.cve_records} CVE ratings" if info.cve_records else "")
         )
 
 
