@@ -469,3 +469,17 @@ def test_the_harbor_report_keeps_one_item_with_every_location() -> None:
     assert uncertain["vendor_attributes"]["possibly_affected"] is True
     assert finding_from_item(VulnerabilityItem.model_validate(uncertain)).possibly_affected
     assert merged.all_locations[1] == Location("usr/bin/b", "sha256:" + "a" * 64)
+
+
+def test_a_definite_finding_shows_only_the_fixes_of_ranges_that_were_read(tmp_path: Path) -> None:
+    record = osv_record("TEST-TWO", "npm", "node-fetch", range_type="SEMVER")
+    record["affected"][0]["ranges"] = [
+        {"type": "SEMVER", "events": [{"introduced": "junk"}, {"fixed": "0.5.0"}]},
+        {"type": "SEMVER", "events": [{"introduced": "3.0.0"}, {"fixed": "3.1.1"}]},
+    ]
+    database = database_with(tmp_path, {"npm": [record]})
+    generation = database.current()
+    assert generation is not None
+    package = lang(Ecosystem.NPM, "node-fetch", "3.1.0", "a/package.json")
+    (finding,) = match(Inventory(None, (package,)), generation).findings
+    assert (finding.possibly_affected, finding.fixed_version) == (False, "3.1.1")
