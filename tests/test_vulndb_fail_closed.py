@@ -20,7 +20,7 @@ import pytest
 
 from moorage.scanning.harbor import VulnerabilityItem, finding_from_item, vulnerability_item
 from moorage.scanning.packages import Distro, Ecosystem, Inventory, Package
-from moorage.vulnerability.bundle import BundleError
+from moorage.vulnerability.bundle import BundleError, SignatureError
 from moorage.vulnerability.cve import CveRecordError, open_cve_source, parse_cve_record
 from moorage.vulnerability.database import VulnerabilityDatabase
 from moorage.vulnerability.findings import Finding, Location, merge_findings
@@ -483,3 +483,16 @@ def test_a_definite_finding_shows_only_the_fixes_of_ranges_that_were_read(tmp_pa
     package = lang(Ecosystem.NPM, "node-fetch", "3.1.0", "a/package.json")
     (finding,) = match(Inventory(None, (package,)), generation).findings
     assert (finding.possibly_affected, finding.fixed_version) == (False, "3.1.1")
+
+
+def test_cve_sources_are_refused_when_signatures_are_required(tmp_path: Path) -> None:
+    cve = tmp_path / "CVE-2024-0003.json"
+    cve.write_text(json.dumps(cve_json("CVE-2024-0003", cna=cna())))
+    database = VulnerabilityDatabase(tmp_path / "vulndb")
+    with pytest.raises(SignatureError, match="--cve"):
+        database.import_path(
+            write_osv_zip(tmp_path / "go.zip", [osv_record("GO-1", "Go", "stdlib")]),
+            require_signature=True,
+            cve_sources=[cve],
+        )
+    assert database.current() is None
