@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from moorage.scanning.harbor import VulnerabilityItem, finding_from_item, vulnerability_item
 from moorage.scanning.packages import Distro, Ecosystem, Inventory, Package
-from moorage.vulnerability.bundle import BundleError, SignatureError
+from moorage.vulnerability.bundle import BundleError, SignatureError, build_manifest, parse_manifest
 from moorage.vulnerability.cve import CveRecordError, open_cve_source, parse_cve_record
 from moorage.vulnerability.database import VulnerabilityDatabase
 from moorage.vulnerability.findings import Finding, Location, merge_findings
 from moorage.vulnerability.matcher import match
 from moorage.vulnerability.severity import Severity
-from tests.support.osv import osv_record, write_bundle, write_osv_zip
+from tests.support.osv import osv_record, write_bundle, write_osv_zip, write_tar
 
 HIGH = "CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:H/I:H/A:N"  # 8.1
 CRITICAL = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H"  # 10.0
@@ -496,3 +498,59 @@ def test_cve_sources_are_refused_when_signatures_are_required(tmp_path: Path) ->
             cve_sources=[cve],
         )
     assert database.current() is None
+
+
+def test_a_signed_bundle_may_carry_cve_records_under_cve(tmp_path: Path) -> None:
+    root = tmp_path / "osv"
+    write_osv_zip(
+        root / "crates.io" / "all.zip",
+        [
+            osv_record(
+                "RUSTSEC-2021-0003",
+                "crates.io",
+                "smallvec",
+                fixed="1.6.1",
+                aliases=("CVE-2021-25900",),
+            )
+        ],
+    )
+    (root / "CVE").mkdir()
+    with zipfile.ZipFile(root / "CVE" / "cves.zip", "w") as archive:
+        archive.writestr(
+            "cves/2021/25xxx/CVE-2021-25900.json",
+            json.dumps(
+                cve_json("CVE-2021-25900", cna=cna({"cvssV3_1": {"vectorString": CRITICAL}}))
+            ),
+        )
+        archive.writestr("cves/deltaLog.json", "[]")  # not a record: counted, skipped
+    manifest = build_manifest(root, "2026-12-07T00:00:00Z")
+    assert {(item["path"], item.get("kind")) for item in json.loads(manifest)["files"]} == {
+        ("CVE/cves.zip", "cve"),
+        ("crates.io/all.zip", None),
+    }
+    key = ed25519.Ed25519PrivateKey.generate()
+    members = {"manifest.json": manifest, "manifest.json.sig": key.sign(manifest)}
+    members |= {
+        path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*.zip")
+    }
+    bundle = write_tar(tmp_path / "bundle.tar.gz", members)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    database = VulnerabilityDatabase(tmp_path / "vulndb")
+    result = database.import_path(bundle, public_key_pem=public, require_signature=True)
+    assert (result.records, result.cve_records, result.cve_skipped, result.signed) == (
+        1,
+        1,
+        1,
+        True,
+    )
+    generation = database.current()
+    assert generation is not None
+    package = lang(Ecosystem.CRATES_IO, "smallvec", "1.6.0", "usr/bin/tool")
+    (finding,) = match(Inventory(None, (package,)), generation).findings
+    assert finding.severity is Severity.CRITICAL
+    assert finding.severity_source == "CVE-2021-25900 CVE record (cna) CVSS_V3"
+    # A manifest kind other than osv or cve is refused.
+    with pytest.raises(BundleError, match="kind"):
+        parse_manifest(manifest.replace(b'"cve"', b'"nvd"'))
