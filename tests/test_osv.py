@@ -279,8 +279,8 @@ def test_log4j_record_in_another_ecosystem_does_not_match() -> None:
         (URLLIB3_LISTED, "PyPI", "urllib3", "1.26.3", False),
         # A withdrawn record affects nothing.
         (OPENSSL_WITHDRAWN, "Debian:12", "openssl", "3.0.9-1", False),
-        # GIT ranges are ignored; versions[] still counts.
-        (ZLIB_GIT, "Debian:12", "zlib", "1:1.2.13.dfsg-1", False),
+        # GIT ranges are ignored; versions[] still counts. (An entry with only a GIT range
+        # says nothing readable: see test_an_entry_with_nothing_to_evaluate_is_possibly_affected.)
         (ZLIB_GIT, "Debian:12", "libxml2", "2.9.14+dfsg-1.3~deb12u1", True),
         (ZLIB_GIT, "Debian:12", "libxml2", "2.9.14+dfsg-1.3~deb12u2", False),
         # Alpine: only the named release; -rN compares as a number; _git suffixes.
@@ -508,14 +508,15 @@ MALFORMED: list[tuple[Document, str]] = [
     (_broken(("modified",), "yesterday"), "modified must be an RFC 3339 timestamp"),
     (_broken(("modified",), "2021-12-10T00:40:56"), "modified must be an RFC 3339 timestamp"),
     (_broken(("modified",), "2021-13-45T00:40:56Z"), "modified is not a valid date and time"),
-    (_broken(("withdrawn",), "soon"), "withdrawn must be an RFC 3339 timestamp"),
-    (_broken(("aliases",), "CVE-2021-44228"), "aliases must be a list"),
-    (_broken(("aliases",), [44228]), "aliases[0] must be a non-empty string"),
-    (_broken(("severity",), [{"type": "CVSS_V3"}]), "severity[0].score must be a non-empty string"),
     (_broken(("affected",), {}), "affected must be a list"),
     (_broken(("affected",), ["log4j"]), "affected[0] must be an object"),
     (_broken(("affected", 0, "package", "ecosystem"), ...), "affected[0].package.ecosystem must"),
     (_broken(("affected", 0, "package", "name"), 7), "affected[0].package.name must"),
+]
+
+# Parts of an affected entry that cannot be read: the record is kept, the entry says why, and
+# the package it names is possibly affected rather than silently not affected.
+UNREADABLE: list[tuple[Document, str]] = [
     (_broken((*RANGE, "type"), "SEMVERISH"), "affected[0].ranges[0].type must be one of"),
     (_broken((*RANGE, "events"), []), "affected[0].ranges[0].events must include an introduced"),
     (_broken((*RANGE, "events"), ...), "affected[0].ranges[0].events must include an introduced"),
@@ -547,12 +548,77 @@ MALFORMED: list[tuple[Document, str]] = [
         ),
         "must not mix fixed and last_affected",
     ),
-    (
-        _broken(RANGE, {"type": "GIT", "events": [{"introduced": "0"}]}),
-        "affected[0].ranges[0].repo is required for a GIT range",
-    ),
+    (_broken(("affected", 0, "ranges"), "2.13.0"), "affected[0].ranges must be a list"),
     (_broken(("affected", 0, "versions"), ["2.14.1", 2]), "affected[0].versions[1] must be"),
 ]
+
+
+@pytest.mark.parametrize(("document", "reason"), UNREADABLE)
+def test_an_unreadable_range_makes_the_package_possibly_affected(
+    document: Document, reason: str
+) -> None:
+    record = parse_record(document)
+    assert any(reason in why for why in record.affected[0].unreadable)
+    # No readable range contains 2.15.0, but the unreadable part might.
+    with pytest.raises(CannotCompareError) as raised:
+        affected(record, "Maven", "org.apache.logging.log4j:log4j-core", "2.15.0")
+    assert "unreadable" in str(raised.value)
+    # Another package is still not affected, and a range that says "affected" still does.
+    assert not affected(record, "Maven", "org.apache.logging.log4j:log4j-api", "2.14.1")
+
+
+@pytest.mark.parametrize(
+    ("document", "check"),
+    [
+        # An unreadable withdrawal does not withdraw the record.
+        (_broken(("withdrawn",), "soon"), lambda record: record.withdrawn is None),
+        (_broken(("aliases",), "CVE-2021-44228"), lambda record: record.aliases == ()),
+        (
+            _broken(("aliases",), [44228, "CVE-2021-44228"]),
+            lambda record: record.aliases == ("CVE-2021-44228",),
+        ),
+        (_broken(("severity",), [{"type": "CVSS_V3"}]), lambda record: record.severity == ()),
+        (_broken(("summary",), 12), lambda record: record.summary == ""),
+    ],
+)
+def test_informative_fields_that_cannot_be_read_do_not_cost_the_record(
+    document: Document, check: Any
+) -> None:
+    record = parse_record(document)
+    assert check(record)
+    assert affected(record, "Maven", "org.apache.logging.log4j:log4j-core", "2.14.1")
+
+
+def test_a_git_range_without_its_repo_is_ignored_like_any_git_range() -> None:
+    record = parse_record(_broken(RANGE, {"type": "GIT", "events": [{"introduced": "0"}]}))
+    assert record.affected[0].ranges[0].type is RangeType.GIT
+    assert record.affected[0].unreadable == ()
+
+
+def test_an_entry_with_nothing_to_evaluate_is_possibly_affected() -> None:
+    only_git = parse_record(
+        _broken(
+            ("affected", 0),
+            {
+                "package": {"ecosystem": "Maven", "name": "org.apache.logging.log4j:log4j-core"},
+                "ranges": [
+                    {
+                        "type": "GIT",
+                        "repo": "https://example.invalid/r",
+                        "events": [{"introduced": "0"}],
+                    }
+                ],
+            },
+        )
+    )
+    with pytest.raises(CannotCompareError):
+        affected(only_git, "Maven", "org.apache.logging.log4j:log4j-core", "2.14.1")
+    bare = parse_record(
+        _broken(("affected", 0), {"package": {"ecosystem": "npm", "name": "left-pad"}})
+    )
+    with pytest.raises(CannotCompareError):
+        affected(bare, "npm", "left-pad", "1.3.0")
+    assert not affected(bare, "npm", "right-pad", "1.3.0")
 
 
 @pytest.mark.parametrize(("document", "reason"), MALFORMED)
@@ -595,11 +661,116 @@ def test_load_record_reads_json_text_and_bytes() -> None:
 
 
 def test_parse_records_skips_the_bad_record_and_keeps_the_rest() -> None:
-    bad = _broken((*RANGE, "events"), [{"fixed": "2.15.0"}])
+    bad = _broken(("modified",), "yesterday")
     good_too = {"id": "TEST-2024-0021", "modified": "2024-05-01T12:00:00Z"}
     outcome = parse_records([LOG4J, bad, "not a record", good_too])
     assert [record.id for record in outcome.records] == ["GHSA-jfh8-c2jp-5v3q", "TEST-2024-0021"]
     assert [(item.record_id, item.reason[:30]) for item in outcome.rejected] == [
-        ("GHSA-jfh8-c2jp-5v3q", "affected[0].ranges[0].events m"),
+        ("GHSA-jfh8-c2jp-5v3q", "modified must be an RFC 3339 t"),
         (None, "the record must be an object"),
     ]
+
+
+# --- Bounds written the way the ecosystem's tooling writes them --------------------------
+
+NODE_FETCH = _record(
+    "GHSA-r683-j2x4-v87g",
+    _entry(
+        "npm",
+        "node-fetch",
+        _range(("introduced", "0"), ("fixed", "2.6.7"), kind="SEMVER"),
+        _range(("introduced", "3.0.0"), ("fixed", "3.1.1"), kind="SEMVER"),
+    ),
+)
+# The record as published once: its range starts at "1.0", which is not strict SemVer.
+NODE_FETCH_SHORT_BOUND = _record(
+    "GHSA-r683-j2x4-v87g",
+    _entry("npm", "node-fetch", _range(("introduced", "1.0"), ("fixed", "3.1.1"), kind="SEMVER")),
+)
+
+
+@pytest.mark.parametrize(
+    ("record", "ecosystem", "name", "version", "expected"),
+    [
+        (NODE_FETCH_SHORT_BOUND, "npm", "node-fetch", "3.1.0", True),
+        (NODE_FETCH_SHORT_BOUND, "npm", "node-fetch", "1.0.0", True),
+        (NODE_FETCH_SHORT_BOUND, "npm", "node-fetch", "0.9.9", False),
+        (NODE_FETCH_SHORT_BOUND, "npm", "node-fetch", "3.1.1", False),
+        (NODE_FETCH_SHORT_BOUND, "npm", "node-fetch", "v3.1.0", True),  # as package.json may say
+        (NODE_FETCH, "npm", "node-fetch", "3.1", True),
+        (
+            _record(
+                "TEST-CARGO",
+                _entry(
+                    "crates.io",
+                    "smallvec",
+                    _range(("introduced", "1.0"), ("fixed", "1.6.1"), kind="SEMVER"),
+                ),
+            ),
+            "crates.io",
+            "smallvec",
+            "1.6.0",
+            True,
+        ),
+        (
+            _record(
+                "TEST-GO-SHORT",
+                _entry(
+                    "Go",
+                    "golang.org/x/text",
+                    _range(("introduced", "0"), ("fixed", "0.3"), kind="SEMVER"),
+                ),
+            ),
+            "Go",
+            "golang.org/x/text",
+            "v0.2.9",
+            True,
+        ),
+        (
+            _record(
+                "TEST-PYPI-V",
+                _entry("PyPI", "django", _range(("introduced", "v4.0"), ("fixed", "4.2.1"))),
+            ),
+            "PyPI",
+            "Django",
+            "4.2",
+            True,
+        ),
+    ],
+)
+def test_bounds_are_coerced_as_the_ecosystem_does(
+    record: Record, ecosystem: str, name: str, version: str, expected: bool
+) -> None:
+    assert affected(record, ecosystem, name, version) is expected
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [("introduced", "not-a-version"), ("fixed", "3.1.1")],
+        [("introduced", "0"), ("fixed", "three")],
+        [("introduced", "0"), ("last_affected", "3.x")],
+        [("introduced", "0"), ("limit", "~3")],
+        [("introduced", "1.2.3.4"), ("fixed", "3.1.1")],
+    ],
+)
+def test_an_unreadable_bound_is_possibly_affected_never_not_affected(
+    events: list[tuple[str, str]],
+) -> None:
+    record = _record("TEST-BOUND", _entry("npm", "node-fetch", _range(*events, kind="SEMVER")))
+    with pytest.raises(CannotCompareError) as raised:
+        affected(record, "npm", "node-fetch", "3.1.0")
+    assert raised.value.record_id == "TEST-BOUND"
+
+
+def test_a_readable_range_that_says_affected_wins_over_an_unreadable_one() -> None:
+    record = _record(
+        "TEST-MIXED",
+        _entry(
+            "npm",
+            "node-fetch",
+            _range(("introduced", "junk"), ("fixed", "1.0.0"), kind="SEMVER"),
+            _range(("introduced", "3.0.0"), ("fixed", "3.1.1"), kind="SEMVER"),
+        ),
+    )
+    assert affected(record, "npm", "node-fetch", "3.1.0")

@@ -391,20 +391,26 @@ def test_malformed_records_are_skipped_and_counted(
         archive.writestr("DEEP.json", b"[" * 100_000 + b"]" * 100_000)
         archive.writestr("notes.txt", b"hello")
     result = database.import_path(path)
-    assert result.records == 1
-    assert result.skipped == 5
+    # A record whose range cannot be read is kept: the package it names must come out
+    # possibly affected, not silently unaffected.
+    assert result.records == 2
+    assert result.skipped == 4
     reasons = {
         (item.origin.split(":")[1], item.record_id): item.reason for item in result.skipped_records
     }
-    assert reasons[("TEST-BAD-EVENT.json", "TEST-BAD-EVENT")] == (
-        "affected[0].ranges[0].events must include an introduced event"
-    )
+    assert ("TEST-BAD-EVENT.json", "TEST-BAD-EVENT") not in reasons
     assert reasons[("BROKEN.json", None)] == "not JSON"
     assert reasons[("notes.txt", None)] == "not a .json file"
     assert "id must be" in reasons[("NO-ID.json", None)]
     status = database.status()
     assert status.current is not None
-    assert (status.current.records, status.current.skipped) == (1, 5)
+    assert (status.current.records, status.current.skipped) == (2, 4)
+    generation = database.current()
+    assert generation is not None
+    (kept,) = generation.records_for("PyPI", "requests")
+    assert kept.affected[0].unreadable == (
+        "affected[0].ranges[0].events must include an introduced event",
+    )
 
 
 def test_a_source_without_one_valid_record_changes_nothing(

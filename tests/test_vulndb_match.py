@@ -256,9 +256,11 @@ def test_an_unscoped_debian_record_applies_to_every_release(generation: Generati
         assert found(result) == {("TEST-DEB-ANY", "systemd", "252.17-1~deb12u1")}
 
 
-def test_git_ranges_are_ignored(generation: Generation) -> None:
+def test_an_entry_with_only_a_git_range_is_possibly_affected(generation: Generation) -> None:
+    # GIT ranges need the repository; with no version list beside them nothing can be read.
     result = run(generation, DEBIAN_12, deb("bash", "5.2.15-2+b2"))
-    assert result.findings == ()
+    (finding,) = result.findings
+    assert (finding.id, finding.possibly_affected) == ("TEST-DEB-GIT", True)
     assert result.notes == ()
 
 
@@ -286,14 +288,17 @@ def test_one_finding_per_advisory_and_package(generation: Generation) -> None:
     assert one(result, "TEST-TWO-ENTRIES", "libc6").fixed_version == "2.36-9+deb12u4"
 
 
-def test_a_version_that_cannot_be_ordered_is_a_note_not_a_finding(
+def test_a_version_that_cannot_be_ordered_is_possibly_affected(
     generation: Generation,
 ) -> None:
     result = run(generation, DEBIAN_12, deb("perl", "not a version"))
-    assert result.findings == ()
-    assert len(result.notes) == 1
-    assert "TEST-DEB-BADVERSION" in result.notes[0]
-    assert "cannot compare" in result.notes[0]
+    (finding,) = result.findings
+    assert finding.id == "TEST-DEB-BADVERSION"
+    assert finding.possibly_affected
+    assert finding.uncertainty is not None
+    assert "cannot compare" in finding.uncertainty
+    assert finding.fixed_version == "5.36.0-7+deb12u1"  # what to upgrade to is still known
+    assert result.notes == ()
 
 
 # --- Ubuntu, Alpine, rpm -----------------------------------------------------------------

@@ -52,14 +52,22 @@ def _service(settings: Settings, events: EventBus, wait: float) -> Vulnerability
     show_default=True,
     help="Seconds to wait while another import or rollback runs.",
 )
+@click.option(
+    "--cve",
+    "cve_sources",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Severity-only source: CVE JSON 5 records (a cvelistV5 checkout or release zip, or"
+    " one CVE-*.json file) that rate advisories listing those CVE ids. Repeatable.",
+)
 @with_settings
-def import_(settings: Settings, source: Path, wait: float) -> None:
+def import_(settings: Settings, source: Path, wait: float, cve_sources: tuple[Path, ...]) -> None:
     """Import SOURCE (a bundle, a directory of <ecosystem>/all.zip files or one OSV zip) as a
     new generation and make it current."""
     with services(settings) as s:
         service = _service(settings, s.events, wait)
         try:
-            result = service.import_file(cli_actor(), source)
+            result = service.import_file(cli_actor(), source, cve_sources=cve_sources)
         except (BundleError, VulnerabilityDatabaseError) as error:
             raise click.ClickException(str(error)) from None
     for skipped in result.skipped_records:
@@ -72,6 +80,11 @@ def import_(settings: Settings, source: Path, wait: float) -> None:
         f" ({ecosystems}), {result.skipped} skipped, {result.elapsed_seconds:.1f}s,"
         f" {'signed' if result.signed else 'unsigned'}, sha256 {result.source_checksum}"
     )
+    if cve_sources:
+        click.echo(
+            f"CVE records rating severity: {result.cve_records}"
+            f" ({result.cve_skipped} unusable files skipped)"
+        )
 
 
 @vulndb.command("status")
@@ -94,6 +107,7 @@ def status(settings: Settings, as_json: bool) -> None:
             f"  {info.records} records  {info.skipped} skipped  data up to {newest}"
             f"  {info.source_kind} {info.source_name}"
             f"  {'signed' if info.signed else 'unsigned'}  sha256 {info.source_checksum}"
+            + (f"  {info.cve_records} CVE ratings" if info.cve_records else "")
         )
 
 

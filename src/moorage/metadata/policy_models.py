@@ -27,6 +27,8 @@ class VulnerabilityPolicyRow(Base):
     block_unscanned: Mapped[bool] = mapped_column(Boolean)
     block_failed: Mapped[bool] = mapped_column(Boolean)
     ignore_unfixed: Mapped[bool] = mapped_column(Boolean)
+    # finding | block | ignore: what a possibly affected finding counts as
+    possibly_affected: Mapped[str] = mapped_column(String(16), server_default="finding")
     updated_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -369,6 +369,9 @@ def finding_from_item(item: VulnerabilityItem) -> Finding:
         purl=_string(vendor.get("purl"), _MEDIUM),
         layer=layer or _string(vendor.get("layer"), 200),
         location=_string(vendor.get("location"), _MEDIUM),
+        possibly_affected=vendor.get("possibly_affected") is True,
+        uncertainty=_string(vendor.get("uncertainty"), _MEDIUM),
+        severity_source=_string(vendor.get("severity_source"), _SHORT),
     )
 
 
@@ -422,6 +425,14 @@ def vulnerability_item(finding: Finding) -> dict[str, Any]:
         vendor["purl"] = finding.purl
     if finding.location:
         vendor["location"] = finding.location
+    if len(finding.all_locations) > 1:
+        # Harbor's item has one layer; every file holding the package is listed here.
+        vendor["locations"] = [place.to_json() for place in finding.all_locations]
+    if finding.possibly_affected:
+        vendor["possibly_affected"] = True
+        vendor["uncertainty"] = finding.uncertainty
+    if finding.severity_source:
+        vendor["severity_source"] = finding.severity_source
     if finding.cvss_score is not None:
         vendor["cvss"] = {"score": finding.cvss_score, "vector": finding.cvss_vector}
     item: dict[str, Any] = {

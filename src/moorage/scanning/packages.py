@@ -72,6 +72,9 @@ class Package:
     arch: str | None = None
     distro: Distro | None = None  # set when the image is squashed
     layer: str | None = None  # diff_id of the lowest layer holding it; set when squashed
+    # A language package whose files an OS package installed (Debian's python3-urllib3 owns
+    # urllib3's dist-info): the OS package's name. Set when squashed.
+    owner: str | None = None
 
     @property
     def purl(self) -> str:
@@ -116,6 +119,20 @@ class Package:
         return None
 
 
+LANGUAGE_ECOSYSTEMS: Final = frozenset(
+    {Ecosystem.PYPI, Ecosystem.NPM, Ecosystem.MAVEN, Ecosystem.GO, Ecosystem.CRATES_IO}
+)
+OS_ECOSYSTEMS: Final = frozenset({Ecosystem.DEBIAN, Ecosystem.ALPINE, Ecosystem.RPM})
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedFile:
+    """A file an OS package database says the package `owner` installed."""
+
+    path: str  # relative to the image root, as layer paths are
+    owner: str  # the OS package's name
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     """A file that could not be read or a record that was skipped, kept for the report."""
@@ -136,7 +153,9 @@ class Inventory:
         return {
             "distro": _distro_to_json(self.distro) if self.distro is not None else None,
             "packages": [
-                _package_to_json(package) | ({"layer": package.layer} if package.layer else {})
+                _package_to_json(package)
+                | ({"layer": package.layer} if package.layer else {})
+                | ({"owner": package.owner} if package.owner else {})
                 for package in self.packages
             ],
             "notes": [{"path": note.path, "message": note.message} for note in self.notes],
@@ -152,7 +171,8 @@ class Inventory:
         for item in _sequence(record["packages"]):
             package = _package_from_json(item)
             layer = _optional_text(_mapping(item).get("layer"))
-            packages.append(replace(package, distro=distro, layer=layer))
+            owner = _optional_text(_mapping(item).get("owner"))
+            packages.append(replace(package, distro=distro, layer=layer, owner=owner))
         notes = tuple(
             Note(_text(_mapping(note)["path"]), _text(_mapping(note)["message"]))
             for note in _sequence(record.get("notes", []))
@@ -169,6 +189,9 @@ class FileFindings:
     packages: tuple[Package, ...] = ()
     distro: Distro | None = None
     notes: tuple[str, ...] = ()
+    # Files an OS package database (dpkg .list, apk F:/R:, rpm file list) says its packages
+    # own; only those a language cataloger reads are kept.
+    owned: tuple[OwnedFile, ...] = ()
 
     @classmethod
     def of(
@@ -177,12 +200,13 @@ class FileFindings:
         packages: Iterable[Package] = (),
         notes: Sequence[str] = (),
         distro: Distro | None = None,
+        owned: Iterable[OwnedFile] = (),
     ) -> FileFindings:
         """Findings with the notes capped, so a database of garbage cannot flood a report."""
         kept = tuple(notes[:MAX_NOTES_PER_FILE])
         if len(notes) > MAX_NOTES_PER_FILE:
             kept += (f"and {len(notes) - MAX_NOTES_PER_FILE} more problems",)
-        return cls(path, tuple(packages), distro, kept)
+        return cls(path, tuple(packages), distro, kept, tuple(owned))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +276,8 @@ def _findings_to_json(findings: FileFindings) -> dict[str, object]:
         result["distro"] = _distro_to_json(findings.distro)
     if findings.notes:
         result["notes"] = list(findings.notes)
+    if findings.owned:
+        result["owned"] = [[item.path, item.owner] for item in findings.owned]
     return result
 
 
@@ -289,7 +315,13 @@ def _findings_from_json(data: object) -> FileFindings:
         packages=tuple(_package_from_json(item) for item in _sequence(record.get("packages", []))),
         distro=distro,
         notes=tuple(_text(item) for item in _sequence(record.get("notes", []))),
+        owned=tuple(_owned_from_json(item) for item in _sequence(record.get("owned", []))),
     )
+
+
+def _owned_from_json(data: object) -> OwnedFile:
+    path, owner = _sequence(data)
+    return OwnedFile(_text(path), _text(owner))
 
 
 def _package_from_json(data: object) -> Package:

@@ -12,7 +12,12 @@ from enum import StrEnum
 from typing import Protocol
 
 from moorage.scanning.packages import Inventory
-from moorage.vulnerability.findings import Finding, severity_counts, worst_severity
+from moorage.vulnerability.findings import (
+    Finding,
+    possibly_affected_count,
+    severity_counts,
+    worst_severity,
+)
 from moorage.vulnerability.severity import Severity
 
 
@@ -49,6 +54,11 @@ class ScanReport:
     @property
     def summary(self) -> dict[str, int]:
         return severity_counts(self.findings)
+
+    @property
+    def possibly_affected(self) -> int:
+        """How many of the findings are possibly affected (counted in `summary` too)."""
+        return possibly_affected_count(self.findings)
 
     @property
     def worst(self) -> Severity:

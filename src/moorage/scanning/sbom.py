@@ -57,6 +57,7 @@ PROPERTY_LAYER: Final = "moorage:package:layer"
 PROPERTY_ECOSYSTEM: Final = "moorage:package:ecosystem"
 PROPERTY_SOURCE_NAME: Final = "moorage:package:source-name"
 PROPERTY_SOURCE_VERSION: Final = "moorage:package:source-version"
+PROPERTY_OS_PACKAGE: Final = "moorage:package:os-package"
 PROPERTY_GENERATION: Final = "moorage:scan:database-generation"
 
 TOOL_NAME: Final = "moorage"
@@ -339,6 +340,8 @@ def _component(entry: _Entry) -> Component:
         properties.append(Property(name=PROPERTY_SOURCE_NAME, value=package.source_name))
     if package.source_version:
         properties.append(Property(name=PROPERTY_SOURCE_VERSION, value=package.source_version))
+    if package.owner:
+        properties.append(Property(name=PROPERTY_OS_PACKAGE, value=package.owner))
     return Component(
         type=ComponentType.LIBRARY,
         name=name,
@@ -443,10 +446,15 @@ def _package_refs(entries: Iterable[_Entry]) -> _PackageRefs:
 
 
 def _refs_of(finding: Finding, refs: _PackageRefs) -> list[str]:
-    if finding.purl is not None and finding.location is not None:
-        exact = refs.by_purl_and_location.get((finding.purl, finding.location))
-        if exact is not None:
-            return [exact]
+    if finding.purl is not None:
+        exact = [
+            ref
+            for place in finding.all_locations
+            if place.location is not None
+            and (ref := refs.by_purl_and_location.get((finding.purl, place.location))) is not None
+        ]
+        if exact:
+            return exact
     return refs.by_name_and_version.get((finding.package, finding.installed_version), [])
 
 
@@ -561,11 +569,16 @@ def _spdx_package(entry: _Entry) -> dict[str, Any]:
     }
     if entry.purl:
         result["externalRefs"] = [_purl_ref(entry.purl)]
+    comments = []
     if package.source_name:
         source = package.source_name
         if package.source_version:
             source += f" {package.source_version}"
-        result["comment"] = f"built from source package {source}"
+        comments.append(f"built from source package {source}")
+    if package.owner:
+        comments.append(f"installed by the operating system package {package.owner}")
+    if comments:
+        result["comment"] = "; ".join(comments)
     return result
 
 

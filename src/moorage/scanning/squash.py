@@ -9,6 +9,11 @@ path (the topmost package database wins). This is Trivy's `ApplyLayers` on a pat
 A package's layer is the lowest layer from which the same package at the same path has been
 continuously visible, which is where a fix would have to go.
 
+A language package whose file an installed OS package owns (dpkg's `info/*.list`, apk's
+`F:`/`R:` lines, rpm's file list: Debian's `python3-urllib3` owns urllib3's dist-info) gets that
+OS package as its `owner`: it is patched, and matched, through the OS package, as Trivy and Syft
+do. Only owners that are installed in the final filesystem count.
+
 `inventory_image` adds the cache: a layer's inventory is computed once per (diff_id,
 cataloger version), so a base layer shared by many images is read only once.
 """
@@ -25,7 +30,15 @@ from moorage.scanning.catalog import CATALOGER_VERSION, catalog_layer
 from moorage.scanning.catalog.java import ArchiveLimits
 from moorage.scanning.catalog.os_release import choose_distro
 from moorage.scanning.layers import LayerError, LayerLimits
-from moorage.scanning.packages import FileFindings, Inventory, LayerInventory, Note, Package
+from moorage.scanning.packages import (
+    LANGUAGE_ECOSYSTEMS,
+    OS_ECOSYSTEMS,
+    FileFindings,
+    Inventory,
+    LayerInventory,
+    Note,
+    Package,
+)
 
 _PackageKey = tuple[str, str, str, str]  # ecosystem, name, version, location
 
@@ -82,8 +95,14 @@ def _inventory(visible: Iterable[_Visible]) -> Inventory:
     distro = choose_distro(
         {entry.findings.path: entry.findings.distro for entry in entries if entry.findings.distro}
     )
+    owners = _owners(entries)
     packages = [
-        replace(package, distro=distro, layer=entry.origins[_key(package)])
+        replace(
+            package,
+            distro=distro,
+            layer=entry.origins[_key(package)],
+            owner=_owner_of(package, owners),
+        )
         for entry in entries
         for package in entry.findings.packages
     ]
@@ -92,6 +111,29 @@ def _inventory(visible: Iterable[_Visible]) -> Inventory:
         Note(entry.findings.path, message) for entry in entries for message in entry.findings.notes
     )
     return Inventory(distro=distro, packages=tuple(packages), notes=notes)
+
+
+def _owners(entries: Sequence[_Visible]) -> dict[str, str]:
+    """Path -> the installed OS package that owns it."""
+    installed = {
+        package.name
+        for entry in entries
+        for package in entry.findings.packages
+        if package.ecosystem in OS_ECOSYSTEMS
+    }
+    return {
+        item.path: item.owner
+        for entry in entries
+        for item in entry.findings.owned
+        if item.owner in installed
+    }
+
+
+def _owner_of(package: Package, owners: dict[str, str]) -> str | None:
+    if package.ecosystem not in LANGUAGE_ECOSYSTEMS or not owners:
+        return None
+    # Inside an archive (`outer.jar!/inner/pom.properties`) the file on disk is the outer one.
+    return owners.get(package.location.partition("!")[0])
 
 
 class LayerCache(Protocol):

@@ -70,6 +70,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
             "block_unscanned",
             "block_failed",
             "ignore_unfixed",
+            "possibly_affected",
             "previous",
         }
     ),
@@ -164,7 +165,16 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "audit:prune": frozenset({"before", "removed"}),
     # vulnerability database: what was imported and what became current (no key material)
     "vulndb:import": frozenset(
-        {"generation", "records", "skipped", "source", "source_checksum", "signed", "reason"}
+        {
+            "generation",
+            "records",
+            "skipped",
+            "source",
+            "source_checksum",
+            "signed",
+            "cve_records",
+            "reason",
+        }
     ),
     "vulndb:rollback": frozenset({"generation", "records", "source_checksum", "reason"}),
     "scan-settings:update": frozenset({"scan_on_push", "attach_sbom", "scanner"}),

@@ -151,6 +151,7 @@ class GateEvaluator:
             block_unscanned=True,
             block_failed=True,
             ignore_unfixed=project_policy.ignore_unfixed,
+            possibly_affected=project_policy.possibly_affected,
         )
         denials: list[tuple[str, str]] = []
         for digest in subject.images:

@@ -3,7 +3,7 @@
 An index's report is the worst of every image it reaches through its children, nested indexes
 included (the scan request lists them all): Pending or Running until every one is complete,
 then Error if any ended in Error, else Success. Its findings are the union of theirs (one per
-advisory and installed package, whichever image has it).
+advisory and installed package version, with the locations of every image that has it).
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from moorage.metadata.scan_store import (
 )
 from moorage.scanning.packages import Inventory
 from moorage.scanning.report import ScanReport, ScanStatus
-from moorage.vulnerability.findings import Finding
+from moorage.vulnerability.findings import Finding, merge_findings
 
 MAX_NOTES: Final = 200
 MAX_ERROR_LENGTH: Final = 2000
 
 
 def findings_json(findings: Iterable[Finding]) -> str:
-    ordered = sorted(findings, key=_finding_key)
+    # One finding per advisory and package version, whatever wrote them (adapters too).
+    ordered = sorted(merge_findings(findings), key=_finding_key)
     return json.dumps([finding.to_json() for finding in ordered], separators=(",", ":"))
 
 
@@ -76,13 +77,12 @@ def error_reason(reason: str) -> str:
 def aggregate_index(children: Sequence[ReportRecord | None]) -> IndexOutcome:
     """The report of an index whose images (at any depth) have these reports (None: none yet)."""
     statuses = [child.status if child is not None else PENDING for child in children]
-    findings: dict[tuple[str, str, str, str], Finding] = {}
+    found: list[Finding] = []
     notes: list[str] = []
     for child in children:
         if child is None:
             continue
-        for finding in findings_from_json(child.findings):
-            findings.setdefault(_identity(finding), finding)
+        found.extend(findings_from_json(child.findings))
         notes.extend(f"{child.digest}: {note}" for note in child.notes)
     generations = {child.generation for child in children if child is not None}
     generation = generations.pop() if len(generations) == 1 else None
@@ -102,15 +102,11 @@ def aggregate_index(children: Sequence[ReportRecord | None]) -> IndexOutcome:
     return IndexOutcome(
         ERROR if failed else SUCCESS,
         generation,
-        findings_json(findings.values()),
+        findings_json(merge_findings(found)),
         error,
         capped(notes),
     )
 
 
-def _identity(finding: Finding) -> tuple[str, str, str, str]:
-    return (finding.id, finding.ecosystem, finding.package, finding.installed_version)
-
-
 def _finding_key(finding: Finding) -> tuple[str, str, str, str, str]:
-    return (*_identity(finding), finding.location or "")
+    return (*finding.identity, finding.location or "")

@@ -9,6 +9,7 @@ re-match at once. Imports are slow (seconds to minutes): callers run them on a w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from moorage.config import ConfigError, Settings
@@ -87,15 +88,22 @@ class VulnerabilityDatabaseService:
         return self.database.status()
 
     def import_file(
-        self, actor: Actor, path: Path, *, source_name: str | None = None
+        self,
+        actor: Actor,
+        path: Path,
+        *,
+        source_name: str | None = None,
+        cve_sources: Sequence[Path] = (),
     ) -> ImportResult:
-        """Import a bundle, a directory of OSV zips or one zip (blocking). Raises BundleError
-        (bad or untrusted input) or VulnerabilityDatabaseError (busy)."""
+        """Import a bundle, a directory of OSV zips or one zip (blocking), with optional
+        severity-only CVE JSON 5 sources. Raises BundleError (bad or untrusted input) or
+        VulnerabilityDatabaseError (busy)."""
         try:
             result = self.database.import_path(
                 path,
                 public_key_pem=self._public_key_pem,
                 require_signature=self._require_signature,
+                cve_sources=cve_sources,
             )
         except (BundleError, VulnerabilityDatabaseError) as error:
             self._publish(
@@ -116,6 +124,7 @@ class VulnerabilityDatabaseService:
                 "source": (source_name or path.name)[:255],
                 "source_checksum": result.source_checksum,
                 "signed": result.signed,
+                "cve_records": result.cve_records,
             },
         )
         return result

@@ -60,6 +60,11 @@ class NewScanSettings(RequestModel):
     )
 
 
+class FindingLocationView(ApiModel):
+    location: str | None
+    layer: str | None
+
+
 class FindingView(ApiModel):
     id: str
     aliases: list[str]
@@ -75,6 +80,16 @@ class FindingView(ApiModel):
     purl: str | None
     layer: str | None = Field(description="diff_id of the layer that installed the package")
     location: str | None = Field(description="the file the package was found in")
+    locations: list[FindingLocationView] = Field(
+        description="every file the same package version was found in (one finding for all)"
+    )
+    possibly_affected: bool = Field(
+        description="the advisory names the package but its version could not be compared"
+    )
+    uncertainty: str | None = Field(description="why it is only possibly affected")
+    severity_source: str | None = Field(
+        description="the record and rating the severity came from (e.g. `GHSA-… CVSS_V3`)"
+    )
 
 
 class ScanReportView(ApiModel):
@@ -84,6 +99,9 @@ class ScanReportView(ApiModel):
     generation: str | None = Field(description="the vulnerability database generation matched")
     summary: dict[str, int] = Field(description="how many findings of each severity")
     worst_severity: str
+    possibly_affected: int = Field(
+        description="how many findings are possibly affected (counted in `summary` too)"
+    )
     error: str | None
     children: list[str] = Field(description="for an index: its platform images' digests")
     notes: list[str] = Field(description="files or records that were skipped")
@@ -126,6 +144,13 @@ def finding_view(finding: Finding) -> FindingView:
         purl=finding.purl,
         layer=finding.layer,
         location=finding.location,
+        locations=[
+            FindingLocationView(location=place.location, layer=place.layer)
+            for place in finding.all_locations
+        ],
+        possibly_affected=finding.possibly_affected,
+        uncertainty=finding.uncertainty,
+        severity_source=finding.severity_source,
     )
 
 
@@ -137,6 +162,7 @@ def report_view(report: ScanReport) -> ScanReportView:
         generation=report.generation,
         summary=report.summary,
         worst_severity=report.worst.value,
+        possibly_affected=report.possibly_affected,
         error=report.error,
         children=list(report.children),
         notes=list(report.notes),

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from pydantic import Field
+
 from moorage.domain.events import Actor
 from moorage.http.access import ADMIN
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, UtcDateTime
@@ -52,6 +54,7 @@ class Generation(ApiModel):
     signed: bool
     bundle_created: str | None
     newest_modified: UtcDateTime | None
+    cve_records: int = Field(description="CVE ids rated by severity-only CVE JSON 5 sources")
     current: bool
 
 
@@ -90,6 +93,7 @@ def _generation(info: GenerationInfo, current: str | None) -> Generation:
         signed=info.signed,
         bundle_created=info.bundle_created,
         newest_modified=info.newest_modified,
+        cve_records=info.cve_records,
         current=info.id == current,
     )
 

@@ -39,7 +39,7 @@ from moorage.scanning.packages import FileFindings, LayerInventory
 
 # Bump whenever any cataloger would report something different for the same bytes, so that
 # cached layer inventories are computed again.
-CATALOGER_VERSION: Final = "2"
+CATALOGER_VERSION: Final = "3"
 
 _DIFF_ID_ALGORITHMS: Final = ("sha256", "sha512")
 
@@ -104,7 +104,7 @@ def catalog_layer(
             case FileRead(path, data):
                 cataloger = cataloger_for(path, available)
                 assert cataloger is not None  # the walk only reads wanted paths
-                files[path] = cataloger.catalog(path, data)
+                files[path] = _language_files_only(cataloger.catalog(path, data), available)
             case FileSkipped(path, reason):
                 files[path] = FileFindings.of(path, notes=[reason])
             case HardLink(path, target):
@@ -127,6 +127,23 @@ def catalog_layer(
     )
 
 
+_OS_CATALOGERS: Final = frozenset({"os-release", "dpkg", "apk", "rpm"})
+
+
+def _language_files_only(findings: FileFindings, available: tuple[Cataloger, ...]) -> FileFindings:
+    """Of the files an OS package database lists, keep those a language cataloger reads: only
+    they can hold a language package that the OS package installed."""
+    if not findings.owned:
+        return findings
+    kept = tuple(
+        item
+        for item in findings.owned
+        if (cataloger := cataloger_for(item.path, available)) is not None
+        and cataloger.name not in _OS_CATALOGERS
+    )
+    return replace(findings, owned=kept)
+
+
 def _linked(path: str, target: FileFindings | None) -> FileFindings:
     """A hard link has its target's content, so it records what its target records."""
     if target is None:
@@ -135,7 +152,7 @@ def _linked(path: str, target: FileFindings | None) -> FileFindings:
         replace(package, location=path + package.location.removeprefix(target.path))
         for package in target.packages
     ]
-    return FileFindings.of(path, packages, target.notes, target.distro)
+    return FileFindings.of(path, packages, target.notes, target.distro, target.owned)
 
 
 def _diff_id_algorithm(diff_id: str | None) -> str:

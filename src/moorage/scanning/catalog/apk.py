@@ -9,10 +9,11 @@ they compare is the matcher's business. A malformed stanza is skipped with a not
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Final
 
 from moorage.scanning.catalog.dpkg import paragraphs
-from moorage.scanning.packages import Ecosystem, FileFindings, Package
+from moorage.scanning.packages import Ecosystem, FileFindings, OwnedFile, Package
 
 INSTALLED_PATH: Final = "lib/apk/db/installed"
 
@@ -33,12 +34,28 @@ def wants(path: str) -> bool:
 def catalog(path: str, data: bytes) -> FileFindings:
     packages: list[Package] = []
     notes: list[str] = []
+    owned: list[OwnedFile] = []
     for line, lines in paragraphs(data.decode("utf-8", errors="replace")):
         try:
-            packages.append(_package(_fields(lines), path))
+            package = _package(_fields(lines), path)
         except StanzaError as error:
             notes.append(f"line {line}: {error}; stanza skipped")
-    return FileFindings.of(path, packages, notes)
+            continue
+        packages.append(package)
+        owned.extend(_files(lines, package.name))
+    return FileFindings.of(path, packages, notes, owned=owned)
+
+
+def _files(lines: list[str], owner: str) -> Iterator[OwnedFile]:
+    """`F:` names a directory, the `R:` lines after it the files the package put there."""
+    directory = ""
+    for line in lines:
+        if line.startswith("F:"):
+            directory = line[2:].strip().strip("/")
+        elif line.startswith("R:"):
+            name = line[2:].strip()
+            if name:
+                yield OwnedFile(f"{directory}/{name}" if directory else name, owner)
 
 
 def _fields(lines: list[str]) -> dict[str, str]:

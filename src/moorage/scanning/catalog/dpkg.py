@@ -11,14 +11,16 @@ the source. A malformed stanza is skipped with a note and the rest of the databa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from moorage.scanning.packages import Ecosystem, FileFindings, Package
+from moorage.scanning.packages import Ecosystem, FileFindings, OwnedFile, Package
 
 STATUS_PATH: Final = "var/lib/dpkg/status"
 STATUS_DIR: Final = "var/lib/dpkg/status.d/"
+INFO_DIR: Final = "var/lib/dpkg/info/"  # <package>[:<arch>].list: the files each one installed
+MAX_OWNED_PATHS: Final = 200_000  # per file list; a package listing more is cut off with a note
 
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")  # Debian policy 5.6.1
 _VERSION: Final = re.compile(r"^(?:[0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~:-]*$")
@@ -52,11 +54,18 @@ class StanzaError(ValueError):
 def wants(path: str) -> bool:
     if path == STATUS_PATH:
         return True
+    listed = path.removeprefix(INFO_DIR)
+    if listed != path:
+        return "/" not in listed and listed.endswith(".list") and len(listed) > len(".list")
     name = path.removeprefix(STATUS_DIR)
-    return name != path and bool(name) and "/" not in name and not name.endswith(".md5sums")
+    return name != path and bool(name) and "/" not in name
 
 
 def catalog(path: str, data: bytes) -> FileFindings:
+    if path.startswith(INFO_DIR):
+        return catalog_file_list(path, data)
+    if path.endswith(".md5sums"):
+        return catalog_md5sums(path, data)
     packages: list[Package] = []
     notes: list[str] = []
     for stanza in parse_stanzas(data.decode("utf-8", errors="replace")):
@@ -71,6 +80,41 @@ def catalog(path: str, data: bytes) -> FileFindings:
         if package is not None:
             packages.append(package)
     return FileFindings.of(path, packages, notes)
+
+
+def catalog_file_list(path: str, data: bytes) -> FileFindings:
+    """`info/<package>[:<arch>].list`: one absolute path per line, files and directories."""
+    owner = path.removeprefix(INFO_DIR).removesuffix(".list").partition(":")[0]
+    if not _NAME.fullmatch(owner):
+        return FileFindings.of(path, notes=[f"file list of an invalid package name {owner[:64]!r}"])
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return _owned_paths(path, owner, (line.strip() for line in lines))
+
+
+def catalog_md5sums(path: str, data: bytes) -> FileFindings:
+    """distroless `status.d/<package>.md5sums`: `<md5>  <path>` per installed file."""
+    owner = path.removeprefix(STATUS_DIR).removesuffix(".md5sums")
+    if not _NAME.fullmatch(owner):
+        return FileFindings.of(path, notes=[f"checksums of an invalid package name {owner[:64]!r}"])
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return _owned_paths(path, owner, (line.partition("  ")[2].strip() for line in lines))
+
+
+def _owned_paths(path: str, owner: str, listed: Iterable[str]) -> FileFindings:
+    owned: list[OwnedFile] = []
+    notes: list[str] = []
+    for item in listed:
+        relative = item.lstrip("/")
+        if not relative or relative == ".":
+            continue
+        if len(owned) >= MAX_OWNED_PATHS:
+            notes.append(f"more than {MAX_OWNED_PATHS} files listed; the rest not read")
+            break
+        owned.append(OwnedFile(relative, owner))
+    # The list names directories too; a directory is the parent of another entry.
+    parents = {item.path.rpartition("/")[0] for item in owned}
+    files = [item for item in owned if item.path not in parents]
+    return FileFindings.of(path, notes=notes, owned=files)
 
 
 def parse_stanzas(text: str) -> Iterator[Stanza]:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
-from moorage.scanning.packages import Ecosystem, FileFindings, Package
+from moorage.scanning.packages import Ecosystem, FileFindings, OwnedFile, Package
 
 DATABASE_PATHS: Final = ("var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite")
 
@@ -25,9 +25,13 @@ TAG_RELEASE: Final = 1002
 TAG_EPOCH: Final = 1003
 TAG_ARCH: Final = 1022
 TAG_SOURCERPM: Final = 1044
+TAG_DIRINDEXES: Final = 1116
+TAG_BASENAMES: Final = 1117
+TAG_DIRNAMES: Final = 1118
 
 TYPE_INT32: Final = 4
 TYPE_STRING: Final = 6
+TYPE_STRING_ARRAY: Final = 8
 TYPE_I18NSTRING: Final = 9
 
 _HEADER_MAGIC: Final = b"\x8e\xad\xe8\x01\x00\x00\x00\x00"  # present in package files, not the db
@@ -36,6 +40,7 @@ _MAX_STRING: Final = 1024
 _MAX_QUERY_STEPS: Final = 50_000_000  # SQLite virtual machine steps for the whole read
 _PROGRESS_INTERVAL: Final = 10_000
 _PSEUDO_PACKAGES: Final = frozenset({"gpg-pubkey"})  # imported signing keys, not software
+_MAX_FILES: Final = 200_000  # per package; the file list is read for ownership only
 
 
 class HeaderError(ValueError):
@@ -49,6 +54,7 @@ def wants(path: str) -> bool:
 def catalog(path: str, data: bytes) -> FileFindings:
     packages: list[Package] = []
     notes: list[str] = []
+    owned: list[OwnedFile] = []
     try:
         for hnum, blob in _headers(data):
             try:
@@ -56,11 +62,16 @@ def catalog(path: str, data: bytes) -> FileFindings:
             except HeaderError as error:
                 notes.append(f"header {hnum}: {error}; skipped")
                 continue
-            if package is not None:
-                packages.append(package)
+            if package is None:
+                continue
+            packages.append(package)
+            try:
+                owned.extend(OwnedFile(item, package.name) for item in file_paths(blob))
+            except HeaderError as error:
+                notes.append(f"header {hnum}: file list unreadable ({error})")
     except (sqlite3.Error, HeaderError) as error:
         notes.append(f"unreadable rpm database: {error}")
-    return FileFindings.of(path, packages, notes)
+    return FileFindings.of(path, packages, notes, owned=owned)
 
 
 def _headers(data: bytes) -> Iterator[tuple[object, bytes]]:
@@ -104,6 +115,16 @@ def _open(data: bytes) -> sqlite3.Connection:
 
 def parse_header(blob: bytes) -> dict[int, str | int]:
     """The tags this cataloger reads, from one header blob."""
+    store, entries = _index(blob)
+    wanted = {TAG_NAME, TAG_VERSION, TAG_RELEASE, TAG_EPOCH, TAG_ARCH, TAG_SOURCERPM}
+    tags: dict[int, str | int] = {}
+    for tag, kind, offset, count in entries:
+        if tag in wanted and count > 0:
+            tags[tag] = _value(store, kind, offset)
+    return tags
+
+
+def _index(blob: bytes) -> tuple[bytes, Iterator[tuple[int, int, int, int]]]:
     if blob.startswith(_HEADER_MAGIC):
         blob = blob[len(_HEADER_MAGIC) :]
     if len(blob) < 8:
@@ -112,14 +133,46 @@ def parse_header(blob: bytes) -> dict[int, str | int]:
     store_start = 8 + 16 * entry_count
     if entry_count > _MAX_INDEX_ENTRIES or store_start + store_length > len(blob):
         raise HeaderError("header sizes exceed the blob")
-    store = blob[store_start : store_start + store_length]
-    wanted = {TAG_NAME, TAG_VERSION, TAG_RELEASE, TAG_EPOCH, TAG_ARCH, TAG_SOURCERPM}
-    tags: dict[int, str | int] = {}
-    for index in range(entry_count):
-        tag, kind, offset, count = struct.unpack_from(">IIII", blob, 8 + 16 * index)
-        if tag in wanted and count > 0:
-            tags[tag] = _value(store, kind, offset)
-    return tags
+    entries = (struct.unpack_from(">IIII", blob, 8 + 16 * index) for index in range(entry_count))
+    return blob[store_start : store_start + store_length], entries
+
+
+def file_paths(blob: bytes) -> list[str]:
+    """The files a header lists (DIRNAMES[DIRINDEXES[i]] + BASENAMES[i]), root-relative."""
+    store, entries = _index(blob)
+    found = {tag: (kind, offset, count) for tag, kind, offset, count in entries}
+    if TAG_BASENAMES not in found:
+        return []
+    basenames = _strings(store, *found[TAG_BASENAMES])
+    dirnames = _strings(store, *found.get(TAG_DIRNAMES, (TYPE_STRING_ARRAY, 0, 0)))
+    indexes = _int32s(store, *found.get(TAG_DIRINDEXES, (TYPE_INT32, 0, 0)))
+    if len(indexes) != len(basenames):
+        raise HeaderError("DIRINDEXES and BASENAMES differ in length")
+    paths = []
+    for basename, index in zip(basenames, indexes, strict=True):
+        if not 0 <= index < len(dirnames):
+            raise HeaderError("a DIRINDEXES entry points outside DIRNAMES")
+        paths.append((dirnames[index] + basename).lstrip("/"))
+    return paths
+
+
+def _strings(store: bytes, kind: int, offset: int, count: int) -> list[str]:
+    if kind != TYPE_STRING_ARRAY or count > _MAX_FILES:
+        raise HeaderError("unexpected file list")
+    values = []
+    for _ in range(count):
+        end = store.find(b"\x00", offset, offset + 4096)
+        if offset >= len(store) or end < 0:
+            raise HeaderError("unterminated string in the file list")
+        values.append(store[offset:end].decode("utf-8", errors="replace"))
+        offset = end + 1
+    return values
+
+
+def _int32s(store: bytes, kind: int, offset: int, count: int) -> list[int]:
+    if kind != TYPE_INT32 or count > _MAX_FILES or offset + 4 * count > len(store):
+        raise HeaderError("unexpected file index list")
+    return list(struct.unpack_from(f">{count}i", store, offset))
 
 
 def _value(store: bytes, kind: int, offset: int) -> str | int:
