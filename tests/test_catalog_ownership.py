@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
 import subprocess
 import tarfile
@@ -230,10 +229,8 @@ def test_apk_f_and_r_lines_say_what_a_package_owns() -> None:
     assert by_name(inventory)["urllib3"].owner == "py3-urllib3"
 
 
+@pytest.mark.tools("objcopy")
 def test_a_go_binary_of_a_debian_package_is_not_matched_as_go(tmp_path: Path) -> None:
-    objcopy = shutil.which("objcopy")
-    if objcopy is None:
-        pytest.skip("binutils objcopy builds the Go binary fixture")
     go = elf_with_sections(tmp_path, {".go.buildinfo": go_buildinfo("go1.19.8", "")})
     inventory = squash(
         [
@@ -256,10 +253,7 @@ def test_a_go_binary_of_a_debian_package_is_not_matched_as_go(tmp_path: Path) ->
     assert owners == {"usr/bin/tool": "golang-tool", "usr/bin/mine": None}
 
 
-@pytest.mark.skipif(
-    shutil.which("rpmbuild") is None or shutil.which("rpm") is None,
-    reason="rpm and rpmbuild build the rpmdb fixture",
-)
+@pytest.mark.tools("rpm", "rpmbuild")
 def test_an_rpm_file_list_says_what_a_package_owns(tmp_path: Path) -> None:
     site = "usr/lib/python3.9/site-packages"
     top, root = tmp_path / "rpmbuild", tmp_path / "root"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,7 @@ HIGH = "CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:H/I:H/A:N"  # 8.1
 LOW = "CVSS:3.1/AV:N/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"  # 2.0
 URLLIB3 = "usr/lib/python3/dist-packages/urllib3-1.26.12.egg-info/PKG-INFO"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("objcopy") is None, reason="binutils objcopy builds the Go binaries"
-)
+pytestmark = pytest.mark.tools("objcopy")
 
 
 def image(workdir: Path) -> Image:

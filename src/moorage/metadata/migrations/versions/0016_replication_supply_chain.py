@@ -1,7 +1,7 @@
 """replication carries referrers and can mirror deletions on scheduled runs
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-07 20:00:00.000000
 
 - `replication_rules.mirror_deletions`: scheduled and manual runs delete at the target what the
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0014"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
