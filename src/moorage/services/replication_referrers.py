@@ -20,8 +20,11 @@ own child) ends; the depth and the number of referrers per task are capped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
 from moorage.domain import mediatypes as mt
@@ -96,6 +99,10 @@ class Referrers:
         self._registry = registry
         self._threads = threads
         self._options = options
+        # The referrers tag is read, merged and written back, and the registries that need it
+        # have no conditional writes: two tasks merging into one tag at once would lose an
+        # entry. Replication runs in one process, so one lock per tag there is enough.
+        self._tag_locks: dict[tuple[int, str, str], tuple[asyncio.Lock, int]] = {}
 
     # -- push
 
@@ -160,7 +167,23 @@ class Referrers:
                 if depth + 1 < MAX_REFERRER_DEPTH:
                     subjects.append((referrer.digest, referrer.media_type, depth + 1))
             if not api:
-                await self._merge_referrers_tag(client, task.destination, subject, descriptors)
+                async with self._tag_lock((remote.id, task.destination, subject)):
+                    await self._merge_referrers_tag(client, task.destination, subject, descriptors)
+
+    @contextlib.asynccontextmanager
+    async def _tag_lock(self, key: tuple[int, str, str]) -> AsyncIterator[None]:
+        """Held while one referrers tag is merged; forgotten when nobody holds or awaits it."""
+        lock, users = self._tag_locks.get(key, (asyncio.Lock(), 0))
+        self._tag_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._tag_locks[key]
+            if users == 1:
+                del self._tag_locks[key]
+            else:
+                self._tag_locks[key] = (lock, users - 1)
 
     def _count(self, progress: Progress, task: TaskRecord) -> None:
         progress.referrers += 1
