@@ -211,3 +211,22 @@ def revoke_token(settings: Settings, username: str, name: str) -> None:
 
 def _flag(value: bool, label: str) -> str:
     return label if value else "-"
+
+
+def _api_commands() -> None:
+    # Imported late: these load the API's models, which `user create` and friends do not need.
+    from moorage.commands.api import api_command
+
+    api_command(user, "show", "GET", "/api/v1/users/{username}")
+    api_command(
+        user,
+        "update",
+        "PATCH",
+        "/api/v1/users/{username}",
+        help="Change the given fields of a user (--email, --admin/--no-admin,"
+        " --disabled/--no-disabled); others stay as they are.",
+        done="changed user {username}",
+    )
+
+
+_api_commands()
