@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import click
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel
 from pydantic.alias_generators import to_camel
 
 from moorage.commands.common import cli_actor, config_option, data_dir_option, load_cli_settings
@@ -95,7 +95,9 @@ def _kind(name: str, annotation: Any) -> Any:
         annotation, str | enum.Enum | datetime.datetime | datetime.date
     ):
         return "str"
-    if get_origin(annotation) in (list, tuple) and _unwrap(get_args(annotation)[0]) is str:
+    if annotation is AwareDatetime:
+        return "str"
+    if get_origin(annotation) in (list, tuple) and _kind("", get_args(annotation)[0]) == "str":
         return "many"
     return "json"
 
@@ -228,6 +230,9 @@ def api_command(
                 raise
             fail(output, error.status, error.detail, error.errors, error.code)
         context = {**params, **{p: v for p, v in given.items() if v is not None}}
+        for field in body_fields:
+            if body is not None and field.alias in body and field.kind != "secret":
+                context.setdefault(field.name, body[field.alias])
         show(result, output, _message(done, context, result), columns)
 
     function: Callable[..., Any] = run
@@ -281,10 +286,18 @@ def _message(done: Done, context: Mapping[str, Any], result: Any) -> str | None:
         return None
     if callable(done):
         return done(context, result)
-    values = dict(context)
+    values = _Values(context)
     if isinstance(result, dict):
         values |= {f"result_{key}": value for key, value in result.items()}
     return done.format_map(values)
+
+
+class _Values(dict[str, Any]):
+    """A message's values; one that is missing reads as `?` rather than failing a command
+    whose change is already made."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def fail(
