@@ -46,6 +46,9 @@ output_option = click.option(
 
 Done = str | Callable[[Mapping[str, Any], Any], str] | None
 
+# Which API routes each command runs: the parity test checks every API operation against it.
+COMMAND_ROUTES: dict[click.Command, list[tuple[str, str]]] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class _Field:
@@ -220,15 +223,9 @@ def api_command(
                 for param, field in query_params.items()
                 if (value := _value(field, given[param])) is not None
             }
-            result = run_route(settings, method, path, params, body, query)
         except CommandError as error:
             fail(output, 400, error.detail)
-        except Exception as error:
-            from moorage.http.local import LocalApiError
-
-            if not isinstance(error, LocalApiError):
-                raise
-            fail(output, error.status, error.detail, error.errors, error.code)
+        result = execute(output, settings, method, path, params, body, query)
         context = {**params, **{p: v for p, v in given.items() if v is not None}}
         for field in body_fields:
             if body is not None and field.alias in body and field.kind != "secret":
@@ -250,13 +247,33 @@ def api_command(
         metavar = (arguments or {}).get(param, param.upper())
         function = click.argument(param, metavar=metavar)(function)
     function = config_option(data_dir_option(function))
-    return group.command(name, help=help or f"{declared.summary}.")(function)
+    command = group.command(name, help=help or f"{declared.summary}.")(function)
+    COMMAND_ROUTES[command] = [(method, path)]
+    return command
 
 
 def _query_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def execute(
+    output: str,
+    settings: Any,
+    method: str,
+    path: str,
+    params: Mapping[str, str],
+    body: Mapping[str, Any] | None = None,
+    query: Mapping[str, str] | None = None,
+) -> Any:
+    """`run_route`, with a refusal reported (`fail`) instead of raised."""
+    from moorage.http.local import LocalApiError
+
+    try:
+        return run_route(settings, method, path, params, body, query)
+    except LocalApiError as error:
+        fail(output, error.status, error.detail, error.errors, error.code)
 
 
 def run_route(

@@ -8,6 +8,7 @@ from typing import TextIO
 
 import click
 
+from moorage.commands.api import COMMAND_ROUTES, execute, output_option, show
 from moorage.commands.common import (
     cli_actor,
     parse_rules,
@@ -18,6 +19,7 @@ from moorage.commands.common import (
 )
 from moorage.config import Settings
 from moorage.domain.access import robot_full_name
+from moorage.http.api.robots import PROJECT_ROBOTS, SYSTEM_ROBOTS
 from moorage.services.proxy import ProxyInput
 
 _PAGE = 500
@@ -329,3 +331,33 @@ def delete_robot(settings: Settings, name: str, project: str | None) -> None:
     with services(settings) as s:
         s.identity.delete_robot(cli_actor(), full_name, project)
     click.echo(f"deleted {full_name}")
+
+
+@robot.command("allow")
+@click.argument("name")
+@project_option
+@click.option(
+    "--allow",
+    "rules",
+    multiple=True,
+    required=True,
+    metavar="PROJECT:PATTERN:ACTIONS",
+    help="What it may do from now on, e.g. team:app/**:pull (PATTERN:ACTIONS with --project);"
+    " replaces every rule it had.",
+)
+@output_option
+@with_settings
+def allow_robot(
+    settings: Settings, name: str, project: str | None, rules: tuple[str, ...], output: str
+) -> None:
+    """Replace what a robot may do (its secret stays the same)."""
+    permissions = parse_rules(rules, default_project=project)
+    route = ROBOT_ROUTES[project is not None]
+    params = {"robot": name} | ({"project": project} if project is not None else {})
+    result = execute(output, settings, "PATCH", route, params, {"permissions": permissions})
+    show(result, output, f"changed what {robot_full_name(name, project)} may do", None)
+
+
+# The API routes `robot allow` runs (system robots, project robots).
+ROBOT_ROUTES = {False: f"{SYSTEM_ROBOTS}/{{robot}}", True: f"{PROJECT_ROBOTS}/{{robot}}"}
+COMMAND_ROUTES[allow_robot] = [("PATCH", path) for path in ROBOT_ROUTES.values()]
