@@ -21,7 +21,22 @@ password_stdin_option = click.option(
 )
 
 
-@click.group()
+class _UserGroup(click.Group):
+    """`user show` and `user update` run the API's endpoints, which load the whole API: only
+    when they are asked for, so that the other user commands start quickly."""
+
+    _LATE = ("show", "update")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LATE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._LATE and cmd_name not in self.commands:
+            _api_commands()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_UserGroup)
 def user() -> None:
     """Users."""
 
@@ -214,7 +229,6 @@ def _flag(value: bool, label: str) -> str:
 
 
 def _api_commands() -> None:
-    # Imported late: these load the API's models, which `user create` and friends do not need.
     from moorage.commands.api import api_command
 
     api_command(user, "show", "GET", "/api/v1/users/{username}")
@@ -227,6 +241,3 @@ def _api_commands() -> None:
         " --disabled/--no-disabled); others stay as they are.",
         done="changed user {username}",
     )
-
-
-_api_commands()

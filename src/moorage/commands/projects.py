@@ -19,7 +19,6 @@ from moorage.commands.common import (
 )
 from moorage.config import Settings
 from moorage.domain.access import robot_full_name
-from moorage.http.api.robots import PROJECT_ROBOTS, SYSTEM_ROBOTS
 from moorage.services.proxy import ProxyInput
 
 _PAGE = 500
@@ -358,6 +357,10 @@ def allow_robot(
     show(result, output, f"changed what {robot_full_name(name, project)} may do", None)
 
 
-# The API routes `robot allow` runs (system robots, project robots).
-ROBOT_ROUTES = {False: f"{SYSTEM_ROBOTS}/{{robot}}", True: f"{PROJECT_ROBOTS}/{{robot}}"}
+# The API routes `robot allow` runs (system robots, project robots); written out so that the
+# other robot commands do not load the API.
+ROBOT_ROUTES = {
+    False: "/api/v1/robots/{robot}",
+    True: "/api/v1/projects/{project}/robots/{robot}",
+}
 COMMAND_ROUTES[allow_robot] = [("PATCH", path) for path in ROBOT_ROUTES.values()]
