@@ -538,3 +538,51 @@ def test_a_running_server_applies_a_policy_set_with_the_cli(tmp_path: Path) -> N
             eventually(tag_is_immutable, what="the server to protect the tag")
     finally:
         server.stop()
+
+
+def test_robot_allow_and_a_body_from_standard_input(moorage: Moorage) -> None:
+    moorage.run("project", "create", "team")
+    moorage.run("robot", "create", "ci", "--project", "team", "--allow", "**:pull")
+    robot = moorage.json("robot", "allow", "ci", "--project", "team", "--allow", "app/**:pull,push")
+    assert robot["name"] == "robot$team+ci"
+    assert robot["permissions"] == [
+        {"project": "team", "repositories": "app/**", "actions": ["pull", "push"]}
+    ]
+    assert moorage.refused("robot", "allow", "ghost", "--allow", "team:**:pull") == {
+        "status": 404,
+        "detail": "robot robot$ghost not found",
+    }
+    assert "robot$team+ci" in moorage.out("robot", "list", "--project", "team")
+
+    body = json.dumps({"enabled": True, "severity": "Low", "ignoreUnfixed": True})
+    policy = moorage.json("vuln-policy", "set", "team", "--from-file", "-", stdin=body)
+    assert (policy["severity"], policy["ignoreUnfixed"]) == ("Low", True)
+    # An option overrides the field of the body.
+    policy = moorage.json(
+        "vuln-policy", "set", "team", "--from-file", "-", "--severity", "High", stdin=body
+    )
+    assert policy["severity"] == "High"
+    assert moorage.refused("vuln-policy", "set", "team", "--from-file", "-", stdin="[1]") == {
+        "status": 400,
+        "detail": "- does not hold a JSON object",
+    }
+    assert moorage.json("vuln-policy", "show", "team") == policy
+
+
+def test_listings_print_tables(moorage: Moorage) -> None:
+    moorage.run("project", "create", "team")
+    assert moorage.out("immutable-tags", "list", "team").strip() == "(none)"
+    moorage.run("immutable-tags", "add", "team", "--tags", "release-*")
+    lines = moorage.out("immutable-tags", "list", "team").splitlines()
+    header = lines[1].split()
+    assert [cell for cell in header if cell.isalpha()] == [
+        "id",
+        "repositories",
+        "tags",
+        "mode",
+        "createdBy",
+    ]
+    assert any("release-*" in line and "matching" in line for line in lines[3:])
+    roles = moorage.out("role", "list")
+    assert "maintainer" in roles
+    assert "builtIn" in roles
