@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 
 import click
 from pydantic import AwareDatetime, BaseModel
@@ -186,19 +186,16 @@ def api_command(
     done: Done = None,
     columns: Sequence[str] | None = None,
     arguments: Mapping[str, str] | None = None,
-    fixed: Mapping[str, str] | None = None,
 ) -> click.Command:
     """Add a command to `group` that runs the route `method path`.
 
     `done` is the message of a mutation (formatted with the parameters and options), `columns`
-    the table's columns for a listing, `arguments` the metavars of path parameters, and `fixed`
-    path parameters the command sets itself.
+    the table's columns for a listing, and `arguments` the metavars of path parameters.
     """
     from moorage.http.local import path_parameters, route
 
     declared = route(method, path)
-    fixed = dict(fixed or {})
-    names = [p for p in path_parameters(path) if p not in fixed]
+    names = path_parameters(path)
     body_fields = model_fields(declared.body)
     query_fields = model_fields(declared.query, PAGING_FIELDS)
     taken = {*names, "output", "from_file", "config", "data_dir"}
@@ -209,7 +206,7 @@ def api_command(
         output: str = given.pop("output")
         settings = load_cli_settings(given.pop("config"), data_dir=given.pop("data_dir"))
         try:
-            params = {**fixed, **{p: str(given[p]) for p in names if given.get(p) is not None}}
+            params = {p: str(given[p]) for p in names if given.get(p) is not None}
             body: dict[str, Any] | None = None
             if declared.body is not None:
                 source = given.get("from_file")
@@ -323,7 +320,7 @@ def fail(
     detail: str,
     errors: Sequence[Mapping[str, str]] | None = None,
     code: str | None = None,
-) -> None:
+) -> NoReturn:
     """Report a refusal on standard error and exit with status 1."""
     if output == "json":
         document: dict[str, Any] = {"status": status, "detail": detail}
