@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.api import eventually
-from tests.support.auth import RegistryAuth
+from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.oci import assert_oci_error, push_image
 from tests.support.server import RegistryProcess
 
@@ -586,3 +586,61 @@ def test_listings_print_tables(moorage: Moorage) -> None:
     roles = moorage.out("role", "list")
     assert "maintainer" in roles
     assert "builtIn" in roles
+
+
+def test_a_replication_run_queued_with_the_cli_is_carried_out_by_the_server(
+    tmp_path: Path,
+) -> None:
+    """The rule pushes team/** back into the same registry under copy/: the server's engine
+    runs what the command queued, with the credential the command stored."""
+    moorage = Moorage(tmp_path / "data")
+    server = RegistryProcess(moorage.data_dir).start()
+    try:
+        moorage.run("project", "create", "team")
+        with httpx.Client(base_url=server.url, timeout=30, auth=RegistryAuth()) as v2:
+            image = push_image(v2, "team/app", "v1")
+            endpoint = moorage.json(
+                "replication",
+                "registry",
+                "add",
+                "--name",
+                "self",
+                "--url",
+                server.url,
+                "--kind",
+                "moorage",
+                "--allow-private-network",
+                "--username",
+                ADMIN_USER,
+                "--password-stdin",
+                stdin=f"{ADMIN_PASSWORD}\n",
+            )
+            rule = moorage.json(
+                "replication",
+                "rule",
+                "add",
+                "--name",
+                "copy",
+                "--endpoint-id",
+                str(endpoint["id"]),
+                "--direction",
+                "push",
+                "--repositories",
+                "team/**",
+                "--destination-prefix",
+                "copy",
+            )
+            execution = moorage.json("replication", "rule", "run", str(rule["id"]))
+
+            def finished() -> bool:
+                shown = moorage.json("replication", "execution", "show", str(execution["id"]))
+                return bool(shown["status"] not in ("pending", "running"))
+
+            eventually(finished, timeout=90, what="the server to run the execution")
+            shown = moorage.json("replication", "execution", "show", str(execution["id"]))
+            assert shown["status"] == "succeeded", shown
+            copied = v2.get("/v2/copy/team/app/manifests/v1", headers={"Accept": image.media_type})
+            assert copied.status_code == 200
+            assert copied.headers["Docker-Content-Digest"] == image.digest
+    finally:
+        server.stop()
