@@ -224,9 +224,9 @@ def test_trust_commands(moorage: Moorage, tmp_path: Path) -> None:
     assert key["algorithm"] == "ecdsa-p256"
     not_a_key = tmp_path / "junk.pem"
     not_a_key.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
-    assert moorage.refused("trust", "key", "add", "team", "--name", "x", "--pem", str(not_a_key))[
-        "status"
-    ] in (400, 422)
+    assert moorage.refused(
+        "trust", "key", "add", "team", "--name", "x", "--pem", str(not_a_key)
+    ) == {"status": 422, "detail": "the PEM block is not a valid public key"}
 
     verifiers = '[{"name": "ci", "type": "cosign-key", "keys": ["ci"]}]'
     rule = moorage.json(
@@ -283,7 +283,7 @@ def test_stage_and_gate_commands(moorage: Moorage) -> None:
     result = moorage.json("gates", "set", "prod-team", "--gates", gates)
     assert [gate["kind"] for gate in result["gates"]] == ["scan", "approval"]
     bad = moorage.refused("gates", "set", "prod-team", "--gates", '[{"kind": "scan", "count": 2}]')
-    assert bad["status"] in (400, 422)
+    assert bad == {"status": 422, "detail": "a scan gate has no count"}
     assert moorage.json("gates", "show", "prod-team")["gates"] == result["gates"]
     assert moorage.json("promotions", "list") == []
     assert "promotionOnly" in moorage.out("stage", "show", "prod-team")
@@ -306,7 +306,10 @@ def test_proxy_mirror_and_virtual_commands(moorage: Moorage) -> None:
     )
     assert proxy["credential"] == "password"
     assert "upstream-secret" not in json.dumps(moorage.json("proxy", "show", "hub"))
-    assert moorage.refused("proxy", "set", "team", "--url", "ftp://example")["status"] in (400, 422)
+    assert moorage.refused("proxy", "set", "team", "--url", "ftp://example") == {
+        "status": 400,
+        "detail": "outbound URLs must be http:// or https:// with a host",
+    }
 
     assert moorage.refused("mirror", "set", "--project", "team") == {
         "status": 400,
@@ -399,7 +402,7 @@ def test_replication_commands(moorage: Moorage) -> None:
         "--cron",
         "not a cron at all",
     )
-    assert bad_cron["status"] in (400, 422)
+    assert bad_cron == {"status": 422, "detail": "cron minute: bad value 'not'"}
     assert "tags.0" in field_messages(
         moorage.refused(
             "replication",
@@ -460,13 +463,16 @@ def test_scanner_and_scan_commands(moorage: Moorage) -> None:
     settings = moorage.json("scan-settings", "set", "team", "--scan-on-push", "--scanner", "trivy")
     assert settings["scanOnPush"] is True
     assert settings["scanner"] == "trivy"
-    assert moorage.refused("scan-settings", "set", "team", "--scanner", "ghost")["status"] in (
-        404,
-        409,
-        422,
-    )
+    assert moorage.refused("scan-settings", "set", "team", "--scanner", "ghost") == {
+        "status": 422,
+        "detail": "scanner ghost is not registered",
+    }
     assert moorage.refused("scan", "request", "team/app", DIGEST)["status"] == 404
-    assert moorage.refused("scan", "report", "team/app", "sha256:short")["status"] in (400, 404)
+    assert moorage.refused("scan", "report", "team/app", "sha256:short") == {
+        "status": 400,
+        "detail": "sha256 digest must be 64 lowercase hex characters",
+        "code": "DIGEST_INVALID",
+    }
     moorage.run("scan-settings", "set", "team")
     moorage.run("scanner", "remove", "trivy")
     assert moorage.json("scanner", "list") == []
@@ -492,9 +498,10 @@ def test_grant_role_and_settings_commands(moorage: Moorage) -> None:
         "pull",
     )
     assert grant["actions"] == ["pull"]
-    assert moorage.refused(
-        "grant", "add", "team", "--kind", "user", "--name", "ghost", "--pattern", "**"
-    )["status"] in (404, 422)
+    no_actions = moorage.refused(
+        "grant", "add", "team", "--kind", "user", "--name", "alice", "--pattern", "**"
+    )
+    assert field_messages(no_actions) == {"actions": "Field required"}
     assert [g["id"] for g in moorage.json("grant", "list", "team")] == [grant["id"]]
     moorage.run("grant", "remove", "team", str(grant["id"]))
     moorage.run("role", "remove", "ops")
