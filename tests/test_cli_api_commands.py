@@ -651,3 +651,32 @@ def test_a_replication_run_queued_with_the_cli_is_carried_out_by_the_server(
             assert copied.headers["Docker-Content-Digest"] == image.digest
     finally:
         server.stop()
+
+
+def test_the_older_listings_also_print_the_apis_json_and_tables(moorage: Moorage) -> None:
+    moorage.run("user", "create", "alice", "--password-stdin", stdin="a-long-enough-password\n")
+    moorage.run("project", "create", "team")
+    moorage.run("member", "set", "team", "alice", "developer")
+    moorage.run("robot", "create", "ci", "--project", "team", "--allow", "**:pull")
+    moorage.run("group", "create", "ops")
+    moorage.run("token", "create", "alice", "laptop")
+    moorage.run("stage", "set", "team", "--stage", "dev")
+
+    assert moorage.out("project", "list").startswith("team\tprivate\t")
+    projects = moorage.json("project", "list")
+    assert [(p["name"], p["stage"], p["promotionOnly"]) for p in projects] == [
+        ("team", "dev", False)
+    ]
+    assert [u["username"] for u in moorage.json("user", "list")] == ["alice"]
+    assert moorage.json("member", "list", "team") == [
+        {"kind": "user", "name": "alice", "role": "developer"}
+    ]
+    assert [r["name"] for r in moorage.json("robot", "list", "--project", "team")] == [
+        "robot$team+ci"
+    ]
+    assert [g["name"] for g in moorage.json("group", "list")] == ["ops"]
+    tokens = moorage.json("token", "list", "alice")
+    assert [t["name"] for t in tokens] == ["laptop"]
+    assert "mpat_" not in json.dumps(tokens)
+    assert "developer" in moorage.out("member", "list", "team", "--output", "table")
+    assert moorage.refused("member", "list", "nope")["status"] == 404

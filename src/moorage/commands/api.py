@@ -44,6 +44,16 @@ output_option = click.option(
     help="table for people, json for scripts (the API's JSON).",
 )
 
+# The listings that predate this module print tab-separated lines by default, as scripts expect.
+text_output_option = click.option(
+    "--output",
+    "output",
+    type=click.Choice(["text", "table", "json"]),
+    default="text",
+    show_default=True,
+    help="text: tab-separated lines; table for people; json for scripts (the API's JSON).",
+)
+
 Done = str | Callable[[Mapping[str, Any], Any], str] | None
 
 # Which API routes each command runs: the parity test checks every API operation against it.
@@ -269,6 +279,42 @@ def execute(
 
     try:
         return run_route(settings, method, path, params, body, query)
+    except LocalApiError as error:
+        fail(output, error.status, error.detail, error.errors, error.code)
+
+
+def listing(
+    output: str,
+    settings: Any,
+    path: str,
+    params: Sequence[Mapping[str, str]] = ({},),
+    columns: Sequence[str] | None = None,
+) -> bool:
+    """Print what `GET path` answers (for each of `params`, as one list when there are
+    several) as a table or JSON; False when the tab-separated text is asked for instead."""
+    if output == "text":
+        return False
+    result = execute_each(output, settings, "GET", path, params)
+    show(result[0] if len(params) == 1 else result, output, None, columns)
+    return True
+
+
+def execute_each(
+    output: str, settings: Any, method: str, path: str, params: Sequence[Mapping[str, str]]
+) -> list[Any]:
+    """`execute` for several parameter sets, in one application."""
+    from moorage.commands.common import services
+    from moorage.http.local import LocalApiError, local_api
+
+    with services(settings):
+        pass  # migrates the schema, as `run_route` does
+
+    async def calls() -> list[Any]:
+        async with local_api(settings, cli_actor()) as api:
+            return [await api.call(method, path, each) for each in params]
+
+    try:
+        return asyncio.run(calls())
     except LocalApiError as error:
         fail(output, error.status, error.detail, error.errors, error.code)
 
