@@ -34,7 +34,9 @@ class Moorage:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
         self.env["COLUMNS"] = "200"  # rich wraps narrower tables; keep cells on one line
 
-    def run(self, *args: str, stdin: str | None = None, code: int = 0) -> subprocess.Popen[str]:
+    def run(
+        self, *args: str, stdin: str | None = None, code: int = 0
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "moorage", *args, "--data-dir", str(self.data_dir)],
             input=stdin,
@@ -44,10 +46,10 @@ class Moorage:
             check=False,
         )
         assert done.returncode == code, (args, done.stdout, done.stderr)
-        return done  # type: ignore[return-value]
+        return done
 
     def out(self, *args: str, stdin: str | None = None) -> str:
-        return str(self.run(*args, stdin=stdin).stdout)
+        return self.run(*args, stdin=stdin).stdout
 
     def json(self, *args: str, stdin: str | None = None) -> Any:
         return json.loads(self.out(*args, "--output", "json", stdin=stdin))
@@ -63,7 +65,7 @@ class Moorage:
     def refused_text(self, *args: str) -> str:
         done = self.run(*args, code=1)
         assert done.stdout == ""
-        return str(done.stderr)
+        return done.stderr
 
     def audit(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out("audit", "export").splitlines()]
