@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from moorage.commands.api import listing, show, text_output_option
 from moorage.commands.common import (
     cli_actor,
     parse_rules,
@@ -21,7 +22,22 @@ password_stdin_option = click.option(
 )
 
 
-@click.group()
+class _UserGroup(click.Group):
+    """`user show` and `user update` run the API's endpoints, which load the whole API: only
+    when they are asked for, so that the other user commands start quickly."""
+
+    _LATE = ("show", "update")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LATE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._LATE and cmd_name not in self.commands:
+            _api_commands()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_UserGroup)
 def user() -> None:
     """Users."""
 
@@ -43,9 +59,12 @@ def create_user(
 
 
 @user.command("list")
+@text_output_option
 @with_settings
-def list_users(settings: Settings) -> None:
+def list_users(settings: Settings, output: str) -> None:
     """Users as USERNAME, admin, disabled, EMAIL (tab-separated)."""
+    if listing(output, settings, "/api/v1/users"):
+        return
     with services(settings) as s:
         after: str | None = None
         while page := s.identity.users(after, _PAGE):
@@ -113,9 +132,12 @@ def create_group(settings: Settings, name: str) -> None:
 
 
 @group.command("list")
+@text_output_option
 @with_settings
-def list_groups(settings: Settings) -> None:
+def list_groups(settings: Settings, output: str) -> None:
     """Groups as NAME, MEMBERS (comma-separated)."""
+    if listing(output, settings, "/api/v1/groups"):
+        return
     with services(settings) as s:
         table([(row.name, ",".join(members)) for row, members in s.identity.groups()])
 
@@ -185,11 +207,19 @@ def create_token(
 
 @token.command("list")
 @click.argument("username")
+@text_output_option
 @with_settings
-def list_tokens(settings: Settings, username: str) -> None:
+def list_tokens(settings: Settings, username: str, output: str) -> None:
     """A user's tokens as NAME, state, EXPIRES, LAST USED (never their secrets)."""
     with services(settings) as s:
         rows = s.identity.tokens(username)
+    if output != "text":
+        # The API lists only the caller's own tokens; its view of each is the same.
+        from moorage.http.api.users import token_view
+
+        views = [token_view(row).model_dump(mode="json", by_alias=True) for row in rows]
+        show(views, output, None, None)
+        return
     table(
         [
             (row.name, "revoked" if row.revoked else "active", row.expires_at, row.last_used_at)
@@ -211,3 +241,18 @@ def revoke_token(settings: Settings, username: str, name: str) -> None:
 
 def _flag(value: bool, label: str) -> str:
     return label if value else "-"
+
+
+def _api_commands() -> None:
+    from moorage.commands.api import api_command
+
+    api_command(user, "show", "GET", "/api/v1/users/{username}")
+    api_command(
+        user,
+        "update",
+        "PATCH",
+        "/api/v1/users/{username}",
+        help="Change the given fields of a user (--email, --admin/--no-admin,"
+        " --disabled/--no-disabled); others stay as they are.",
+        done="changed user {username}",
+    )

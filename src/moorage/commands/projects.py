@@ -8,6 +8,15 @@ from typing import TextIO
 
 import click
 
+from moorage.commands.api import (
+    COMMAND_ROUTES,
+    execute,
+    execute_each,
+    listing,
+    output_option,
+    show,
+    text_output_option,
+)
 from moorage.commands.common import (
     cli_actor,
     parse_rules,
@@ -46,9 +55,21 @@ def create_project(settings: Settings, name: str, public: bool, owner: str | Non
 
 
 @project.command("list")
+@text_output_option
 @with_settings
-def list_projects(settings: Settings) -> None:
+def list_projects(settings: Settings, output: str) -> None:
     """Projects as NAME, public|private, CREATED BY."""
+    if output != "text":
+        # The API lists the projects its caller may read; the operator reads them all.
+        names: list[str] = []
+        with services(settings) as s:
+            while page := s.projects.list_projects(None, names[-1] if names else None, _PAGE):
+                names += [p.name for p in page]
+        result = execute_each(
+            output, settings, "GET", "/api/v1/projects/{project}", [{"project": n} for n in names]
+        )
+        show(result, output, None, None)
+        return
     with services(settings) as s:
         after: str | None = None
         while page := s.projects.list_projects(None, after, _PAGE):
@@ -225,9 +246,13 @@ def remove_member(settings: Settings, project_name: str, name: str, is_group: bo
 
 @member.command("list")
 @click.argument("project_name", metavar="PROJECT")
+@text_output_option
 @with_settings
-def list_members(settings: Settings, project_name: str) -> None:
+def list_members(settings: Settings, project_name: str, output: str) -> None:
     """Members as KIND, NAME, ROLE."""
+    path = "/api/v1/projects/{project}/members"
+    if listing(output, settings, path, [{"project": project_name}]):
+        return
     with services(settings) as s:
         table(list(s.projects.members(project_name)))
 
@@ -270,9 +295,13 @@ def create_robot(
 
 @robot.command("list")
 @project_option
+@text_output_option
 @with_settings
-def list_robots(settings: Settings, project: str | None) -> None:
+def list_robots(settings: Settings, project: str | None, output: str) -> None:
     """Robots as NAME, enabled|disabled, EXPIRES, LAST USED, PERMISSIONS."""
+    path = "/api/v1/robots" if project is None else "/api/v1/projects/{project}/robots"
+    if listing(output, settings, path, [{"project": project} if project else {}]):
+        return
     with services(settings) as s:
         rows = s.identity.robots(project)
     table(
@@ -329,3 +358,37 @@ def delete_robot(settings: Settings, name: str, project: str | None) -> None:
     with services(settings) as s:
         s.identity.delete_robot(cli_actor(), full_name, project)
     click.echo(f"deleted {full_name}")
+
+
+@robot.command("allow")
+@click.argument("name")
+@project_option
+@click.option(
+    "--allow",
+    "rules",
+    multiple=True,
+    required=True,
+    metavar="PROJECT:PATTERN:ACTIONS",
+    help="What it may do from now on, e.g. team:app/**:pull (PATTERN:ACTIONS with --project);"
+    " replaces every rule it had.",
+)
+@output_option
+@with_settings
+def allow_robot(
+    settings: Settings, name: str, project: str | None, rules: tuple[str, ...], output: str
+) -> None:
+    """Replace what a robot may do (its secret stays the same)."""
+    permissions = parse_rules(rules, default_project=project)
+    route = ROBOT_ROUTES[project is not None]
+    params = {"robot": name} | ({"project": project} if project is not None else {})
+    result = execute(output, settings, "PATCH", route, params, {"permissions": permissions})
+    show(result, output, f"changed what {robot_full_name(name, project)} may do", None)
+
+
+# The API routes `robot allow` runs (system robots, project robots); written out so that the
+# other robot commands do not load the API.
+ROBOT_ROUTES = {
+    False: "/api/v1/robots/{robot}",
+    True: "/api/v1/projects/{project}/robots/{robot}",
+}
+COMMAND_ROUTES[allow_robot] = [("PATCH", path) for path in ROBOT_ROUTES.values()]

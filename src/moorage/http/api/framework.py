@@ -221,7 +221,11 @@ def parse_query(request: web.Request, model: type[Q]) -> Q:
 async def parse_body(request: web.Request, model: type[B]) -> B:
     if not _is_json(request.content_type):
         raise ApiProblem(415, "send the request body as application/json")
-    raw = await read_capped(request, MAX_BODY_BYTES)
+    return validate_body(model, await read_capped(request, MAX_BODY_BYTES))
+
+
+def validate_body(model: type[B], raw: bytes | str) -> B:
+    """A JSON body checked against its model (also the command line's, for the same refusals)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as error:
