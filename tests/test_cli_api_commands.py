@@ -308,6 +308,19 @@ def test_proxy_mirror_and_virtual_commands(moorage: Moorage) -> None:
     )
     assert proxy["credential"] == "password"
     assert "upstream-secret" not in json.dumps(moorage.json("proxy", "show", "hub"))
+    # An update changes the fields given and keeps the rest, the credential included.
+    updated = moorage.json("proxy", "update", "hub", "--tag-ttl-seconds", "600")
+    assert updated["tagTtlSeconds"] == 600
+    assert updated["url"] == proxy["url"]
+    assert updated["username"] == "puller"
+    assert updated["credential"] == "password"
+    assert (
+        moorage.refused("proxy", "update", "hub", "--url", "http://169.254.169.254/")["status"]
+        == 400
+    )
+    assert moorage.json("proxy", "show", "hub")["url"] == proxy["url"]
+    cleared = moorage.json("proxy", "update", "hub", "--from-file", "-", stdin='{"password": null}')
+    assert cleared["credential"] == "none"
     assert moorage.refused("proxy", "set", "team", "--url", "ftp://example") == {
         "status": 400,
         "detail": "outbound URLs must be http:// or https:// with a host",

@@ -28,6 +28,16 @@ api_command(
     " --flavor docker-hub",
     done="project {project} is a proxy cache of {url}",
 )
+api_command(
+    proxy,
+    "update",
+    "PATCH",
+    PROXY_PATH,
+    help="Change only the fields given; the others keep their values (JSON merge patch:"
+    " with --from-file, null restores a field's default or removes a stored credential)."
+    " Example: moorage proxy update hub --tag-ttl-seconds 600",
+    done="proxy cache {project} updated",
+)
 api_command(proxy, "remove", "DELETE", PROXY_PATH, done="project {project} is no longer a proxy")
 api_command(proxy, "check", "POST", f"{PROXY_PATH}/check")
 
