@@ -20,6 +20,7 @@ from moorage.domain.names import Reference
 from moorage.domain.replication import EndpointKind
 from moorage.metadata.replication_store import TaskRecord
 from moorage.metadata.store import MetadataStore
+from moorage.services.proxy import UpstreamError
 from moorage.services.registry import RegistryService
 from moorage.services.replication_referrers import Referrers
 from moorage.services.replication_types import (
@@ -147,7 +148,17 @@ class Transfer:
         if location is None:
             progress.blobs_skipped += 1
         else:
-            await client.upload_blob(task.destination, text, size, location, self._reader(digest))
+            try:
+                await client.upload_blob(
+                    task.destination, text, size, location, self._reader(digest)
+                )
+            except UpstreamError as error:
+                if error.kind != "invalid":
+                    raise
+                # Stored blobs are verified when written, so a remote that says these bytes do
+                # not match their digest lost them itself: Distribution does when two uploads
+                # of one blob finish at once. That passes; try again later.
+                raise TaskError(f"the remote refused blob {text}: {error}") from None
             progress.blobs_copied += 1
             progress.bytes_copied += size
         self._mounts[key] = task.destination
