@@ -66,9 +66,10 @@ from moorage.services.registry import RegistryService
 from moorage.services.replication import ReplicationOptions, ReplicationService
 from moorage.services.sbom import SbomService
 from moorage.services.scanning import ScanService, ScanServiceOptions
+from moorage.services.signature_policy import SignaturePolicy
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
-from moorage.services.trust import SignaturePolicy, TrustService
+from moorage.services.trust import TrustService
 from moorage.services.uploads import UploadIds, UploadLimits, UploadService
 from moorage.services.virtual import VirtualProjectService
 from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory

@@ -22,9 +22,10 @@ from moorage.services.replication import ReplicationService
 from moorage.services.sbom import SbomService
 from moorage.services.scanner_adapters import ScannerAdapterService
 from moorage.services.scanning import ScanService
+from moorage.services.signature_policy import SignaturePolicy
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
-from moorage.services.trust import SignaturePolicy, TrustService
+from moorage.services.trust import TrustService
 from moorage.services.uploads import UploadService
 from moorage.services.vulndb import VulnerabilityDatabaseService
 from moorage.services.vulnerability_policy import (

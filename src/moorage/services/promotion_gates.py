@@ -36,8 +36,8 @@ from moorage.metadata.promotion_store import PromotionStore
 from moorage.metadata.store import ManifestRecord, MetadataStore
 from moorage.services.identity import IdentityService, Subject
 from moorage.services.promotion_source import SourcePolicies, crossing, judged_images
+from moorage.services.signature_policy import SignaturePolicy
 from moorage.services.threads import Threads
-from moorage.services.trust import SignaturePolicy
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,

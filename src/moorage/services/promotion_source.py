@@ -21,8 +21,8 @@ from moorage.domain import mediatypes as mt
 from moorage.domain.names import project_of
 from moorage.domain.policy import Deny
 from moorage.domain.promotion import Gate, GateKind, GateResult
+from moorage.services.signature_policy import SignaturePolicy
 from moorage.services.threads import Threads
-from moorage.services.trust import SignaturePolicy
 from moorage.services.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,
