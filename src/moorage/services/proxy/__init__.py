@@ -6,10 +6,14 @@ A pull of a manifest or blob the project does not hold yet is fetched from the u
 - `upstream`: what the cache needs of an upstream registry (`UpstreamClient`) and its errors;
 - `config`: the configuration of each proxy-cache project, its sealed secrets and its audit;
 - `flight`: single flight within a worker and across workers;
-- `cache`: the pull side, filling the cache and keeping tags fresh.
+- `fetching`: what the manifest and blob halves share (`FetchContext`, `MayFetch`, counters);
+- `manifests`: manifest and tag pull-through, TTL revalidation, stale-if-error;
+- `blobs`: blob pull-through streamed as it is stored, HEAD upstream, filling before scans;
+- `cache`: `ProxyCache`, the one object the pull path holds, handing calls to the two halves.
 """
 
-from moorage.services.proxy.cache import LiveBlob, MayFetch, ProxyCache, ProxyStats
+from moorage.services.proxy.blobs import LiveBlob
+from moorage.services.proxy.cache import ProxyCache
 from moorage.services.proxy.config import (
     CONFIG_CACHE_SECONDS,
     ProxyConfig,
@@ -21,6 +25,7 @@ from moorage.services.proxy.config import (
     patched,
     promotion_only_refusal,
 )
+from moorage.services.proxy.fetching import MayFetch, ProxyStats
 from moorage.services.proxy.flight import FileLocks, SingleFlight
 from moorage.services.proxy.upstream import (
     UPSTREAM_ACCEPT,
