@@ -33,7 +33,8 @@ from moorage.domain.names import Reference
 from moorage.domain.policy import Allow, Decision, DecisionPoint, PolicyContext, PolicySet
 from moorage.metadata.database import make_engine, migrate, sqlite_url
 from moorage.metadata.iam_store import IamStore
-from moorage.metadata.store import MetadataStore, PreconditionFailedError, TagPrecondition
+from moorage.metadata.registry_records import PreconditionFailedError, TagPrecondition
+from moorage.metadata.store import MetadataStore
 from moorage.services.events import EventBus
 from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy, RuleInput
 from moorage.services.registry import RegistryService

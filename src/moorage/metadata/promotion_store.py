@@ -25,7 +25,8 @@ from moorage.metadata.promotion_models import (
     PromotionGatesRow,
     PromotionRow,
 )
-from moorage.metadata.store import ManifestLinks, MetadataStore
+from moorage.metadata.registry_records import ManifestLinks
+from moorage.metadata.store import MetadataStore
 
 
 class ProjectNotFoundError(Exception):

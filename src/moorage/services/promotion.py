@@ -43,7 +43,8 @@ from moorage.metadata.promotion_store import (
     PromotionRecord,
     PromotionStore,
 )
-from moorage.metadata.store import ManifestLinks, ManifestRecord, MetadataStore
+from moorage.metadata.registry_records import ManifestLinks, ManifestRecord
+from moorage.metadata.store import MetadataStore
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 from moorage.services.promotion_audit import promotion_event

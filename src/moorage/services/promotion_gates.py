@@ -33,7 +33,8 @@ from moorage.domain.promotion import (
 from moorage.domain.vulnerability_policy import THRESHOLDS, PolicyError, VulnerabilityPolicy
 from moorage.domain.vulnerability_policy import parse_severity as parse_threshold
 from moorage.metadata.promotion_store import PromotionStore
-from moorage.metadata.store import ManifestRecord, MetadataStore
+from moorage.metadata.registry_records import ManifestRecord
+from moorage.metadata.store import MetadataStore
 from moorage.services.identity import IdentityService, Subject
 from moorage.services.promotion_source import SourcePolicies, crossing, judged_images
 from moorage.services.signature_policy import SignaturePolicy

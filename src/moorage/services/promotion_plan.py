@@ -25,7 +25,8 @@ from moorage.domain.content import ManifestKind, classify_body
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.manifest import parse_manifest
-from moorage.metadata.store import ManifestRecord, MetadataStore
+from moorage.metadata.registry_records import ManifestRecord
+from moorage.metadata.store import MetadataStore
 from moorage.services.errors import IdentityError
 
 MAX_LINKED_MANIFESTS: Final = 1000

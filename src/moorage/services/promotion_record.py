@@ -27,7 +27,8 @@ from moorage.domain.promotion import (
     pae,
 )
 from moorage.metadata.promotion_store import RecordManifest
-from moorage.metadata.store import ManifestRecord, MetadataStore
+from moorage.metadata.registry_records import ManifestRecord
+from moorage.metadata.store import MetadataStore
 from moorage.services.threads import Threads
 from moorage.services.tokens import TokenService
 from moorage.services.uploads import UploadService

@@ -27,7 +27,7 @@ from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import Actor
 from moorage.domain.names import Reference, project_of
-from moorage.metadata.store import ReferrerRecord
+from moorage.metadata.registry_records import ReferrerRecord
 from moorage.services.proxy import LiveBlob, MayFetch, ProxyCache, ProxyConfig
 from moorage.services.registry import BlobLocation, FetchedManifest, RegistryService
 from moorage.services.virtual import VirtualConfig

@@ -17,16 +17,16 @@ from moorage.domain.manifest import ParsedManifest, parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.negotiation import DEFAULT_PLATFORM, is_acceptable
 from moorage.domain.policy import DecisionPoint, PolicyContext, PolicySet
-from moorage.metadata.store import (
+from moorage.metadata.registry_records import (
     ManifestLinks,
     ManifestRecord,
-    MetadataStore,
     MissingReferencesError,
     PreconditionFailedError,
     ReferrerRecord,
     StillReferencedError,
     TagPrecondition,
 )
+from moorage.metadata.store import MetadataStore
 from moorage.services.cache import DigestCache
 from moorage.services.events import EventBus
 from moorage.services.threads import Threads

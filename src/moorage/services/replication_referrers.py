@@ -31,8 +31,9 @@ from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.events import Actor
 from moorage.domain.manifest import ParsedManifest, parse_manifest
+from moorage.metadata.registry_records import ReferrerRecord
 from moorage.metadata.replication_store import TaskRecord
-from moorage.metadata.store import MetadataStore, ReferrerRecord
+from moorage.metadata.store import MetadataStore
 from moorage.services.proxy import UpstreamError
 from moorage.services.registry import RegistryService
 from moorage.services.replication_types import (
