@@ -21,15 +21,15 @@ from click.testing import CliRunner
 from moorage.cli import main
 from moorage.config import Settings
 from moorage.domain.events import Actor
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.promotion_store import PromotionStore
-from moorage.metadata.store import MetadataStore
-from moorage.services.audit import AuditLog
+from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.staging.promotion_store import PromotionStore
+from moorage.services.access.audit import AuditLog
+from moorage.services.access.identity import IdentityService, policy_from
+from moorage.services.access.projects import ProjectService
+from moorage.services.access.tokens import ensure_signing_key
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityService, policy_from
-from moorage.services.projects import ProjectService
-from moorage.services.tokens import ensure_signing_key
 from tests.support.api import PASSWORD, api_client, bearer_client
 from tests.support.auth import ADMIN_PASSWORD
 from tests.support.server import RegistryProcess

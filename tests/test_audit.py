@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine
-from moorage.metadata.iam_store import IamStore
-from moorage.services.audit import verify_chain
-from moorage.services.tokens import TokenService
+from moorage.services.access.audit import verify_chain
+from moorage.services.access.tokens import TokenService
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.oci import push_image
 from tests.support.server import RegistryProcess
@@ -179,7 +179,7 @@ def test_a_rehashed_forgery_still_breaks_the_chain(
 ) -> None:
     # Recomputing one entry's own hash after editing it does not help: the next entry's link
     # still names the old hash.
-    from moorage.metadata.iam_store import AuditRecord, entry_hash
+    from moorage.metadata.access.iam_store import AuditRecord, entry_hash
 
     _wait_for(server, lambda rows: len(rows) >= 6)
     rows = _entries(server)

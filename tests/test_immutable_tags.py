@@ -31,13 +31,17 @@ from moorage.domain.immutability import (
 from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import Reference
 from moorage.domain.policy import Allow, Decision, DecisionPoint, PolicyContext, PolicySet
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.registry_records import PreconditionFailedError, TagPrecondition
-from moorage.metadata.store import MetadataStore
+from moorage.metadata.registry.registry_records import PreconditionFailedError, TagPrecondition
+from moorage.metadata.registry.store import MetadataStore
 from moorage.services.events import EventBus
-from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy, RuleInput
-from moorage.services.registry import RegistryService
+from moorage.services.registry.immutability import (
+    ImmutabilityService,
+    ImmutableTagPolicy,
+    RuleInput,
+)
+from moorage.services.registry.registry import RegistryService
 from moorage.services.threads import Threads
 from moorage.storage.filesystem import FilesystemStorage
 from tests.support.api import (

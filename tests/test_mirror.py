@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from moorage.services.mirror import normalize_host
+from moorage.services.distribution.mirror import normalize_host
 from tests.support.api import (
     PASSWORD,
     api_client,

@@ -22,7 +22,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from moorage.domain.proxy import Flavor
 from moorage.http.outbound import GuardedResolver, OutboundGuard, OutboundURLError, outbound_session
 from moorage.http.upstream import HttpUpstreamClient
-from moorage.services.proxy import UpstreamEndpoint, UpstreamError
+from moorage.services.distribution.proxy import UpstreamEndpoint, UpstreamError
 
 GUARD = "refused by the outbound guard"
 

@@ -24,9 +24,9 @@ import pytest
 from moorage.domain.digest import Digest
 from moorage.domain.manifest import parse_manifest
 from moorage.metadata.database import make_engine, migrate
-from moorage.metadata.promotion_store import NewPromotion, PromotionStore, RecordManifest
-from moorage.metadata.registry_records import ManifestLinks, MissingReferencesError
-from moorage.metadata.store import MetadataStore
+from moorage.metadata.registry.registry_records import ManifestLinks, MissingReferencesError
+from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.staging.promotion_store import NewPromotion, PromotionStore, RecordManifest
 from tests.support.api import api_client, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.images import Blob, push_image, tiny_image

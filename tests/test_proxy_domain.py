@@ -16,7 +16,7 @@ from moorage.domain.proxy import (
     upstream_repository,
     validate_pem,
 )
-from moorage.services.proxy import SecretBox, UpstreamEndpoint
+from moorage.services.distribution.proxy import SecretBox, UpstreamEndpoint
 
 MAX_PLATFORMS = 32  # the most platforms a proxy project's filter names
 

@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from moorage.domain.events import DomainEvent
+from moorage.metadata.access.iam_store import IamStore
+from moorage.metadata.access.refresh_token_store import RefreshGrant
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.refresh_token_store import RefreshGrant
+from moorage.services.access.identity import AuthenticationError, IdentityService, Subject
+from moorage.services.access.refresh_tokens import RefreshTokenService
 from moorage.services.events import EventBus
-from moorage.services.identity import AuthenticationError, IdentityService, Subject
-from moorage.services.refresh_tokens import RefreshTokenService
 from tests.support.api import PASSWORD, api_client, create_user, eventually, unique
 from tests.support.oci import bearer, token_claims
 from tests.support.server import RegistryProcess
@@ -257,7 +257,7 @@ def service(tmp_path: Path) -> tuple[RefreshTokenService, IamStore, list[DomainE
 
 
 def _signed_in(store: IamStore) -> Subject:
-    from moorage.services.identity import hash_password, password_proof
+    from moorage.services.access.identity import hash_password, password_proof
 
     user = store.create_user(unique("u"), None, hash_password(PASSWORD), False)
     return Subject("user", user.id, user.username, proof=password_proof(user))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from moorage.metadata.replication_store import ReplicationStore, TaskSpec
+from moorage.metadata.distribution.replication_store import ReplicationStore, TaskSpec
 from tests.support.api import api_client
 from tests.support.server import RegistryProcess
 

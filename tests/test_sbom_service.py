@@ -22,10 +22,10 @@ from moorage.domain.events import Actor
 from moorage.domain.names import Reference
 from moorage.http.app import build_app
 from moorage.http.state import IAM, SERVICES
-from moorage.metadata.registry_records import ReferrerRecord
+from moorage.metadata.registry.registry_records import ReferrerRecord
 from moorage.scanning.sbom import CYCLONEDX_JSON
 from moorage.server import prepare_data
-from moorage.services.sbom import (
+from moorage.services.supply_chain.sbom import (
     ANNOTATION_CREATED,
     ANNOTATION_FINGERPRINT,
     ANNOTATION_GENERATION,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from moorage.metadata.scan_store import ReportRecord
-from moorage.services.scan_reports import aggregate_index, findings_json
-from moorage.services.scan_targets import (
+from moorage.metadata.supply_chain.scan_store import ReportRecord
+from moorage.services.supply_chain.scan_reports import aggregate_index, findings_json
+from moorage.services.supply_chain.scan_targets import (
     ImageTarget,
     IndexTarget,
     NotScannableError,

@@ -15,13 +15,14 @@ import pytest
 
 from moorage.domain.events import Actor, DomainEvent
 from moorage.http.scanner_client import HarborAdapterClient, guard_url
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.scanner_store import ScannerStore
-from moorage.metadata.store import MetadataStore
+from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.supply_chain.scanner_store import ScannerStore
 from moorage.scanning.report import ScanFailedError, ScanTarget
+from moorage.services.access.tokens import TokenService, ensure_signing_key
 from moorage.services.events import EventBus
-from moorage.services.scanner_adapters import (
+from moorage.services.supply_chain.scanner_adapters import (
     AdapterScanner,
     AdapterSettings,
     CredentialBox,
@@ -30,7 +31,6 @@ from moorage.services.scanner_adapters import (
     secret_key_source,
 )
 from moorage.services.threads import Threads
-from moorage.services.tokens import TokenService, ensure_signing_key
 from moorage.vulnerability.severity import Severity
 from tests.support.fake_adapter import (
     DOCKER_MANIFEST,

@@ -31,7 +31,7 @@ from moorage.scanning.harbor import (
     vulnerability_report,
 )
 from moorage.scanning.report import ScanReport, ScanStatus
-from moorage.services.scanner_adapters import is_adapter_pull, registry_url
+from moorage.services.supply_chain.scanner_adapters import is_adapter_pull, registry_url
 from moorage.vulnerability.findings import Finding
 from moorage.vulnerability.severity import Severity
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moorage.services.signature_policy import is_artifact_manifest
+from moorage.services.supply_chain.signature_policy import is_artifact_manifest
 from moorage.signing import cosign, notation
 from moorage.signing.keys import (
     KeyMaterialError,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from moorage.config import Settings
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate
-from moorage.metadata.iam_store import IamStore
-from moorage.services.audit import AuditLog
+from moorage.services.access.audit import AuditLog
+from moorage.services.access.identity import IdentityService, policy_from
+from moorage.services.access.tokens import ensure_signing_key
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityService, policy_from
-from moorage.services.tokens import ensure_signing_key
 
 log = logging.getLogger("moorage.server")
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from moorage.config import Settings
 from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate
-from moorage.metadata.promotion_store import PromotionStore
-from moorage.metadata.store import MetadataStore
+from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.storage.filesystem import FilesystemStorage
 
 

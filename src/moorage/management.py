@@ -11,15 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from moorage.config import Settings
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.store import MetadataStore
-from moorage.services.audit import AuditLog, AuditService
+from moorage.metadata.registry.store import MetadataStore
+from moorage.services.access.audit import AuditLog, AuditService
+from moorage.services.access.identity import IdentityService, policy_from
+from moorage.services.access.projects import ProjectService
+from moorage.services.access.tokens import TokenService, ensure_signing_key
+from moorage.services.distribution.proxy import ProxyService
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityService, policy_from
-from moorage.services.projects import ProjectService
-from moorage.services.proxy import ProxyService
-from moorage.services.tokens import TokenService, ensure_signing_key
 
 
 @dataclass(frozen=True, slots=True)

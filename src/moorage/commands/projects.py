@@ -27,7 +27,7 @@ from moorage.commands.common import (
 )
 from moorage.config import Settings
 from moorage.domain.access import robot_full_name
-from moorage.services.proxy import ProxyInput
+from moorage.services.distribution.proxy import ProxyInput
 
 _PAGE = 500
 kind_option = click.option("--group", "is_group", is_flag=True, help="NAME is a group, not a user.")

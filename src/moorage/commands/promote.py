@@ -21,7 +21,7 @@ from moorage.commands.common import cli_actor, services, with_settings
 from moorage.config import Settings
 from moorage.domain.errors import RegistryError
 from moorage.services.errors import IdentityError
-from moorage.services.promotion import PromotionOutcome, PromotionRefusedError
+from moorage.services.staging.promotion import PromotionOutcome, PromotionRefusedError
 
 
 @click.command("promote")

@@ -17,7 +17,7 @@ import click
 from moorage.commands.common import cli_actor, services, with_settings
 from moorage.config import ConfigError, Settings
 from moorage.services.events import EventBus
-from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, database_directory
 from moorage.vulnerability.bundle import MANIFEST, BundleError, build_manifest
 from moorage.vulnerability.database import (
     DatabaseStatus,

@@ -21,7 +21,7 @@ matching rule `**`/`*` plus an excluding rule `**`/`dev-*`.
 An immutable tag may be created (pushed the first time), and pushed again with the same manifest
 (the same digest); it may not be pointed at another manifest, nor deleted, nor lose its manifest
 (deleting the manifest it points at). This module only evaluates rules; the checks that enforce
-them are registered in the `PolicySet` by `moorage.services.immutability`.
+them are registered in the `PolicySet` by `moorage.services.registry.immutability`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A check looks at a `PolicyContext` and returns `Allow` or `Deny(reason)`; it nev
 never talks HTTP. Services call `PolicySet.evaluate` at each decision point and turn a denial
 into the protocol's DENIED error (and an audit entry). Later capabilities (vulnerability
 gates, trust policies, quotas, promotion-only projects) register checks here; immutable tags
-(`moorage.services.immutability`) do.
+(`moorage.services.registry.immutability`) do.
 
 A check that needs the repository's current state (what a tag points at now, which tags point
 at a manifest) asks `context.state`, which reads it on first use. The service re-checks every

@@ -29,10 +29,10 @@ from moorage.domain.events import AccessEvent, Actor, policy_denied
 from moorage.domain.names import project_of, validate_repository_name
 from moorage.http.authn import Caller, InvalidTokenError
 from moorage.http.state import IAM, ROUTING, SERVICES, IamServices
-from moorage.services.identity import AuthenticationError, ThrottledError
-from moorage.services.mirror import normalize_host
-from moorage.services.pulls import FetchRight, PullAccess
-from moorage.services.virtual import VirtualConfig
+from moorage.services.access.identity import AuthenticationError, ThrottledError
+from moorage.services.distribution.mirror import normalize_host
+from moorage.services.distribution.virtual import VirtualConfig
+from moorage.services.registry.pulls import FetchRight, PullAccess
 
 
 class Scope(StrEnum):

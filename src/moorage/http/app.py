@@ -40,43 +40,43 @@ from moorage.http.state import (
 )
 from moorage.http.upstream import HttpUpstreamClients
 from moorage.http.v2 import API_VERSION
+from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine
-from moorage.metadata.iam_store import IamStore
-from moorage.metadata.promotion_store import PromotionStore
-from moorage.metadata.replication_store import ReplicationStore
-from moorage.metadata.scan_store import ScanStore
-from moorage.metadata.scanner_store import ScannerStore
-from moorage.metadata.store import MetadataStore
-from moorage.metadata.trust_store import TrustStore
-from moorage.metadata.virtual_store import VirtualStore
-from moorage.metadata.vulnerability_policy_store import VulnerabilityPolicyStore
-from moorage.services.audit import AuditLog, AuditService
+from moorage.metadata.distribution.replication_store import ReplicationStore
+from moorage.metadata.distribution.virtual_store import VirtualStore
+from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.staging.promotion_store import PromotionStore
+from moorage.metadata.supply_chain.scan_store import ScanStore
+from moorage.metadata.supply_chain.scanner_store import ScannerStore
+from moorage.metadata.supply_chain.trust_store import TrustStore
+from moorage.metadata.supply_chain.vulnerability_policy_store import VulnerabilityPolicyStore
+from moorage.services.access.audit import AuditLog, AuditService
+from moorage.services.access.identity import IdentityService, policy_from
+from moorage.services.access.projects import ProjectService
+from moorage.services.access.refresh_tokens import RefreshTokenService
+from moorage.services.access.tokens import TokenService
+from moorage.services.distribution.mirror import MirrorService, NameRouter
+from moorage.services.distribution.proxy import FileLocks, ProxyCache, ProxyService
+from moorage.services.distribution.replication import ReplicationOptions, ReplicationService
+from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
-from moorage.services.identity import IdentityService, policy_from
-from moorage.services.immutability import ImmutabilityService, ImmutableTagPolicy
-from moorage.services.mirror import MirrorService, NameRouter
-from moorage.services.projects import ProjectService
-from moorage.services.promotion import PromotionOnlyPolicy, PromotionService, StageService
-from moorage.services.promotion_gates import GateEvaluator
-from moorage.services.proxy import FileLocks, ProxyCache, ProxyService
-from moorage.services.pulls import PullService
-from moorage.services.refresh_tokens import RefreshTokenService
-from moorage.services.registry import RegistryService
-from moorage.services.replication import ReplicationOptions, ReplicationService
-from moorage.services.sbom import SbomService
-from moorage.services.scanning import ScanService, ScanServiceOptions
-from moorage.services.signature_policy import SignaturePolicy
-from moorage.services.threads import Threads
-from moorage.services.tokens import TokenService
-from moorage.services.trust import TrustService
-from moorage.services.uploads import UploadIds, UploadLimits, UploadService
-from moorage.services.virtual import VirtualProjectService
-from moorage.services.vulndb import VulnerabilityDatabaseService, database_directory
-from moorage.services.vulnerability_policy import (
+from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
+from moorage.services.registry.pulls import PullService
+from moorage.services.registry.registry import RegistryService
+from moorage.services.registry.uploads import UploadIds, UploadLimits, UploadService
+from moorage.services.staging.promotion import PromotionOnlyPolicy, PromotionService, StageService
+from moorage.services.staging.promotion_gates import GateEvaluator
+from moorage.services.supply_chain.sbom import SbomService
+from moorage.services.supply_chain.scanning import ScanService, ScanServiceOptions
+from moorage.services.supply_chain.signature_policy import SignaturePolicy
+from moorage.services.supply_chain.trust import TrustService
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,
 )
+from moorage.services.threads import Threads
 from moorage.storage.filesystem import FilesystemStorage
 from moorage.vulnerability.database import VulnerabilityDatabase
 

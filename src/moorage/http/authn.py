@@ -20,15 +20,15 @@ from typing import Final
 
 from aiohttp import web
 
-from moorage.services.identity import (
+from moorage.services.access.identity import (
     ANONYMOUS,
     PAT_PREFIX,
     AuthenticationError,
     IdentityService,
     Subject,
 )
+from moorage.services.access.tokens import TokenError, TokenService, VerifiedToken
 from moorage.services.threads import Threads
-from moorage.services.tokens import TokenError, TokenService, VerifiedToken
 
 _CREDENTIAL_CACHE_SECONDS: Final = 10.0
 _CREDENTIAL_CACHE_SIZE: Final = 1024

@@ -42,7 +42,7 @@ from moorage.http.api.framework import (
 from moorage.http.authn import Caller
 from moorage.http.errors import ApiProblem
 from moorage.http.state import ROUTING
-from moorage.services.credentials import Subject
+from moorage.services.access.credentials import Subject
 from moorage.services.errors import IdentityError
 
 _PARAMETER = re.compile(r"\{([a-z_]+)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")

@@ -26,8 +26,8 @@ from moorage.domain.digest import Digest
 from moorage.domain.proxy import Flavor
 from moorage.http.outbound import OutboundTLS, outbound_session
 from moorage.http.upstream import HttpUpstreamClient
-from moorage.services.proxy import UpstreamEndpoint, UpstreamError, UpstreamHead
-from moorage.services.replication_types import ManifestReceipt, RemoteEndpoint
+from moorage.services.distribution.proxy import UpstreamEndpoint, UpstreamError, UpstreamHead
+from moorage.services.distribution.replication_types import ManifestReceipt, RemoteEndpoint
 
 _PAGE: Final = 100
 _MAX_LISTING_BYTES: Final = 4 * 1024 * 1024

@@ -64,7 +64,7 @@ from moorage.scanning.harbor import (
 )
 from moorage.scanning.report import BUILTIN_SCANNER, ReportReader, ScanReport, ScanStatus
 from moorage.services.errors import IdentityError
-from moorage.services.scanner_adapters import registry_url
+from moorage.services.supply_chain.scanner_adapters import registry_url
 from moorage.vulnerability.database import VulnerabilityDatabase
 
 log = logging.getLogger("moorage.http")

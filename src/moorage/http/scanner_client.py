@@ -31,7 +31,7 @@ from moorage.http.outbound import (
     check_url,
     outbound_session,
 )
-from moorage.metadata.scanner_store import ScannerStore
+from moorage.metadata.supply_chain.scanner_store import ScannerStore
 from moorage.scanning.harbor import (
     METADATA_V1_1,
     REPORT_TYPES,
@@ -46,8 +46,9 @@ from moorage.scanning.harbor import (
     parse_scan_response,
     same_media_type,
 )
+from moorage.services.access.tokens import TokenService
 from moorage.services.events import EventBus
-from moorage.services.scanner_adapters import (
+from moorage.services.supply_chain.scanner_adapters import (
     AdapterConfig,
     AdapterError,
     CredentialBox,
@@ -57,7 +58,6 @@ from moorage.services.scanner_adapters import (
     secret_key_source,
 )
 from moorage.services.threads import Threads
-from moorage.services.tokens import TokenService
 
 MAX_METADATA_BYTES: Final = 1 << 20
 MAX_SCAN_RESPONSE_BYTES: Final = 64 * 1024
@@ -82,7 +82,7 @@ class _Answer:
 
 
 class HarborAdapterClient:
-    """`moorage.services.scanner_adapters.AdapterClient` over HTTP."""
+    """`moorage.services.supply_chain.scanner_adapters.AdapterClient` over HTTP."""
 
     async def metadata(self, config: AdapterConfig, timeout_seconds: float) -> AdapterMetadata:
         try:

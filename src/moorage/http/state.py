@@ -7,31 +7,31 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from moorage.http.authn import Authenticator
-from moorage.services.audit import AuditService
+from moorage.services.access.audit import AuditService
+from moorage.services.access.identity import IdentityService
+from moorage.services.access.projects import ProjectService
+from moorage.services.access.refresh_tokens import RefreshTokenService
+from moorage.services.access.tokens import TokenService
+from moorage.services.distribution.mirror import NameRouter
+from moorage.services.distribution.proxy import ProxyCache, ProxyService
+from moorage.services.distribution.replication import ReplicationService
 from moorage.services.events import EventBus
-from moorage.services.identity import IdentityService
-from moorage.services.immutability import ImmutabilityService
-from moorage.services.mirror import NameRouter
-from moorage.services.projects import ProjectService
-from moorage.services.promotion import PromotionService, StageService
-from moorage.services.proxy import ProxyCache, ProxyService
-from moorage.services.pulls import PullService
-from moorage.services.refresh_tokens import RefreshTokenService
-from moorage.services.registry import RegistryService
-from moorage.services.replication import ReplicationService
-from moorage.services.sbom import SbomService
-from moorage.services.scanner_adapters import ScannerAdapterService
-from moorage.services.scanning import ScanService
-from moorage.services.signature_policy import SignaturePolicy
-from moorage.services.threads import Threads
-from moorage.services.tokens import TokenService
-from moorage.services.trust import TrustService
-from moorage.services.uploads import UploadService
-from moorage.services.vulndb import VulnerabilityDatabaseService
-from moorage.services.vulnerability_policy import (
+from moorage.services.registry.immutability import ImmutabilityService
+from moorage.services.registry.pulls import PullService
+from moorage.services.registry.registry import RegistryService
+from moorage.services.registry.uploads import UploadService
+from moorage.services.staging.promotion import PromotionService, StageService
+from moorage.services.supply_chain.sbom import SbomService
+from moorage.services.supply_chain.scanner_adapters import ScannerAdapterService
+from moorage.services.supply_chain.scanning import ScanService
+from moorage.services.supply_chain.signature_policy import SignaturePolicy
+from moorage.services.supply_chain.trust import TrustService
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService
+from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,
 )
+from moorage.services.threads import Threads
 
 
 @dataclass(frozen=True, slots=True)

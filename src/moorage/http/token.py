@@ -24,13 +24,13 @@ from moorage.domain.access import (
 from moorage.domain.names import project_of
 from moorage.domain.scopes import Scope, ScopeError, parse_scopes
 from moorage.http.state import IAM, ROUTING, IamServices
-from moorage.services.identity import (
+from moorage.services.access.identity import (
     AuthenticationError,
     IdentityService,
     Subject,
     ThrottledError,
 )
-from moorage.services.mirror import Aliases
+from moorage.services.distribution.mirror import Aliases
 
 _SCOPE_ACTIONS: Final = {"pull": Action.PULL, "push": Action.PUSH, "delete": Action.DELETE}
 _MAX_FORM_BYTES: Final = 16 * 1024

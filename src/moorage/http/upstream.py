@@ -1,4 +1,5 @@
-"""The upstream registry client of proxy-cache projects (`moorage.services.proxy.UpstreamClient`).
+"""The upstream registry client of proxy-cache projects
+(`moorage.services.distribution.proxy.UpstreamClient`).
 
 It speaks the OCI distribution API to any registry (Distribution, Harbor, Docker Hub, another
 Moorage), through the one outbound client factory (CA bundle, client certificate, SSRF guard
@@ -29,7 +30,7 @@ import aiohttp
 from yarl import URL
 
 from moorage.http.outbound import OutboundGuard, OutboundTLS, OutboundURLError, outbound_session
-from moorage.services.proxy import (
+from moorage.services.distribution.proxy import (
     UPSTREAM_ACCEPT,
     UpstreamBlob,
     UpstreamBlobHead,

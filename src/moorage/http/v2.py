@@ -29,10 +29,10 @@ from moorage.http.access import (
 )
 from moorage.http.responses import BlobResponse, json_response
 from moorage.http.state import IAM, ROUTING, SERVICES, Services
-from moorage.services.proxy import LiveBlob
-from moorage.services.pulls import BlobWant, SignInRequired, UpstreamBlobSize
-from moorage.services.registry import manifest_too_large, referrers_index
-from moorage.services.uploads import range_header
+from moorage.services.distribution.proxy import LiveBlob
+from moorage.services.registry.pulls import BlobWant, SignInRequired, UpstreamBlobSize
+from moorage.services.registry.registry import manifest_too_large, referrers_index
+from moorage.services.registry.uploads import range_header
 
 log = logging.getLogger("moorage.http")
 

@@ -1,17 +1,16 @@
 """The complete schema: importing this registers every table on `Base.metadata`."""
 
-from moorage.metadata import (
-    iam_models,
-    models,
+from moorage.metadata.access import iam_models
+from moorage.metadata.distribution import replication_models, virtual_models
+from moorage.metadata.registry import models
+from moorage.metadata.registry.models import Base
+from moorage.metadata.staging import promotion_models
+from moorage.metadata.supply_chain import (
     policy_models,
-    promotion_models,
-    replication_models,
     scan_models,
     scanner_models,
     trust_models,
-    virtual_models,
 )
-from moorage.metadata.models import Base
 
 __all__ = [
     "Base",

@@ -1,7 +1,8 @@
 """Harbor's Pluggable Scanner Adapter API (v1.2): its documents, and their translation to and
 from Moorage's findings and reports.
 
-Pure: no HTTP and no storage. The client (`moorage.services.scanner_adapters`) parses what an
+Pure: no HTTP and no storage. The client (`moorage.services.supply_chain.scanner_adapters`)
+parses what an
 external adapter answers with these models; the server (`moorage.http.scanner_api`) renders the
 built-in scanner's reports with them. Parsing is lenient about missing or null optional fields
 (adapters differ) and strict about sizes: every list and string an adapter sends is capped.

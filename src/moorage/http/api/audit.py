@@ -21,8 +21,8 @@ from moorage.http.api.framework import (
     UtcDateTime,
     page_of,
 )
-from moorage.metadata.iam_store import AuditRecord
-from moorage.services.audit import AuditQuery
+from moorage.metadata.access.iam_store import AuditRecord
+from moorage.services.access.audit import AuditQuery
 
 AUDIT = "audit"
 # Admins read everything; with ?project= anyone who may read that project's audit log.

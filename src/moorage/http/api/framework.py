@@ -25,7 +25,7 @@ from moorage.http.access import ACTOR, CALLER, PROJECT, Permission
 from moorage.http.errors import ApiProblem
 from moorage.http.responses import json_response
 from moorage.http.state import IAM, IamServices
-from moorage.services.identity import Subject
+from moorage.services.access.identity import Subject
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_PAGE_SIZE: Final = 100

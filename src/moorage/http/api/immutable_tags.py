@@ -16,7 +16,7 @@ from moorage.domain.immutability import MAX_RULES, MAX_TAG_PATTERN_LENGTH
 from moorage.http.access import project_permission
 from moorage.http.api.common import GLOB_PATTERN
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
-from moorage.services.immutability import ImmutableTagRuleView, RuleInput
+from moorage.services.registry.immutability import ImmutableTagRuleView, RuleInput
 
 IMMUTABLE_TAGS = "immutable-tags"
 RULES_PATH = "/api/v1/projects/{project}/immutable-tag-rules"

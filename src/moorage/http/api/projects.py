@@ -6,8 +6,8 @@ from moorage.domain.access import Action
 from moorage.http.access import AUTHENTICATED, CREATE_PROJECT, project_permission
 from moorage.http.api.common import PageQuery, ProjectName
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, Page, RequestModel, page_of
-from moorage.metadata.promotion_store import StageRecord
-from moorage.services.projects import ProjectView
+from moorage.metadata.staging.promotion_store import StageRecord
+from moorage.services.access.projects import ProjectView
 
 PROJECTS = "projects"
 PROJECT = "/api/v1/projects/{project}"

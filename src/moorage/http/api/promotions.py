@@ -60,8 +60,8 @@ from moorage.http.api.framework import (
 )
 from moorage.http.errors import ApiProblem
 from moorage.http.state import IAM
-from moorage.metadata.promotion_store import ApprovalRecord, PromotionRecord
-from moorage.services.promotion import (
+from moorage.metadata.staging.promotion_store import ApprovalRecord, PromotionRecord
+from moorage.services.staging.promotion import (
     GatesView,
     PromotionOutcome,
     PromotionRefusedError,

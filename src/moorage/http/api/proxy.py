@@ -23,7 +23,7 @@ from moorage.domain.proxy import (
 from moorage.http.access import ADMIN, project_permission
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
 from moorage.http.state import SERVICES
-from moorage.services.proxy import ProxyInput, ProxyPatch, ProxyView, UpstreamError
+from moorage.services.distribution.proxy import ProxyInput, ProxyPatch, ProxyView, UpstreamError
 
 PROXY = "proxy-cache"
 PROXY_PATH = "/api/v1/projects/{project}/proxy"

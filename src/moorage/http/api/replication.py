@@ -24,9 +24,9 @@ from moorage.http.api.replication_models import (
     TasksQuery,
 )
 from moorage.http.state import REPLICATION
-from moorage.metadata.replication_store import ExecutionRecord, RuleRecord, TaskRecord
-from moorage.services.proxy import UpstreamError
-from moorage.services.replication import (
+from moorage.metadata.distribution.replication_store import ExecutionRecord, RuleRecord, TaskRecord
+from moorage.services.distribution.proxy import UpstreamError
+from moorage.services.distribution.replication import (
     EndpointInput,
     EndpointView,
     ReplicationService,

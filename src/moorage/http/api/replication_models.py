@@ -24,7 +24,7 @@ from moorage.http.api.framework import (
     RequestModel,
     UtcDateTime,
 )
-from moorage.services.replication import MAX_TIMEOUT_SECONDS
+from moorage.services.distribution.replication import MAX_TIMEOUT_SECONDS
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 Secret = Annotated[str, Field(min_length=1, max_length=4096)]

@@ -27,7 +27,7 @@ from moorage.http.api.framework import (
     RequestModel,
     UtcDateTime,
 )
-from moorage.metadata.iam_models import Robot as RobotRow
+from moorage.metadata.access.iam_models import Robot as RobotRow
 
 ROBOTS = "robots"
 PROJECT_ROBOTS = "/api/v1/projects/{project}/robots"

@@ -2,7 +2,7 @@
 
 The image must have been scanned (the SBOM is rendered from the scan's stored inventory):
 404 when it never was or its scan failed, 409 while the scan is pending or running. See
-`moorage.services.sbom` and docs/scanning.md.
+`moorage.services.supply_chain.sbom` and docs/scanning.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from moorage.http.access import REPOSITORY, Permission, Scope
 from moorage.http.api.framework import ApiRoute, Call, Download, QueryModel
 from moorage.http.errors import ApiProblem
 from moorage.scanning.sbom import SbomFormat
-from moorage.services.sbom import SbomUnavailableError
+from moorage.services.supply_chain.sbom import SbomUnavailableError
 
 SBOMS = "sboms"
 SBOM_PATH = "/api/v1/repositories/{name:.+}/manifests/{digest:[^/]+}/sbom"

@@ -11,7 +11,7 @@ from moorage.http.access import ADMIN
 from moorage.http.api.common import Name, Text
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
 from moorage.http.state import SCANNER_ADAPTERS
-from moorage.services.scanner_adapters import (
+from moorage.services.supply_chain.scanner_adapters import (
     MAX_ADAPTERS,
     MAX_CA_BUNDLE_BYTES,
     MAX_CREDENTIAL_LENGTH,

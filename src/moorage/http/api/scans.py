@@ -2,7 +2,7 @@
 
 A report belongs to a manifest digest; it is served through a repository that holds the
 manifest (404 otherwise), to callers with `read-scan` there. Asking for a scan needs `scan`;
-scanning everything needs a system administrator. See `moorage.services.scanning`.
+scanning everything needs a system administrator. See `moorage.services.supply_chain.scanning`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from moorage.http.api.common import NAME_PATTERN
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
 from moorage.http.state import SERVICES
 from moorage.scanning.report import ScanReport
-from moorage.services.scanning import ScanSettingsInput, ScanSettingsView
+from moorage.services.supply_chain.scanning import ScanSettingsInput, ScanSettingsView
 from moorage.vulnerability.findings import Finding
 
 SCANS = "scans"

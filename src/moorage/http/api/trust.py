@@ -24,7 +24,7 @@ from moorage.http.api.framework import (
     UtcDateTime,
 )
 from moorage.http.errors import ApiProblem
-from moorage.services.trust import (
+from moorage.services.supply_chain.trust import (
     RuleInput,
     TrustKeyView,
     TrustPolicyView,

@@ -25,8 +25,8 @@ from moorage.http.api.framework import (
     UtcDateTime,
     page_of,
 )
-from moorage.metadata.iam_models import PersonalAccessToken
-from moorage.metadata.iam_models import User as UserRow
+from moorage.metadata.access.iam_models import PersonalAccessToken
+from moorage.metadata.access.iam_models import User as UserRow
 
 USERS = "users"
 ME = "/api/v1/users/me"

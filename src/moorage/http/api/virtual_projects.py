@@ -15,8 +15,8 @@ from moorage.http.access import ADMIN, project_permission
 from moorage.http.api.common import ProjectName
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, RequestModel, UtcDateTime
 from moorage.http.state import ROUTING
-from moorage.services.mirror import MirrorService, MirrorView
-from moorage.services.virtual import MAX_MEMBERS, VirtualProjectService, VirtualView
+from moorage.services.distribution.mirror import MirrorService, MirrorView
+from moorage.services.distribution.virtual import MAX_MEMBERS, VirtualProjectService, VirtualView
 
 VIRTUAL = "virtual-projects"
 MIRROR = "mirror"

@@ -21,7 +21,7 @@ from moorage.domain.events import Actor
 from moorage.http.access import ADMIN
 from moorage.http.api.framework import ApiModel, ApiRoute, Call, UtcDateTime
 from moorage.http.errors import ApiProblem
-from moorage.services.vulndb import VulnerabilityDatabaseService
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService
 from moorage.vulnerability.bundle import BundleError
 from moorage.vulnerability.database import (
     DatabaseBusyError,

@@ -1,0 +1,1 @@
+"""SQL for accounts, groups, robots, tokens, projects, roles and the audit chain."""

@@ -1,0 +1,1 @@
+"""SQL for replication endpoints, rules and queues, and virtual projects."""

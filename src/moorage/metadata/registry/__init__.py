@@ -1,0 +1,1 @@
+"""SQL for repositories, blobs, manifests, tags and referrers."""

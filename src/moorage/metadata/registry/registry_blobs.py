@@ -1,0 +1,120 @@
+"""Blobs in the metadata store: which blobs exist, their sizes, and their repository links.
+
+Linking, mounting and unlinking are one write transaction each; unlinking is refused while
+a manifest of the repository still needs the blob.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, delete, select
+
+from moorage.metadata.database import read_transaction, single_read, write_transaction
+from moorage.metadata.registry.models import utcnow
+from moorage.metadata.registry.registry_base import RegistryStoreBase
+from moorage.metadata.registry.registry_records import (
+    StillReferencedError,
+    blobs_table,
+    manifest_blobs_table,
+    repositories_table,
+    repository_blobs_table,
+    repository_manifests_table,
+)
+
+# The hot read is built once: constructing SQLAlchemy expressions per call costs more than
+# running the (cached, compiled) statement.
+_BLOB_IN_REPOSITORY = (
+    select(blobs_table.c.size)
+    .select_from(
+        repository_blobs_table.join(
+            repositories_table, repositories_table.c.id == repository_blobs_table.c.repository_id
+        )
+    )
+    .join(blobs_table, blobs_table.c.digest == repository_blobs_table.c.digest)
+    .where(
+        repositories_table.c.name == bindparam("repository"),
+        repository_blobs_table.c.digest == bindparam("digest"),
+    )
+)
+
+
+class BlobQueries(RegistryStoreBase):
+    def blob_size_in_repository(self, repository: str, digest: str) -> int | None:
+        with single_read(self._engine) as connection:
+            return connection.execute(
+                _BLOB_IN_REPOSITORY, {"repository": repository, "digest": digest}
+            ).scalar()
+
+    def blob_size(self, digest: str) -> int | None:
+        with read_transaction(self._engine) as connection:
+            return connection.execute(
+                select(blobs_table.c.size).where(blobs_table.c.digest == digest)
+            ).scalar()
+
+    def link_blob(self, repository: str, digest: str, size: int) -> None:
+        """Record a committed blob and make it readable through `repository`."""
+        now = utcnow()
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=True)
+            self._insert_ignore(
+                connection, blobs_table, [{"digest": digest, "size": size, "created_at": now}]
+            )
+            self._insert_ignore(
+                connection,
+                repository_blobs_table,
+                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
+            )
+
+    def mount_blob(self, source: str, target: str, digest: str) -> int | None:
+        """Link a blob of `source` into `target` without copying; its size, or None."""
+        with write_transaction(self._engine) as connection:
+            size = connection.execute(
+                select(blobs_table.c.size)
+                .select_from(
+                    repository_blobs_table.join(
+                        repositories_table,
+                        repositories_table.c.id == repository_blobs_table.c.repository_id,
+                    )
+                )
+                .join(blobs_table, blobs_table.c.digest == repository_blobs_table.c.digest)
+                .where(
+                    repositories_table.c.name == source, repository_blobs_table.c.digest == digest
+                )
+            ).scalar()
+            if size is None:
+                return None
+            target_id = self._repository_id(connection, target, create=True)
+            self._insert_ignore(
+                connection,
+                repository_blobs_table,
+                [{"repository_id": target_id, "digest": digest, "created_at": utcnow()}],
+            )
+            return int(size)
+
+    def unlink_blob(self, repository: str, digest: str) -> bool:
+        """Remove a blob from a repository; refuse while a manifest there still needs it."""
+        with write_transaction(self._engine) as connection:
+            repository_id = self._repository_id(connection, repository, create=False)
+            if repository_id is None:
+                return False
+            users = connection.execute(
+                select(manifest_blobs_table.c.manifest_digest)
+                .join(
+                    repository_manifests_table,
+                    repository_manifests_table.c.digest == manifest_blobs_table.c.manifest_digest,
+                )
+                .where(
+                    repository_manifests_table.c.repository_id == repository_id,
+                    manifest_blobs_table.c.blob_digest == digest,
+                )
+                .limit(5)
+            ).scalars()
+            referenced_by = list(users)
+            if referenced_by:
+                raise StillReferencedError(referenced_by)
+            result = connection.execute(
+                delete(repository_blobs_table).where(
+                    repository_blobs_table.c.repository_id == repository_id,
+                    repository_blobs_table.c.digest == digest,
+                )
+            )
+            return result.rowcount > 0

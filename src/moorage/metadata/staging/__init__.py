@@ -1,0 +1,1 @@
+"""SQL for stages, gates, approvals and promotion records."""

@@ -1,0 +1,1 @@
+"""SQL for scans, scanner adapters, vulnerability policies and signature trust."""

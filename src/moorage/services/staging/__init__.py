@@ -1,0 +1,1 @@
+"""Stages, promotion-only projects, promotion gates and signed promotion records."""
