@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TARGET = ROOT / "src" / "moorage" / "domain" / "access.py"
-DEFAULT_TESTS = ROOT / "tests" / "test_access_decisions.py"
+DEFAULT_TESTS = ROOT / "tests" / "access" / "test_access_decisions.py"
 DEFAULT_ALLOWLIST = ROOT / "scripts" / "mutation_equivalent.txt"
 REASON_SEPARATOR = "  ## "
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from aiohttp import web
 
+from tests.access.test_outbound import EMBEDDED, NEVER, NON_CANONICAL_IPV4
 from tests.support.api import api_client, assert_problem, create_project, eventually, unique
 from tests.support.auth import RegistryAuth
 from tests.support.server import RegistryProcess
-from tests.test_outbound import EMBEDDED, NEVER, NON_CANONICAL_IPV4
 
 GUARD = "refused by the outbound guard"
 SETTING_HINT = "set allowPrivateNetwork (CLI --allow-private-network) to allow private networks"

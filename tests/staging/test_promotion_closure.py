@@ -18,6 +18,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.supply_chain.test_vulnerability_policy_clients import (
+    CLEAN_STATUS,
+    OPENSSL_ID,
+    OPENSSL_STATUS,
+    bundle_records,
+    debian_image,
+    scan,
+)
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -47,14 +55,6 @@ from tests.support.signing import (
     public_pem,
     push_legacy_signatures,
     push_referrer,
-)
-from tests.test_vulnerability_policy_clients import (
-    CLEAN_STATUS,
-    OPENSSL_ID,
-    OPENSSL_STATUS,
-    bundle_records,
-    debian_image,
-    scan,
 )
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.supply_chain.test_scan_flow import FAST_POLL, Scanning
 from tests.support.images import Image, Platform, image_from_layers
 from tests.support.osv import osv_record, write_bundle
 from tests.support.scan_images import (
@@ -29,7 +30,6 @@ from tests.support.scan_images import (
     npm_package,
 )
 from tests.support.server import RegistryProcess
-from tests.test_scan_flow import FAST_POLL, Scanning
 
 HIGH = "CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:H/I:H/A:N"  # 8.1
 LOW = "CVSS:3.1/AV:N/AC:H/PR:H/UI:R/S:U/C:L/I:N/A:N"  # 2.0

@@ -14,7 +14,7 @@ import pytest
 from tests.support.processes import group_members, kill_group, spawn
 from tests.support.wait import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A test run whose only test holds a Moorage server (two workers) and a docker-registry
 # open, after writing their process group ids where the outer test reads them.

@@ -21,6 +21,21 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.registry.test_clients_skopeo import (
+    Skopeo,
+    docker_ref,
+    podman_environment,
+    tool_environment,
+)
+from tests.supply_chain.test_vulnerability_policy_clients import (
+    CLEAN_STATUS,
+    OPENSSL_CVE,
+    OPENSSL_ID,
+    OPENSSL_STATUS,
+    bundle_records,
+    debian_image,
+    scan,
+)
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -57,16 +72,6 @@ from tests.support.signing import (
     signature_tag,
 )
 from tests.support.tools import require_tool
-from tests.test_clients_skopeo import Skopeo, docker_ref, podman_environment, tool_environment
-from tests.test_vulnerability_policy_clients import (
-    CLEAN_STATUS,
-    OPENSSL_CVE,
-    OPENSSL_ID,
-    OPENSSL_STATUS,
-    bundle_records,
-    debian_image,
-    scan,
-)
 
 DSSE = "application/vnd.dsse.envelope.v1+json"
 IN_TOTO = "application/vnd.in-toto+json"

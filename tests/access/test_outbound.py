@@ -3,8 +3,8 @@ reach loopback, a private network or cloud metadata is refused before any connec
 the refusals say why and name the setting as the API spells it.
 
 Every outbound feature (proxy upstreams, replication remotes, scanner adapters) parses its
-URLs with this one parser; tests/test_outbound_connect.py drives the connect-time guard and
-tests/test_outbound_api.py the API of a real server.
+URLs with this one parser; tests/access/test_outbound_connect.py drives the connect-time guard and
+tests/access/test_outbound_api.py the API of a real server.
 """
 
 from __future__ import annotations

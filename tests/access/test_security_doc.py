@@ -6,7 +6,7 @@ from pathlib import Path
 
 from moorage.domain.access import ROLE_ACTIONS, Action, Role
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
 
 def test_role_matrix_in_the_document_matches_the_code() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.registry.test_clients_skopeo import Skopeo, tool_environment
 from tests.support.api import api_client, assert_problem, create_project, eventually
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.images import (
@@ -51,7 +52,6 @@ from tests.support.signing import (
     signature_tag,
 )
 from tests.support.tools import require_module, require_tool
-from tests.test_clients_skopeo import Skopeo, tool_environment
 
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 _labels = iter(range(1_000_000))

@@ -16,6 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.distribution.test_replication import (
+    ACCEPT,
+    add_endpoint,
+    add_rule,
+    executions,
+    finished,
+    remote_digest,
+    run_rule,
+    tasks,
+)
 from tests.support.api import PASSWORD, api_client, create_project, create_user, eventually, unique
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.distribution import Distribution
@@ -39,16 +49,6 @@ from tests.support.signing import (
     push_bundle,
     push_legacy_signatures,
     signature_tag,
-)
-from tests.test_replication import (
-    ACCEPT,
-    add_endpoint,
-    add_rule,
-    executions,
-    finished,
-    remote_digest,
-    run_rule,
-    tasks,
 )
 
 pytestmark = pytest.mark.tools("docker-registry")

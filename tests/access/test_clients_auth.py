@@ -21,6 +21,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.registry.test_clients_skopeo import (
+    Podman,
+    Skopeo,
+    ToolEnvironment,
+    assert_image_in_registry,
+    assert_layout_blobs_intact,
+    docker_ref,
+    podman_environment,
+    tool_environment,
+)
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -47,16 +57,6 @@ from tests.support.images import (
 )
 from tests.support.server import RegistryProcess
 from tests.support.tools import require_tool
-from tests.test_clients_skopeo import (
-    Podman,
-    Skopeo,
-    ToolEnvironment,
-    assert_image_in_registry,
-    assert_layout_blobs_intact,
-    docker_ref,
-    podman_environment,
-    tool_environment,
-)
 
 pytestmark = [
     pytest.mark.clients,

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from moorage.services.distribution.mirror import normalize_host
+from tests.registry.test_clients_skopeo import Podman, Skopeo, podman_environment, tool_environment
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -41,7 +42,6 @@ from tests.support.oci import (
     token_claims,
 )
 from tests.support.server import RegistryProcess
-from tests.test_clients_skopeo import Podman, Skopeo, podman_environment, tool_environment
 
 pytestmark = pytest.mark.tools("docker-registry")
 

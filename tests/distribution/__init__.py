@@ -1,0 +1,1 @@
+"""Proxy caches, the default mirror, virtual projects and replication."""

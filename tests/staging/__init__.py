@@ -1,0 +1,1 @@
+"""Stages, promotion-only projects, gates and promotion records."""

@@ -1,0 +1,2 @@
+"""Catalogs, vulnerability data and matching, scans, SBOMs, scanner adapters, policies,
+signatures."""
