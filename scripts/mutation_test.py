@@ -286,6 +286,9 @@ def run_tests(module: str, mutant_path: Path, tests: Path, timeout: float) -> tu
         "-q",
         "-p",
         "no:cacheprovider",
+        # The hang guard configured for the whole suite (`timeout`); this run has its own.
+        "-p",
+        "pytest_timeout",
         "--noconftest",
         str(tests),
     ]

@@ -2,10 +2,10 @@
 from Moorage's findings and reports.
 
 Pure: no HTTP and no storage. The client (`moorage.services.supply_chain.scanner_adapters`)
-parses what an
-external adapter answers with these models; the server (`moorage.http.scanner_api`) renders the
-built-in scanner's reports with them. Parsing is lenient about missing or null optional fields
-(adapters differ) and strict about sizes: every list and string an adapter sends is capped.
+parses what an external adapter answers with these models; the server
+(`moorage.http.scanner_api`) renders the built-in scanner's reports with them. Parsing is
+lenient about missing or null optional fields (adapters differ) and strict about sizes: every
+list and string an adapter sends is capped.
 
 Severity: Harbor's scale is Unknown < Negligible < Low < Medium < High < Critical. Harbor's
 `Negligible` becomes Low here (as the word "negligible" does everywhere in Moorage), and

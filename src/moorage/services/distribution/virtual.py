@@ -2,11 +2,10 @@
 
 A pull of `<virtual>/<rest>` is answered by the first member, in the configured order, that
 holds `<member>/<rest>` (a proxy-cache member counts when it can fetch it); that resolution is
-part of the one pull path, `moorage.services.registry.pulls`. A member the caller may not
-pull is skipped
-as if it did not exist: the virtual project never serves content from a project the caller
-cannot read. Pushes go to the push member, when one is configured; the routing of names (and
-the refusal of writes) happens before the one authorization decision, in
+part of the one pull path, `moorage.services.registry.pulls`. A member the caller may not pull
+is skipped as if it did not exist: the virtual project never serves content from a project the
+caller cannot read. Pushes go to the push member, when one is configured; the routing of names
+(and the refusal of writes) happens before the one authorization decision, in
 `moorage.services.distribution.mirror.NameRouter`.
 """
 

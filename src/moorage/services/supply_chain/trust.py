@@ -4,9 +4,8 @@
 formed and name only keys and stores the project has), audits it, and increments the project's
 policy version. It also compiles the project's policy (rules with their keys and certificates
 loaded) for enforcement, `moorage.services.supply_chain.signature_policy`: a worker reads a
-project's policy
-at most every 2 seconds (at once after a change it made itself), so pulls do not query the
-database each time while a change is still seen promptly.
+project's policy at most every 2 seconds (at once after a change it made itself), so pulls do
+not query the database each time while a change is still seen promptly.
 """
 
 from __future__ import annotations
