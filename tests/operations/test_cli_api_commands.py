@@ -90,12 +90,21 @@ def test_vulnerability_policy_commands(moorage: Moorage) -> None:
         "blockUnscanned": False,
         "blockFailed": False,
         "ignoreUnfixed": False,
+        "possiblyAffected": "finding",
         "updatedBy": None,
         "updatedAt": None,
     }
 
     changed = moorage.run(
-        "vuln-policy", "set", "team", "--enabled", "--severity", "Critical", "--block-unscanned"
+        "vuln-policy",
+        "set",
+        "team",
+        "--enabled",
+        "--severity",
+        "Critical",
+        "--block-unscanned",
+        "--possibly-affected",
+        "block",
     ).stdout
     assert changed.splitlines()[0] == "set the vulnerability policy of team"
     assert "severity" in changed
@@ -103,11 +112,15 @@ def test_vulnerability_policy_commands(moorage: Moorage) -> None:
     policy = moorage.json("vuln-policy", "show", "team")
     assert policy["severity"] == "Critical"
     assert policy["blockUnscanned"] is True
+    assert policy["possiblyAffected"] == "block"
     assert policy["updatedBy"]  # the operating-system account, "cli" without one
 
     bad = moorage.refused("vuln-policy", "set", "team", "--enabled", "--severity", "Severe")
     assert bad["status"] == 422
     assert "'Low', 'Medium', 'High' or 'Critical'" in field_messages(bad)["severity"]
+    maybe = moorage.refused("vuln-policy", "set", "team", "--possibly-affected", "sometimes")
+    assert maybe["status"] == 422
+    assert "possiblyAffected" in field_messages(maybe)
     unknown = moorage.refused("vuln-policy", "set", "nope", "--enabled")
     assert unknown == {"status": 404, "detail": "project nope not found"}
     assert "Error: project nope not found" in moorage.refused_text(
