@@ -55,27 +55,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    with Distribution(tmp_path_factory.mktemp("upstream-a")).start() as registry:
-        yield registry
-
-
-@pytest.fixture(scope="module")
 def second_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
     with Distribution(tmp_path_factory.mktemp("upstream-b")).start() as registry:
         yield registry
-
-
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
-def puller(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=120, auth=RegistryAuth()) as http:
-        yield http
 
 
 def make_proxy(admin: httpx.Client, upstream: Distribution, prefix: str = "hub") -> str:

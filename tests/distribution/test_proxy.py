@@ -66,24 +66,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         yield process
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    with Distribution(tmp_path_factory.mktemp("upstream")).start() as registry:
-        yield registry
-
-
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
-def puller(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=120, auth=RegistryAuth()) as http:
-        yield http
-
-
 def make_proxy(admin: httpx.Client, upstream: Distribution, **fields: Any) -> str:
     project = create_project(admin, "cache", public=bool(fields.pop("public", False)))
     body = {"url": upstream.url, "allowPrivateNetwork": True, **fields}

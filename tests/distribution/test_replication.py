@@ -81,12 +81,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
 
 
 @pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
 def registry(server: RegistryProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as http:
         yield http

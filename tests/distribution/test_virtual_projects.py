@@ -45,18 +45,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         yield process
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
-    with Distribution(tmp_path_factory.mktemp("upstream")).start() as registry:
-        yield registry
-
-
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
 @pytest.fixture
 def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120, auth=RegistryAuth()) as http:
