@@ -412,7 +412,7 @@ def test_an_event_rule_carries_signatures_pushed_later_and_restores_a_missing_su
         assert_complete(remote, repository, sbom)
     for run in executions(admin, rule):
         state = finished(admin, run["id"])
-        assert state["status"] == "succeeded", (state, tasks(admin, run["id"]))
+        assert state["status"] == "succeeded", json.dumps([state, tasks(admin, run["id"])])
 
 
 def polled_digest(client: httpx.Client, repository: str, reference: str) -> str | None:
