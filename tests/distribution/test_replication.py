@@ -205,6 +205,33 @@ def test_a_push_is_replicated_to_distribution_on_the_event(
     assert task["error"] is None
 
 
+def test_two_rules_copying_one_image_at_once_send_each_blob_once(
+    admin: httpx.Client, registry: httpx.Client, target: Distribution
+) -> None:
+    """Two tasks that push the same blobs to one remote repository at once take turns per
+    blob: racing uploads of one blob make Distribution refuse them, and a retry would then
+    race again."""
+    project = create_project(admin, "twice")
+    endpoint = add_endpoint(admin, target.url, kind="distribution")
+    rules = [
+        add_rule(admin, endpoint, trigger="event", repositories=[f"{project}/**"])
+        for _ in range(2)
+    ]
+    image = push_image(registry, f"{project}/app", "v1", layer_count=3)
+    with target.client() as remote:
+        wait_for_manifest(remote, f"{project}/app", "v1", image.digest)
+        assert_image_complete(remote, f"{project}/app", image)
+    copied = 0
+    for rule in rules:
+        (execution,) = executions(admin, rule)
+        run = finished(admin, execution["id"])
+        (task,) = tasks(admin, run["id"])
+        assert run["status"] == "succeeded", task
+        assert task["attempts"] == 1, task
+        copied += task["blobsCopied"]
+    assert copied == 4  # three layers and the config, each sent once
+
+
 def test_an_index_is_pushed_children_first_and_shared_blobs_are_skipped(
     admin: httpx.Client, registry: httpx.Client, target: Distribution
 ) -> None:

@@ -109,6 +109,11 @@ def test_back_off_doubles_up_to_a_cap_and_gives_up() -> None:
     backoff = Backoff(base_seconds=2, max_seconds=10, max_attempts=4)
     assert [backoff.delay(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
     assert backoff.delay(10_000) == 10
+    # A random draw spreads each wait over its upper half, never beyond the cap.
+    assert [backoff.delay(3, draw) for draw in (0.0, 0.5, 1.0)] == [4, 6, 8]
+    assert backoff.delay(10_000, 0.0) == 5
+    assert backoff.delay(2, 7.0) == 4
+    assert backoff.delay(2, -1.0) == 2
     assert not backoff.gives_up(3)
     assert backoff.gives_up(4)
 

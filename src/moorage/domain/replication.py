@@ -262,10 +262,14 @@ class Backoff:
     max_seconds: float
     max_attempts: int
 
-    def delay(self, attempts: int) -> float:
-        """Seconds to wait after the `attempts`-th failed attempt."""
+    def delay(self, attempts: int, draw: float = 1.0) -> float:
+        """Seconds to wait after the `attempts`-th failed attempt.
+
+        `draw` (a random number in [0, 1]) spreads the wait over its upper half: tasks that
+        failed together, because they collided, then do not all retry at the same moment."""
         exponent = min(max(attempts - 1, 0), 32)
-        return float(min(self.max_seconds, self.base_seconds * (2**exponent)))
+        full = float(min(self.max_seconds, self.base_seconds * (2**exponent)))
+        return full * (0.5 + 0.5 * min(max(draw, 0.0), 1.0))
 
     def gives_up(self, attempts: int) -> bool:
         return attempts >= self.max_attempts

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import uuid
 from collections import deque
@@ -398,7 +399,9 @@ class ReplicationQueue:
         if error is not None:
             backoff = self._options.backoff
             if not permanent and not backoff.gives_up(task.attempts):
-                retry_at = datetime.now(UTC) + timedelta(seconds=backoff.delay(task.attempts))
+                retry_at = datetime.now(UTC) + timedelta(
+                    seconds=backoff.delay(task.attempts, random.random())
+                )
             log.warning(
                 "replication task %d (%s %s) attempt %d failed: %s",
                 task.id,

@@ -20,11 +20,8 @@ own child) ends; the depth and the number of referrers per task are capped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
 from moorage.domain import mediatypes as mt
@@ -34,6 +31,7 @@ from moorage.domain.manifest import ParsedManifest, parse_manifest
 from moorage.metadata.distribution.replication_store import TaskRecord
 from moorage.metadata.registry.registry_records import ReferrerRecord
 from moorage.metadata.registry.store import MetadataStore
+from moorage.services.distribution.keyed_locks import KeyedLocks
 from moorage.services.distribution.proxy import UpstreamError
 from moorage.services.distribution.replication_types import (
     Progress,
@@ -103,7 +101,7 @@ class Referrers:
         # The referrers tag is read, merged and written back, and the registries that need it
         # have no conditional writes: two tasks merging into one tag at once would lose an
         # entry. Replication runs in one process, so one lock per tag there is enough.
-        self._tag_locks: dict[tuple[int, str, str], tuple[asyncio.Lock, int]] = {}
+        self._tag_locks = KeyedLocks()
 
     # -- push
 
@@ -168,23 +166,8 @@ class Referrers:
                 if depth + 1 < MAX_REFERRER_DEPTH:
                     subjects.append((referrer.digest, referrer.media_type, depth + 1))
             if not api:
-                async with self._tag_lock((remote.id, task.destination, subject)):
+                async with self._tag_locks.held((remote.id, task.destination, subject)):
                     await self._merge_referrers_tag(client, task.destination, subject, descriptors)
-
-    @contextlib.asynccontextmanager
-    async def _tag_lock(self, key: tuple[int, str, str]) -> AsyncIterator[None]:
-        """Held while one referrers tag is merged; forgotten when nobody holds or awaits it."""
-        lock, users = self._tag_locks.get(key, (asyncio.Lock(), 0))
-        self._tag_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._tag_locks[key]
-            if users == 1:
-                del self._tag_locks[key]
-            else:
-                self._tag_locks[key] = (lock, users - 1)
 
     def _count(self, progress: Progress, task: TaskRecord) -> None:
         progress.referrers += 1

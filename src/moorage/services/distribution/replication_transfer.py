@@ -20,6 +20,7 @@ from moorage.domain.names import Reference
 from moorage.domain.replication import EndpointKind
 from moorage.metadata.distribution.replication_store import TaskRecord
 from moorage.metadata.registry.store import MetadataStore
+from moorage.services.distribution.keyed_locks import KeyedLocks
 from moorage.services.distribution.proxy import UpstreamError
 from moorage.services.distribution.replication_referrers import Referrers
 from moorage.services.distribution.replication_types import (
@@ -61,6 +62,7 @@ class Transfer:
         self._threads = threads
         self._options = options
         self._mounts: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self._blob_locks = KeyedLocks()
         self._referrers = Referrers(self, metadata, registry, threads, options)
 
     # -- push
@@ -127,6 +129,19 @@ class Transfer:
         return await client.put_manifest(task.destination, tag or digest, media_type, body)
 
     async def _push_blob(
+        self,
+        client: RemoteRegistry,
+        remote: RemoteEndpoint,
+        task: TaskRecord,
+        digest: Digest,
+        progress: Progress,
+    ) -> None:
+        # Two tasks sending one blob to one remote repository at once would race there
+        # (Distribution may then refuse both uploads): the second waits, then finds it.
+        async with self._blob_locks.held((remote.id, task.destination, str(digest))):
+            await self._send_blob(client, remote, task, digest, progress)
+
+    async def _send_blob(
         self,
         client: RemoteRegistry,
         remote: RemoteEndpoint,
