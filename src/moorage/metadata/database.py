@@ -168,6 +168,9 @@ def _server_engine(url: str, pool_size: int) -> Engine:
         pool_recycle=1800,
         connect_args=connect_args,
         hide_parameters=True,
+        # psycopg closes a cursor that returns no rows, and with it the row count of an
+        # INSERT ... ON CONFLICT DO NOTHING (-1): the stores read it to learn who won.
+        execution_options={"preserve_rowcount": True},
     )
     _GATES[engine] = WriteGate(None)
     return engine
