@@ -9,7 +9,6 @@ ordering could leave after a crash).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from moorage.metadata.staging.promotion_store import NewPromotion, PromotionStor
 from tests.support.api import api_client, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.images import Blob, push_image, tiny_image
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, command_environment
 from tests.support.signing import push_referrer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -225,7 +224,7 @@ def test_identical_promotions_at_the_same_instant_leave_one_record(
 
 
 def run_fsck(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    environment = command_environment(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir), *extra],
         capture_output=True,
