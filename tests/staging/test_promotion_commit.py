@@ -22,7 +22,7 @@ import pytest
 
 from moorage.domain.digest import Digest
 from moorage.domain.manifest import parse_manifest
-from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.database import make_engine
 from moorage.metadata.registry.registry_records import ManifestLinks, MissingReferencesError
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import NewPromotion, PromotionStore, RecordManifest
@@ -67,9 +67,8 @@ def manifest_body(layers: list[bytes], subject: str | None = None) -> bytes:
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[MetadataStore, PromotionStore]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'moorage.db'}", pool_size=1)
-    migrate(engine)
+def stores(metadata_url: str) -> Iterator[tuple[MetadataStore, PromotionStore]]:
+    engine = make_engine(metadata_url, pool_size=1)
     metadata = MetadataStore(engine)
     try:
         yield metadata, PromotionStore(engine, metadata)
