@@ -295,6 +295,31 @@ def test_concurrent_sign_in_failures_all_count(metadata_url: str) -> None:
 # -- migrations: nodes starting together
 
 
+def _prepare(number: int, url: str, directory: Path) -> None:
+    from pydantic import SecretStr
+
+    from moorage.bootstrap import prepare_data
+    from moorage.config import Settings
+
+    prepare_data(
+        Settings(
+            database_url=url,
+            data_dir=directory / f"node{number}",
+            admin_password=SecretStr("first-admin-password"),
+        )
+    )
+
+
+def test_nodes_starting_together_prepare_one_signing_key_and_one_admin(tmp_path: Path) -> None:
+    url = fresh_database_url("postgresql", tmp_path)
+    race(_prepare, url, tmp_path, processes=4)
+    engine = make_engine(url, pool_size=1)
+    store = IamStore(engine)
+    assert len([key for key in store.signing_keys() if key.retired_at is None]) == 1
+    assert store.user_by_name("admin") is not None
+    engine.dispose()
+
+
 def _migrate(number: int, url: str) -> str:
     engine = make_engine(url, pool_size=1)
     migrate(engine)

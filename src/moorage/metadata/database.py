@@ -41,6 +41,7 @@ _SINGLE_READ = "moorage_single_read"
 # it serialises on, so that only writers of the same keys wait for each other.
 WRITERS = "moorage:writers"
 _MIGRATIONS_KEY = "moorage:migrations"
+_STARTUP_KEY = "moorage:startup"
 PG_CONNECT_TIMEOUT_SECONDS = 10
 
 
@@ -256,6 +257,25 @@ def _reaching(engine: Engine) -> Iterator[None]:
     except OperationalError as error:
         where = engine.url.render_as_string(hide_password=True)
         raise DatabaseUnavailableError(f"cannot use the database {where}: {error.orig}") from None
+
+
+@contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: nodes starting together prepare the database (schema, first signing key,
+    first account) one at a time, so the later ones find it prepared. No-op on SQLite, where
+    one supervisor prepares before its workers fork."""
+    if not is_postgresql(engine):
+        yield
+        return
+    key = {"key": lock_key(_STARTUP_KEY)}
+    with _reaching(engine), engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            connection.commit()
 
 
 def has_schema(engine: Engine) -> bool:
