@@ -12,6 +12,7 @@ import io
 import json
 import random
 import subprocess
+import os
 import sys
 import tarfile
 import zipfile
@@ -362,6 +363,14 @@ def synthetic_database(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         )
 
 
+def _with_test_database(data_dir: Path) -> dict[str, str]:
+    # Under MOORAGE_TEST_DATABASE=postgresql the server's metadata is not in data_dir.
+    from tests.support.server import database_url_for
+
+    url = database_url_for(data_dir)
+    return {**os.environ, **({"MOORAGE_DATABASE_URL": url} if url else {})}
+
+
 def run_vulndb(data_dir: Path, *args: str) -> str:
     """`moorage vulndb …` on a data directory (a server may be running on it); its output."""
     result = subprocess.run(
@@ -370,6 +379,7 @@ def run_vulndb(data_dir: Path, *args: str) -> str:
         text=True,
         timeout=300,
         check=False,
+        env=_with_test_database(data_dir),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
