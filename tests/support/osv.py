@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
-import os
 import sys
 import tarfile
 import zipfile
