@@ -367,8 +367,9 @@ def _with_test_database(data_dir: Path) -> dict[str, str]:
     # Under MOORAGE_TEST_DATABASE=postgresql the server's metadata is not in data_dir.
     from tests.support.server import database_url_for
 
+    environment = {k: v for k, v in os.environ.items() if k != "MOORAGE_TEST_DATABASE"}
     url = database_url_for(data_dir)
-    return {**os.environ, **({"MOORAGE_DATABASE_URL": url} if url else {})}
+    return {**environment, **({"MOORAGE_DATABASE_URL": url} if url else {})}
 
 
 def run_vulndb(data_dir: Path, *args: str) -> str:
