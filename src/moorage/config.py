@@ -40,7 +40,9 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path("moorage-data"), description="where metadata and blobs live")
     workers: int = Field(1, ge=1, le=64, description="processes serving the same port")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite in the data directory"
+        None,
+        description="SQLAlchemy URL; default is SQLite in the data directory",
+        repr=False,  # may hold a password: print masked_url(...) instead
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL makes every acknowledged push durable across power loss"
