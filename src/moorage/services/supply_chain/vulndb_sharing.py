@@ -106,6 +106,7 @@ class SharedGenerationStore:
         self._adopted = legacy is None
         self._verified: dict[str, tuple[int, int, int]] = {}  # id -> stat of a checked file
         self._verify_lock = threading.Lock()
+        self._pruned_version = -1
 
     # -- the pointer
 
@@ -116,6 +117,11 @@ class SharedGenerationStore:
     def pointer(self) -> Pointer:
         self._adopt_once()
         stored = self._catalog.pointer()
+        if stored.version != self._pruned_version:
+            # Another node may have moved the pointer: drop what this node cached for
+            # generations that are no longer kept.
+            self.prune_cache(stored.history)
+            self._pruned_version = stored.version
         return Pointer(stored.current, stored.history)
 
     def has(self, generation_id: str) -> bool:
