@@ -10,6 +10,7 @@ adopted on first start and keeps its reports.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -347,3 +348,126 @@ def test_a_damaged_cached_file_is_fetched_again_and_a_damaged_blob_is_never_used
     assert not cached.exists()
     assert list((b.cache / "cache").glob(".fetch-*")) == []
     assert "in storage does not match its digest" in b.server.logs()
+
+
+# -- upgrading from the version that kept the generations under <data_dir>/vulndb
+
+
+def previous_version_source(target: Path) -> Path | None:
+    """The source tree of the version before the shared vulnerability database (the parent of
+    the commit whose migration created `vulndb_pointer`), or None outside a git checkout."""
+    found = subprocess.run(
+        ["git", "log", "--format=%H", "-S", "vulndb_pointer", "--reverse", "--", "src/moorage"],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commits = found.stdout.split()
+    if found.returncode != 0 or not commits:
+        return None
+    target.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", f"{commits[0]}^", "src"],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "src"
+
+
+def test_a_data_directory_of_the_previous_version_is_adopted_with_its_reports(
+    tmp_path: Path,
+) -> None:
+    old_source = previous_version_source(tmp_path / "previous")
+    if old_source is None:
+        pytest.skip("the previous version's source needs a git checkout")
+    data_dir = tmp_path / "data"
+    old_env = {**FAST_POLL, "PYTHONPATH": str(old_source)}
+
+    # The previous version: a scanned image, two imported generations, node-local files.
+    old = RegistryProcess(data_dir, env=old_env).start()
+    try:
+        node = Node(old, data_dir / "vulndb").connect()
+        project = scanned_project(node)
+        repository = f"{project}/alpine"
+        digest = push_image(node.v2, repository, alpine(), "latest")
+        generations = []
+        for number, bundle in enumerate((BUNDLE_V1, bundle_v2()), start=1):
+            imported = vulndb_command(
+                data_dir,
+                "import",
+                str(write_bundle(tmp_path / f"v{number}.tar.gz", bundle)),
+                env={"PYTHONPATH": str(old_source)},
+            )
+            assert imported.returncode == 0, imported.stderr
+            found = re.search(r"generation (\S+) is current", imported.stdout)
+            assert found is not None
+            generations.append(found.group(1))
+        first, second = generations
+        before = node.wait_report(repository, digest, second)
+        assert_oracle(before, "alpine", 2)
+        status_before = node.status()
+        node.close()
+    finally:
+        old.stop()
+    assert (data_dir / "vulndb" / "CURRENT").is_file()
+
+    # This version adopts the files on first start and serves the same reports.
+    new = RegistryProcess(data_dir, env=dict(FAST_POLL)).start()
+    try:
+        node = Node(new, data_dir / "vulndb").connect()
+        assert node.status() == status_before
+        assert node.report(repository, digest) == before
+        assert not (data_dir / "vulndb" / "CURRENT").exists()
+        assert (data_dir / "vulndb" / "CURRENT.adopted").is_file()
+        assert not (data_dir / "vulndb" / "generations").exists()
+        stored = stored_generations(data_dir)
+        assert set(stored) == {first, second}
+        for generation, blob_digest in stored.items():
+            assert sha256_of(blob_path(data_dir, blob_digest)) == blob_digest
+            assert sha256_of(data_dir / "vulndb" / "cache" / f"{generation}.sqlite") == blob_digest
+
+        # A rollback goes to the adopted earlier generation; the report is matched once more.
+        rolled = node.api.post("/vulnerability-database/rollback")
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["id"] == first
+        after = node.wait_report(repository, digest, first)
+        assert_oracle(after, "alpine", 1)
+        assert after["rematches"] == before["rematches"] + 1
+        assert after["finishedAt"] == before["finishedAt"]
+        node.close()
+    finally:
+        new.stop()
+    status = vulndb_command(data_dir, "status")
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"* {first}")
+
+
+def test_the_commands_adopt_a_previous_layout_too(tmp_path: Path) -> None:
+    """`moorage vulndb` run first after an upgrade (no server started yet) adopts the files."""
+    from moorage.vulnerability.database import VulnerabilityDatabase
+
+    data_dir = tmp_path / "data"
+    legacy = VulnerabilityDatabase(data_dir / "vulndb")  # the file layout, as written before
+    first = legacy.import_path(write_bundle(tmp_path / "v1.tar.gz", BUNDLE_V1)).generation
+    second = legacy.import_path(write_bundle(tmp_path / "v2.tar.gz", bundle_v2())).generation
+    third = legacy.import_path(write_bundle(tmp_path / "v3.tar.gz", BUNDLE_V1)).generation
+    legacy.rollback()  # the layout's own history: [second, first]
+    assert [info.id for info in legacy.status().history] == [second, first]
+
+    status = vulndb_command(data_dir, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    document = json.loads(status.stdout)
+    assert document["current"]["id"] == second
+    assert [item["id"] for item in document["history"]] == [second, first]
+    assert third not in stored_generations(data_dir)
+    # Once adopted, the shared store is the truth: the old files are not read again.
+    assert not (data_dir / "vulndb" / "CURRENT").exists()
+    rolled = vulndb_command(data_dir, "rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    assert f"generation {first} is current again" in rolled.stdout
+    refused = vulndb_command(data_dir, "rollback")
+    assert refused.returncode == 1
+    assert "no earlier generation" in refused.stderr
