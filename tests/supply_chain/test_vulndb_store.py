@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from moorage.vulnerability.database import (
     DatabaseBusyError,
     NoPreviousGenerationError,
     VulnerabilityDatabase,
+    VulnerabilityDatabaseError,
 )
 from tests.support.osv import osv_record, write_osv_zip
 from tests.support.services import PostgresServer
@@ -139,3 +141,27 @@ def test_two_nodes_share_imports_and_rollbacks_through_the_database(
     assert [info.id for info in a.status().history] == [first]
     with pytest.raises(NoPreviousGenerationError):
         a.rollback()
+
+
+def test_an_import_whose_lease_was_taken_over_changes_nothing_and_leaves_no_blob(
+    engine: Engine, tmp_path: Path
+) -> None:
+    storage = FilesystemStorage(tmp_path / "storage")
+    built = VulnerabilityDatabase(tmp_path / "local")  # a finished generation file to publish
+    made = built.import_path(
+        write_osv_zip(tmp_path / "one.zip", [osv_record("TEST-LOST", "PyPI", "six", fixed="9")])
+    ).generation
+    file = tmp_path / "built.sqlite"
+    shutil.copyfile(built.store.file(made), file)
+
+    # A lease that has run out at once: another node may take the lock over meanwhile.
+    store = SharedGenerationStore(
+        VulndbStore(engine), storage, tmp_path / "cache", lease_seconds=-1
+    )
+    with store.locked(0):
+        assert VulndbStore(engine).claim_lock("another-node", 60)
+        with pytest.raises(VulnerabilityDatabaseError, match="lock was lost"):
+            store.publish(file, made, 4)
+    assert VulndbStore(engine).pointer().current is None
+    assert VulndbStore(engine).generation(made) is None
+    assert list(storage.list_blobs()) == []
