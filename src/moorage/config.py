@@ -105,6 +105,11 @@ class Settings(BaseModel):
         description="image scans run at once by the process that runs background jobs (0: this"
         " node runs no scans; another node sharing the database does)",
     )
+    vulndb_cache_dir: Path | None = Field(
+        None,
+        description="this node's cache of vulnerability database files (fetched from the shared"
+        " storage); default: <data_dir>/vulndb",
+    )
     vulndb_poll_seconds: float = Field(
         30.0,
         ge=0.1,

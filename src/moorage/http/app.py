@@ -49,6 +49,7 @@ from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
 from moorage.metadata.supply_chain.scanner_store import ScannerStore
 from moorage.metadata.supply_chain.trust_store import TrustStore
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.metadata.supply_chain.vulnerability_policy_store import VulnerabilityPolicyStore
 from moorage.services.access.audit import AuditLog, AuditService
 from moorage.services.access.identity import IdentityService, policy_from
@@ -71,14 +72,13 @@ from moorage.services.supply_chain.sbom import SbomService
 from moorage.services.supply_chain.scanning import ScanService, ScanServiceOptions
 from moorage.services.supply_chain.signature_policy import SignaturePolicy
 from moorage.services.supply_chain.trust import TrustService
-from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, shared_database
 from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,
 )
 from moorage.services.threads import Threads
 from moorage.storage.filesystem import FilesystemStorage
-from moorage.vulnerability.database import VulnerabilityDatabase
 
 log = logging.getLogger("moorage.http")
 
@@ -186,7 +186,7 @@ def build_app(
     immutability = ImmutabilityService(iam_store, events)
     ImmutableTagPolicy(immutability, metadata, threads).register(policies)
     # The scan service reads the vulnerability database and serves reports (ReportReader).
-    vulnerability_database = VulnerabilityDatabase(database_directory(settings))
+    vulnerability_database = shared_database(settings, VulndbStore(engine), storage)
     scans = ScanService(
         ScanStore(engine),
         metadata,
