@@ -35,12 +35,12 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support.services
 
+from sqlalchemy import select
+from tests.support.services import PostgresServer
+
 from blobdata import OCI_MANIFEST, make_image
 from client import RegistryClient, TokenAuth
 from loadtools import run_wrk
-from servers import DistributionServer, MoorageServer, Server, environment_info
-from sqlalchemy import select
-
 from moorage.metadata.database import make_engine, write_transaction
 from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_records import (
@@ -48,7 +48,7 @@ from moorage.metadata.registry.registry_records import (
     repository_manifests_table,
     tags_table,
 )
-from tests.support.services import PostgresServer
+from servers import DistributionServer, MoorageServer, Server, environment_info
 
 _SEED_BATCH = 20_000
 
@@ -278,9 +278,8 @@ def render(results: dict[tuple[str, int], Result], labels: list[str], sizes: lis
     lines += ["", "| Server | Manifest GET req/s (median) | Rounds |", "| --- | ---: | --- |"]
     for label in labels:
         rates = results[(label, 0)].manifest_rates
-        lines.append(
-            f"| {label} | {statistics.median(rates):,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |"
-        )
+        rounds = ", ".join(f"{rate:,.0f}" for rate in rates)
+        lines.append(f"| {label} | {statistics.median(rates):,.0f} | {rounds} |")
     return "\n".join(lines)
 
 
