@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -436,6 +437,9 @@ def _requested_range(request: web.Request, size: int, etag: str) -> ByteRange | 
         ) from None
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
 def _page(
     request: web.Request, max_page: int, *, default_all: bool = False
 ) -> tuple[int, str | None]:
@@ -453,6 +457,12 @@ def _page(
     last = request.query.get("last") or None
     if last is not None and len(last) > 512:
         raise RegistryError(ErrorCode.UNSUPPORTED, "last is too long", status=400)
+    # Every tag, repository name and digest is visible ASCII; anything else (NUL, controls,
+    # undecodable bytes) is no cursor, and PostgreSQL would refuse a NUL in a text parameter.
+    if last is not None and not _VISIBLE_ASCII.fullmatch(last):
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "last must be visible ASCII characters", status=400
+        )
     return limit, last
 
 
