@@ -1,7 +1,8 @@
 """Tag and catalog listings over HTTP, on a server with SQLite and one with PostgreSQL.
 
-Both servers cap a page at 5 (`max_page_size`), so that the cap, the `Link` chain and a listing
-without `n` are walked at every boundary with a handful of tags.
+Both servers cap `n` at 5 (`max_page_size`) and a listing without `n` at 7
+(`unpaged_listing_size`), so that both caps and their `Link` chains are walked at every
+boundary with a handful of tags.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from tests.support.server import RegistryProcess
 from tests.support.services import PostgresServer
 
 CAP = 5
+UNPAGED = 7
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RegistryProcess]]:
-    environment = {"MOORAGE_MAX_PAGE_SIZE": str(CAP)}
+    environment = {
+        "MOORAGE_MAX_PAGE_SIZE": str(CAP),
+        "MOORAGE_UNPAGED_LISTING_SIZE": str(UNPAGED),
+    }
     with PostgresServer() as postgres:
         url = postgres.create_database("listing_http")
         on_sqlite = RegistryProcess(tmp_path_factory.mktemp("sqlite") / "data", env=environment)
@@ -75,16 +80,20 @@ def next_link(response: httpx.Response) -> str | None:
 
 
 def walk(client: httpx.Client, first: str, key: str) -> list[list[str]]:
+    """Every page from `first` on, following Link; a Link keeps `n` exactly when `first` has it."""
     pages: list[list[str]] = []
     path: str | None = first
+    paged = "n" in parse_qs(urlsplit(first).query)
     while path is not None:
         response = client.get(path)
         assert response.status_code == 200, response.text
         page = response.json()[key]
         path = next_link(response)
         if path is not None:
-            assert len(page) == min(CAP, len(page)), page
             assert page, "a Link header led to an empty page"
+            query = parse_qs(urlsplit(path).query)
+            assert query["last"] == [page[-1]]
+            assert ("n" in query) == paged, path
         pages.append(page)
         assert len(pages) < 100, "pagination does not terminate"
     return pages
@@ -99,7 +108,7 @@ def test_following_link_yields_every_tag_once_in_byte_order(
 ) -> None:
     first = f"/v2/{tagged}/tags/list" + ("" if n is None else f"?n={n}")
     pages = walk(client, first, "tags")
-    size = CAP if n is None else min(n, CAP)
+    size = UNPAGED if n is None else min(n, CAP)
     assert [tag for page in pages for tag in page] == sorted(TRICKY_TAGS)
     assert all(len(page) == size for page in pages[:-1])
     assert 0 < len(pages[-1]) <= size
@@ -113,10 +122,17 @@ def test_link_names_n_and_the_last_tag(client: httpx.Client, tagged: str) -> Non
     assert link is not None
     assert urlsplit(link).path == f"/v2/{tagged}/tags/list"
     assert parse_qs(urlsplit(link).query) == {"n": ["2"], "last": [page[-1]]}
-    # Without n the Link carries the cap the page was cut at.
-    link = next_link(client.get(f"/v2/{tagged}/tags/list"))
+    # Above the cap, n is the cap; without n the Link leads on without one either.
+    response = client.get(f"/v2/{tagged}/tags/list", params={"n": 1000})
+    assert response.json()["tags"] == sorted(TRICKY_TAGS)[:CAP]
+    link = next_link(response)
     assert link is not None
-    assert parse_qs(urlsplit(link).query)["n"] == [str(CAP)]
+    assert parse_qs(urlsplit(link).query) == {"n": [str(CAP)], "last": [sorted(TRICKY_TAGS)[4]]}
+    response = client.get(f"/v2/{tagged}/tags/list")
+    assert response.json()["tags"] == sorted(TRICKY_TAGS)[:UNPAGED]
+    link = next_link(response)
+    assert link is not None
+    assert parse_qs(urlsplit(link).query) == {"last": [sorted(TRICKY_TAGS)[UNPAGED - 1]]}
 
 
 def test_last_is_exclusive_whether_or_not_it_is_a_tag(client: httpx.Client, tagged: str) -> None:
@@ -176,7 +192,7 @@ def test_full_listing_without_n_is_the_whole_list_by_link(
 ) -> None:
     name = f"listing/many{next(_names)}"
     image = push_image(client, name)
-    tags = [f"t{k:03d}" for k in range(3 * CAP + 2)]
+    tags = [f"t{k:03d}" for k in range(2 * UNPAGED + 3)]
     for tag in tags:
         response = client.put(
             f"/v2/{name}/manifests/{tag}",
@@ -185,7 +201,7 @@ def test_full_listing_without_n_is_the_whole_list_by_link(
         )
         assert response.status_code == 201
     pages = walk(client, f"/v2/{name}/tags/list", "tags")
-    assert [len(page) for page in pages] == [CAP, CAP, CAP, 2]
+    assert [len(page) for page in pages] == [UNPAGED, UNPAGED, 3]
     assert [tag for page in pages for tag in page] == tags
 
 
