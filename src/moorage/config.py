@@ -50,6 +50,12 @@ class Settings(BaseModel):
     max_manifest_bytes: int = Field(4 * MiB, ge=1024, le=64 * MiB)
     max_blob_bytes: int = Field(64 * GiB, ge=1)
     max_page_size: int = Field(1000, ge=1, le=100_000, description="cap on `n` for listings")
+    unpaged_listing_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="most names a tag or catalog listing without `n` returns (a Link leads on)",
+    )
     upload_expiry_seconds: int = Field(24 * 3600, ge=1)
     upload_purge_interval_seconds: int = Field(3600, ge=1)
     manifest_cache_bytes: int = Field(32 * MiB, ge=0)

@@ -158,9 +158,10 @@ def test_n_above_the_cap_is_capped_to_1000(client: httpx.Client, repo: str) -> N
     assert response.status_code == 200
     assert response.json()["tags"] == tags[:1000]
     assert next_link(response) == f"/v2/{repo}/tags/list?n=1000&last=t0999"
-    # Without n the listing is capped the same way.
+    # Without n the whole list is asked for: up to `unpaged_listing_size` (10,000) at once.
     response = client.get(f"/v2/{repo}/tags/list")
-    assert response.json()["tags"] == tags[:1000]
+    assert response.json()["tags"] == tags
+    assert "Link" not in response.headers
     rest = client.get(f"/v2/{repo}/tags/list", params={"n": 1000, "last": "t0999"})
     assert rest.json()["tags"] == ["t1000"]
     assert "Link" not in rest.headers

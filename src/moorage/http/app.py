@@ -251,7 +251,9 @@ def build_app(
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
+    app[SERVICES] = Services(
+        registry, uploads, settings.max_page_size, proxy_cache, settings.unpaged_listing_size
+    )
 
     async def is_proxy(project: str) -> bool:
         return await proxy_cache.config_for(project) is not None

@@ -40,6 +40,7 @@ class Services:
     uploads: UploadService
     max_page_size: int
     proxy: ProxyCache
+    unpaged_listing_size: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -55,7 +56,7 @@ _CATALOG_SCAN_LIMIT = 20_000
 async def catalog(request: web.Request) -> web.Response:
     """Repositories the caller may pull, in order; the filter is the same `decide` as a pull."""
     services = request.app[SERVICES]
-    limit, last = _page(request, services.max_page_size)
+    limit, last = _page(request, services.max_page_size, services.unpaged_listing_size)
     visible = await _pull_filter(request)
     if visible is None:
         page = await services.registry.list_repositories(last, limit + 1) if limit else []
@@ -65,7 +66,7 @@ async def catalog(request: web.Request) -> web.Response:
         names, more, cursor = await _visible_page(services, visible, last, limit)
     headers = {}
     if more and cursor:
-        headers["Link"] = _next_link("/v2/_catalog", {"n": str(limit), "last": cursor})
+        headers["Link"] = _next_link("/v2/_catalog", _onward(request, limit, cursor))
     return json_response({"repositories": names}, headers=headers)
 
 
@@ -102,20 +103,20 @@ async def _pull_filter(request: web.Request) -> Callable[[str], bool] | None:
 
 async def list_tags(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    limit, last = _page(request, services.max_page_size)
+    limit, last = _page(request, services.max_page_size, services.unpaged_listing_size)
     tags, more = await request.app[ROUTING].pulls.tags(await pull_access(request), last, limit)
     # The name the client asked for: a mirrored name is answered as the client knows it.
     shown = request.get(REQUESTED_NAME, request[REPOSITORY])
     headers = {}
     if more and tags:
-        headers["Link"] = _next_link(f"/v2/{shown}/tags/list", {"n": str(limit), "last": tags[-1]})
+        headers["Link"] = _next_link(f"/v2/{shown}/tags/list", _onward(request, limit, tags[-1]))
     return json_response({"name": shown, "tags": tags}, headers=headers)
 
 
 async def referrers(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     subject = Digest.parse(request.match_info["digest"])
-    limit, last = _page(request, services.max_page_size, default_all=True)
+    limit, last = _page(request, services.max_page_size)
     artifact_type = request.query.get("artifactType") or None
     found = await request.app[ROUTING].pulls.referrers(
         await pull_access(request), subject, artifact_type, last, limit + 1
@@ -436,13 +437,19 @@ def _requested_range(request: web.Request, size: int, etag: str) -> ByteRange | 
         ) from None
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
 def _page(
-    request: web.Request, max_page: int, *, default_all: bool = False
+    request: web.Request, max_page: int, unpaged: int | None = None
 ) -> tuple[int, str | None]:
-    """(limit, last) from `n` and `last`; `n` is capped so no listing is unbounded."""
+    """(limit, last) from `n` and `last`; `n` is capped so no listing is unbounded.
+
+    Without `n` a client asks for the whole list (the spec's first form): it gets up to
+    `unpaged` names at once, and a Link without `n` to the rest."""
     raw = request.query.get("n")
     if raw is None or raw == "":
-        limit = max_page
+        limit = unpaged or max_page
     else:
         # isascii: str.isdigit() also admits digits such as '²' that int() rejects.
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
@@ -453,7 +460,20 @@ def _page(
     last = request.query.get("last") or None
     if last is not None and len(last) > 512:
         raise RegistryError(ErrorCode.UNSUPPORTED, "last is too long", status=400)
+    # Every tag, repository name and digest is visible ASCII; anything else (NUL, controls,
+    # undecodable bytes) is no cursor, and PostgreSQL would refuse a NUL in a text parameter.
+    if last is not None and not _VISIBLE_ASCII.fullmatch(last):
+        raise RegistryError(
+            ErrorCode.UNSUPPORTED, "last must be visible ASCII characters", status=400
+        )
     return limit, last
+
+
+def _onward(request: web.Request, limit: int, last: str) -> dict[str, str]:
+    """The query of the next page: the same `n` (none if the client gave none), after `last`."""
+    if request.query.get("n"):
+        return {"n": str(limit), "last": last}
+    return {"last": last}
 
 
 def _one_page(items: list[T], limit: int) -> tuple[list[T], bool]:

@@ -13,9 +13,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from moorage.metadata.database import read_transaction
+from moorage.metadata.database import read_transaction, single_read
+from moorage.metadata.registry.listing import page_query, read_page
 from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_records import repositories_table, tag_checks_table
+
+_REPOSITORIES_FIRST_PAGE = page_query(repositories_table.c.name, after=False)
+_REPOSITORIES_PAGE_AFTER = page_query(repositories_table.c.name, after=True)
 
 
 def repository_key(name: str) -> str:
@@ -66,11 +70,10 @@ class RegistryStoreBase:
             return self._repository_id(connection, name, create=False) is not None
 
     def list_repositories(self, last: str | None, limit: int) -> list[str]:
-        query = select(repositories_table.c.name).order_by(repositories_table.c.name).limit(limit)
-        if last is not None:
-            query = query.where(repositories_table.c.name > last)
-        with read_transaction(self._engine) as connection:
-            return list(connection.execute(query).scalars())
+        with single_read(self._engine) as connection:
+            if last is None:
+                return read_page(connection, _REPOSITORIES_FIRST_PAGE, {"limit": limit})
+            return read_page(connection, _REPOSITORIES_PAGE_AFTER, {"limit": limit, "last": last})
 
     # -- proxy-cache tag marks (set by manifest writes and by proxy-cache bookkeeping)
 

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from moorage.domain.manifest import ParsedManifest
 from moorage.metadata.database import read_transaction, single_read, write_transaction
+from moorage.metadata.registry.listing import page_query, read_page
 from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_base import RegistryStoreBase, repository_key
 from moorage.metadata.registry.registry_records import (
@@ -75,6 +76,9 @@ _MANIFEST_TAGS = (
     )
     .order_by(tags_table.c.name)
 )
+_TAGS_OF = tags_table.c.repository_id == bindparam("repository_id")
+_TAGS_FIRST_PAGE = page_query(tags_table.c.name, _TAGS_OF, after=False)
+_TAGS_PAGE_AFTER = page_query(tags_table.c.name, _TAGS_OF, after=True)
 
 
 class ManifestQueries(RegistryStoreBase):
@@ -421,12 +425,12 @@ class ManifestQueries(RegistryStoreBase):
             repository_id = self._repository_id(connection, repository, create=False)
             if repository_id is None:
                 return None
-            query = (
-                select(tags_table.c.name)
-                .where(tags_table.c.repository_id == repository_id)
-                .order_by(tags_table.c.name)
-                .limit(limit)
+            if last is None:
+                return read_page(
+                    connection, _TAGS_FIRST_PAGE, {"repository_id": repository_id, "limit": limit}
+                )
+            return read_page(
+                connection,
+                _TAGS_PAGE_AFTER,
+                {"repository_id": repository_id, "limit": limit, "last": last},
             )
-            if last is not None:
-                query = query.where(tags_table.c.name > last)
-            return list(connection.execute(query).scalars())
