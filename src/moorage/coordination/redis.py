@@ -94,7 +94,8 @@ class RedisCoordination:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: set[asyncio.Task[Any]] = set()  # publishing, subscribing
+        self._tasks: set[asyncio.Task[Any]] = set()  # releases: short, let finish on close
         self._warned_at = 0.0
 
     # -- lifecycle
@@ -102,20 +103,28 @@ class RedisCoordination:
     async def start(self, on_invalidated: Invalidated) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._background(self._publish_loop())
-        self._background(self._subscribe_loop(on_invalidated))
+        self._loops.add(asyncio.create_task(self._publish_loop()))
+        self._loops.add(asyncio.create_task(self._subscribe_loop(on_invalidated)))
 
     async def close(self) -> None:
         self._loop = None
-        for task in list(self._tasks):
+        for task in self._loops:
             task.cancel()
-        for task in list(self._tasks):
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Locks released just before shutdown: delete them now rather than leave the other
+        # nodes waiting for their lease.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=_TIMEOUT_SECONDS)
         await self._client.aclose()
 
     def _background(self, work: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.create_task(work)
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop any more (shutdown): the lease will run out
+            work.close()
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
