@@ -16,7 +16,7 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.tools("redis-server")
 
-SKIPPED = "periodic job audit-prune: another node runs this turn"
+SKIPPED = "periodic job audit-prune: not this node's turn"
 
 
 def prunes(node: RegistryProcess) -> int:

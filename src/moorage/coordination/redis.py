@@ -28,7 +28,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from moorage.coordination.base import HeldLock, Invalidated
+from moorage.coordination.base import ALL_CACHES, HeldLock, Invalidated
 from moorage.coordination.local import LocalCoordination
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ LOCK_LEASE_SECONDS: Final = 10.0
 _POLL_SECONDS: Final = 0.05
 _TIMEOUT_SECONDS: Final = 2.0
 _RESUBSCRIBE_SECONDS: Final = 1.0
-ALL_CACHES: Final = "*"
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -133,7 +132,8 @@ class RedisCoordination:
         now = time.monotonic()
         if now - self._warned_at > 30:
             self._warned_at = now
-            log.warning("redis unavailable (%s): %s", what, type(error).__name__)
+            # The error names host and port at most; the URL (and its password) never.
+            log.warning("redis unavailable (%s): %s: %s", what, type(error).__name__, error)
 
     # -- locks
 

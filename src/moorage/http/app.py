@@ -420,7 +420,7 @@ async def _every(
             if await coordination.run_once(name, seconds):
                 await job()
             else:
-                log.info("periodic job %s: another node runs this turn", name)
+                log.info("periodic job %s: not this node's turn", name)
         except Exception:
             log.exception("background job failed")
         await asyncio.sleep(seconds)
