@@ -1,5 +1,6 @@
-"""Two nodes of one deployment (one database, one blob store, one Redis; lock files of their
-own): a change made on one node holds on the other within 2 s, and sign-in lockouts are shared.
+"""Two nodes of one deployment (one database: SQLite or PostgreSQL, one blob store, one Redis;
+lock files of their own): a change made on one node holds on the other within 2 s, and sign-in
+lockouts are shared.
 
 The 2 s are the promise (caches expire by then even if an invalidation is lost), polled with
 wait_until as a correctness bound; with Redis the other node forgets at once.
@@ -7,6 +8,7 @@ wait_until as a correctness bound; with Redis the other node forgets at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +18,10 @@ import pytest
 
 from tests.support.api import PASSWORD, api_client, create_project, create_user, set_role
 from tests.support.auth import RegistryAuth
-from tests.support.nodes import Nodes
+from tests.support.nodes import BACKENDS, Nodes, metadata_url
 from tests.support.oci import OCI_INDEX, OCI_MANIFEST, push_image
 from tests.support.server import RegistryProcess
-from tests.support.services import RedisServer
+from tests.support.services import PostgresServer, RedisServer
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.tools("redis-server")
@@ -30,10 +32,17 @@ MAX_FAILURES = 5
 WRONG = "not-the-password-at-all"
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RegistryProcess]]:
-    with RedisServer() as redis, Nodes(tmp_path_factory.mktemp("nodes"), redis.url) as started:
-        yield started
+@pytest.fixture(scope="module", params=BACKENDS)
+def nodes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[RegistryProcess]]:
+    with contextlib.ExitStack() as stack:
+        postgres = None
+        if request.param == "postgresql":
+            postgres = stack.enter_context(PostgresServer())
+        redis = stack.enter_context(RedisServer())
+        root = tmp_path_factory.mktemp("nodes")
+        yield stack.enter_context(Nodes(root, redis.url, metadata_url(request.param, postgres)))
 
 
 def pull_status(node: RegistryProcess, repository: str, username: str | None) -> int:
