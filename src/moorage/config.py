@@ -44,6 +44,13 @@ class Settings(BaseModel):
         description="SQLAlchemy URL; default is SQLite in the data directory",
         repr=False,  # may hold a password: print masked_url(...) instead
     )
+    # cross-node coordination (docs/architecture.md): none needed on one machine
+    redis_url: SecretStr | None = Field(
+        None, description="Redis shared by all nodes (locks, cache invalidation, schedules)"
+    )
+    redis_key_prefix: str = Field(
+        "moorage:", min_length=1, max_length=64, description="prefix of every Redis key"
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL makes every acknowledged push durable across power loss"
     )

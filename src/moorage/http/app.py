@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
+from moorage.coordination import Coordination, make_coordination
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
@@ -29,6 +30,7 @@ from moorage.http.scanner_api import (
 )
 from moorage.http.scanner_client import scanner_adapters
 from moorage.http.state import (
+    COORDINATION,
     IAM,
     REPLICATION,
     ROUTING,
@@ -56,8 +58,9 @@ from moorage.services.access.identity import IdentityService, policy_from
 from moorage.services.access.projects import ProjectService
 from moorage.services.access.refresh_tokens import RefreshTokenService
 from moorage.services.access.tokens import TokenService
+from moorage.services.cache import announce_invalidations, invalidated
 from moorage.services.distribution.mirror import MirrorService, NameRouter
-from moorage.services.distribution.proxy import FileLocks, ProxyCache, ProxyService
+from moorage.services.distribution.proxy import ProxyCache, ProxyService
 from moorage.services.distribution.replication import ReplicationOptions, ReplicationService
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
@@ -170,6 +173,8 @@ def build_app(
     storage = FilesystemStorage(settings.data_dir / "storage")
     events = EventBus()
     events.subscribe(log_subscriber)
+    coordination = make_coordination(settings)
+    app[COORDINATION] = coordination
     audit = AuditLog(iam_store)
     events.subscribe(audit)
     identity = IdentityService(iam_store, events, policy_from(settings))
@@ -247,7 +252,7 @@ def build_app(
         metadata,
         threads,
         events,
-        FileLocks(settings.data_dir / "locks" / "proxy"),
+        coordination,
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
@@ -303,6 +308,7 @@ def build_app(
             ),
             max_manifest_bytes=settings.max_manifest_bytes,
             max_blob_bytes=settings.max_blob_bytes,
+            coordination=coordination,
         ),
     )
     events.subscribe(replication.on_event)
@@ -360,11 +366,18 @@ def build_app(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await threads.run(uploads.ids.load)
+        await coordination.start(invalidated)
+        announce_invalidations(coordination.invalidate)
         tasks = [asyncio.create_task(audit.run(threads.run))]
         if run_jobs:
             tasks.append(
                 asyncio.create_task(
-                    _every(settings.upload_purge_interval_seconds, uploads.purge_expired)
+                    _every(
+                        settings.upload_purge_interval_seconds,
+                        uploads.purge_expired,
+                        coordination,
+                        "upload-purge",
+                    )
                 )
             )
             if settings.audit_retention_days:
@@ -374,7 +387,11 @@ def build_app(
                     cutoff = datetime.now(UTC) - retention
                     await threads.run(app[IAM].audit.prune, SYSTEM, cutoff)
 
-                tasks.append(asyncio.create_task(_every(_AUDIT_PRUNE_SECONDS, prune_audit)))
+                tasks.append(
+                    asyncio.create_task(
+                        _every(_AUDIT_PRUNE_SECONDS, prune_audit, coordination, "audit-prune")
+                    )
+                )
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
         # Every process records push events for replication; one runs the queue.
@@ -384,6 +401,8 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        announce_invalidations(None)
+        await coordination.close()
         await upstreams.close()
         await remotes.close()
         threads.shutdown()
@@ -393,10 +412,17 @@ def build_app(
     return app
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+async def _every(
+    seconds: float, job: Callable[[], Awaitable[object]], coordination: Coordination, name: str
+) -> None:
+    """Run `job` every `seconds`: in one worker of each node, and with Redis in one node of the
+    deployment per interval (whichever node's turn comes first)."""
     while True:
         try:
-            await job()
+            if await coordination.run_once(name, seconds):
+                await job()
+            else:
+                log.info("periodic job %s: not this node's turn", name)
         except Exception:
             log.exception("background job failed")
         await asyncio.sleep(seconds)

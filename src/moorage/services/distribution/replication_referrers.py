@@ -100,8 +100,8 @@ class Referrers:
         self._options = options
         # The referrers tag is read, merged and written back, and the registries that need it
         # have no conditional writes: two tasks merging into one tag at once would lose an
-        # entry. Replication runs in one process, so one lock per tag there is enough.
-        self._tag_locks = KeyedLocks()
+        # entry. One lock per tag in this process, then the deployment's lock across nodes.
+        self._tag_locks = KeyedLocks(options.coordination, "referrers-tag")
 
     # -- push
 

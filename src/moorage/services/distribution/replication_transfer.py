@@ -62,7 +62,7 @@ class Transfer:
         self._threads = threads
         self._options = options
         self._mounts: OrderedDict[tuple[int, str], str] = OrderedDict()
-        self._blob_locks = KeyedLocks()
+        self._blob_locks = KeyedLocks(options.coordination, "replication-blob")
         self._referrers = Referrers(self, metadata, registry, threads, options)
 
     # -- push
