@@ -19,6 +19,7 @@ from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
+from moorage.http.readiness import READINESS, readiness_checks
 from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
@@ -44,6 +45,7 @@ from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
+from moorage.metadata.health import ping_database
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -353,6 +355,7 @@ def build_app(
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
     )
+    app[READINESS] = readiness_checks(lambda: ping_database(engine), storage)
     install_routes(app)
     app.on_response_prepare.append(_add_headers)
 
