@@ -15,6 +15,9 @@ from tests.support.tools import require_tool
 
 _names = itertools.count()
 
+# `metadata_url`: in-process store tests on SQLite and on PostgreSQL.
+pytest_plugins = ["tests.support.backends"]
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """`@pytest.mark.tools("skopeo", ...)`: skip without the tools, fail under scripts/test."""

@@ -40,7 +40,16 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path("moorage-data"), description="where metadata and blobs live")
     workers: int = Field(1, ge=1, le=64, description="processes serving the same port")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is SQLite in the data directory"
+        None,
+        description="SQLAlchemy URL; default is SQLite in the data directory",
+        repr=False,  # may hold a password: print masked_url(...) instead
+    )
+    # cross-node coordination (docs/architecture.md): none needed on one machine
+    redis_url: SecretStr | None = Field(
+        None, description="Redis shared by all nodes (locks, cache invalidation, schedules)"
+    )
+    redis_key_prefix: str = Field(
+        "moorage:", min_length=1, max_length=64, description="prefix of every Redis key"
     )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL makes every acknowledged push durable across power loss"
@@ -102,6 +111,11 @@ class Settings(BaseModel):
         le=64,
         description="image scans run at once by the process that runs background jobs (0: this"
         " node runs no scans; another node sharing the database does)",
+    )
+    vulndb_cache_dir: Path | None = Field(
+        None,
+        description="this node's cache of vulnerability database files (fetched from the shared"
+        " storage); default: <data_dir>/vulndb",
     )
     vulndb_poll_seconds: float = Field(
         30.0,

@@ -3,7 +3,6 @@ rollback, signatures, limits, permissions and the audit trail, on real server pr
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +19,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support.api import PASSWORD, api_client, assert_problem, create_user, eventually
-from tests.support.osv import log4shell, osv_record, write_bundle, write_osv_zip
+from tests.support.osv import (
+    held_vulndb_lock,
+    log4shell,
+    osv_record,
+    write_bundle,
+    write_osv_zip,
+)
 from tests.support.server import RegistryProcess
 
 RECORDS = {
@@ -138,15 +143,14 @@ def test_import_status_and_rollback_through_the_cli_and_the_api(
         assert_problem(admin.post("/vulnerability-database", content=b"", headers=BINARY), 400)
         assert admin.get("/vulnerability-database").json()["current"]["id"] == first["id"]
 
-        # While another import holds the lock (as a CLI import would), the API says 409.
-        with (server.data_dir / "vulndb" / "lock").open("a") as held:
-            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        # While another import holds the lock (as a CLI import or another node would), the
+        # API says 409.
+        with held_vulndb_lock(server.data_dir):
             busy = admin.post(
                 "/vulnerability-database", content=second_zip.read_bytes(), headers=BINARY
             )
             assert "another vulnerability database import" in assert_problem(busy, 409)["detail"]
             assert_problem(admin.post("/vulnerability-database/rollback"), 409)
-            fcntl.flock(held.fileno(), fcntl.LOCK_UN)
 
         # Import and rollback through the API as well, then the audit trail of all of it.
         again = admin.post(

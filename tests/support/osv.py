@@ -16,6 +16,7 @@ import sys
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,21 @@ def run_vulndb(data_dir: Path, *args: str) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+@contextmanager
+def held_vulndb_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the vulnerability database's lock as another node's import would (through the
+    metadata database of `data_dir`)."""
+    from moorage.metadata.database import make_engine, sqlite_url
+    from moorage.metadata.supply_chain.vulndb_store import VulndbStore
+
+    engine = make_engine(sqlite_url(data_dir / "moorage.db"), pool_size=1)
+    store = VulndbStore(engine)
+    owner = "another-node:1:test"
+    try:
+        assert store.claim_lock(owner, 600), "the lock is held already"
+        yield
+    finally:
+        store.release_lock(owner)
+        engine.dispose()

@@ -2,18 +2,52 @@
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tests.support.auth import ADMIN_PASSWORD
 from tests.support.processes import kill_group, spawn, terminate
 from tests.support.wait import wait_until
+
+if TYPE_CHECKING:
+    from tests.support.services import PostgresServer
+
+# MOORAGE_TEST_DATABASE=postgresql: every RegistryProcess keeps its metadata in a database of
+# its own on one PostgreSQL started once per test process; unset (or sqlite): the default.
+TEST_DATABASE = os.environ.get("MOORAGE_TEST_DATABASE", "sqlite")
+_postgres: PostgresServer | None = None
+_databases: dict[Path, str] = {}
+
+
+def session_postgres() -> PostgresServer:
+    """The PostgreSQL of this test process, started on first use and stopped at exit."""
+    global _postgres
+    if _postgres is None:
+        from tests.support.services import PostgresServer
+
+        _postgres = PostgresServer().start()
+        atexit.register(_postgres.stop)
+    return _postgres
+
+
+def database_url_for(data_dir: Path) -> str | None:
+    """The database URL a server on `data_dir` uses under the test backend (None: SQLite)."""
+    if TEST_DATABASE != "postgresql":
+        return None
+    key = data_dir.resolve()
+    if key not in _databases:
+        name = "t_" + hashlib.sha256(str(key).encode()).hexdigest()[:20]
+        _databases[key] = session_postgres().create_database(name)
+    return _databases[key]
 
 
 def free_port() -> int:
@@ -62,6 +96,9 @@ class RegistryProcess:
         ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
         environment["MOORAGE_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+        database_url = database_url_for(self.data_dir)
+        if database_url is not None and not any("database" in a for a in self.extra_args):
+            environment["MOORAGE_DATABASE_URL"] = database_url
         environment.update(self.env)
         self.process = spawn(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         log.close()

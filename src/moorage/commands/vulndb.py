@@ -1,13 +1,16 @@
 """`moorage vulndb`: import, inspect and roll back the offline vulnerability database.
 
-These work on the data directory directly and are safe while the server runs: an import builds
-a new generation beside the current one and switches to it atomically; the server notices.
+These work on the registry's metadata database and storage, as the server does, and are safe
+while servers run: an import builds a new generation beside the current one and switches to it
+atomically; every node notices.
 `manifest` runs on the connected machine that prepares a bundle.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +19,11 @@ import click
 
 from moorage.commands.common import cli_actor, services, with_settings
 from moorage.config import ConfigError, Settings
+from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.services.events import EventBus
-from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, shared_database
+from moorage.storage.filesystem import FilesystemStorage
 from moorage.vulnerability.bundle import MANIFEST, BundleError, build_manifest
 from moorage.vulnerability.database import (
     DatabaseStatus,
@@ -32,15 +38,29 @@ def vulndb() -> None:
     """The offline vulnerability database (OSV data, imported from files)."""
 
 
-def _service(settings: Settings, events: EventBus, wait: float) -> VulnerabilityDatabaseService:
+@contextmanager
+def _database(settings: Settings, wait: float = 0.0) -> Iterator[VulnerabilityDatabase]:
+    """The shared vulnerability database, on the registry's database and storage."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
-        return VulnerabilityDatabaseService.from_settings(
-            settings,
-            events,
-            VulnerabilityDatabase(database_directory(settings), lock_timeout_seconds=wait),
-        )
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from None
+        migrate(engine)
+        storage = FilesystemStorage(settings.data_dir / "storage")
+        yield shared_database(settings, VulndbStore(engine), storage, lock_timeout_seconds=wait)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _service(
+    settings: Settings, events: EventBus, wait: float
+) -> Iterator[VulnerabilityDatabaseService]:
+    with _database(settings, wait) as database:
+        try:
+            service = VulnerabilityDatabaseService.from_settings(settings, events, database)
+        except ConfigError as error:
+            raise click.UsageError(str(error)) from None
+        yield service
 
 
 @vulndb.command("import")
@@ -64,8 +84,7 @@ def _service(settings: Settings, events: EventBus, wait: float) -> Vulnerability
 def import_(settings: Settings, source: Path, wait: float, cve_sources: tuple[Path, ...]) -> None:
     """Import SOURCE (a bundle, a directory of <ecosystem>/all.zip files or one OSV zip) as a
     new generation and make it current."""
-    with services(settings) as s:
-        service = _service(settings, s.events, wait)
+    with services(settings) as s, _service(settings, s.events, wait) as service:
         try:
             result = service.import_file(cli_actor(), source, cve_sources=cve_sources)
         except (BundleError, VulnerabilityDatabaseError) as error:
@@ -92,7 +111,8 @@ def import_(settings: Settings, source: Path, wait: float, cve_sources: tuple[Pa
 @with_settings
 def status(settings: Settings, as_json: bool) -> None:
     """The current generation and the earlier ones kept for rollback."""
-    state = VulnerabilityDatabase(database_directory(settings)).status()
+    with _database(settings) as database:
+        state = database.status()
     if as_json:
         click.echo(json.dumps(status_json(state), indent=2))
         return
@@ -138,8 +158,7 @@ def _info_json(info: GenerationInfo) -> dict[str, object]:
 @with_settings
 def rollback(settings: Settings, wait: float) -> None:
     """Make the previous generation current again; the current one is dropped."""
-    with services(settings) as s:
-        service = _service(settings, s.events, wait)
+    with services(settings) as s, _service(settings, s.events, wait) as service:
         try:
             info = service.rollback(cli_actor())
         except VulnerabilityDatabaseError as error:

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage.config import Settings
+from moorage.coordination import Coordination, make_coordination
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
@@ -30,6 +31,7 @@ from moorage.http.scanner_api import (
 )
 from moorage.http.scanner_client import scanner_adapters
 from moorage.http.state import (
+    COORDINATION,
     IAM,
     REPLICATION,
     ROUTING,
@@ -51,14 +53,16 @@ from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
 from moorage.metadata.supply_chain.scanner_store import ScannerStore
 from moorage.metadata.supply_chain.trust_store import TrustStore
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.metadata.supply_chain.vulnerability_policy_store import VulnerabilityPolicyStore
 from moorage.services.access.audit import AuditLog, AuditService
 from moorage.services.access.identity import IdentityService, policy_from
 from moorage.services.access.projects import ProjectService
 from moorage.services.access.refresh_tokens import RefreshTokenService
 from moorage.services.access.tokens import TokenService
+from moorage.services.cache import announce_invalidations, invalidated
 from moorage.services.distribution.mirror import MirrorService, NameRouter
-from moorage.services.distribution.proxy import FileLocks, ProxyCache, ProxyService
+from moorage.services.distribution.proxy import ProxyCache, ProxyService
 from moorage.services.distribution.replication import ReplicationOptions, ReplicationService
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
@@ -73,14 +77,13 @@ from moorage.services.supply_chain.sbom import SbomService
 from moorage.services.supply_chain.scanning import ScanService, ScanServiceOptions
 from moorage.services.supply_chain.signature_policy import SignaturePolicy
 from moorage.services.supply_chain.trust import TrustService
-from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, database_directory
+from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, shared_database
 from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyCheck,
     VulnerabilityPolicyService,
 )
 from moorage.services.threads import Threads
 from moorage.storage.filesystem import FilesystemStorage
-from moorage.vulnerability.database import VulnerabilityDatabase
 
 log = logging.getLogger("moorage.http")
 
@@ -172,6 +175,8 @@ def build_app(
     storage = FilesystemStorage(settings.data_dir / "storage")
     events = EventBus()
     events.subscribe(log_subscriber)
+    coordination = make_coordination(settings)
+    app[COORDINATION] = coordination
     audit = AuditLog(iam_store)
     events.subscribe(audit)
     identity = IdentityService(iam_store, events, policy_from(settings))
@@ -188,7 +193,7 @@ def build_app(
     immutability = ImmutabilityService(iam_store, events)
     ImmutableTagPolicy(immutability, metadata, threads).register(policies)
     # The scan service reads the vulnerability database and serves reports (ReportReader).
-    vulnerability_database = VulnerabilityDatabase(database_directory(settings))
+    vulnerability_database = shared_database(settings, VulndbStore(engine), storage)
     scans = ScanService(
         ScanStore(engine),
         metadata,
@@ -249,7 +254,7 @@ def build_app(
         metadata,
         threads,
         events,
-        FileLocks(settings.data_dir / "locks" / "proxy"),
+        coordination,
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
@@ -303,6 +308,7 @@ def build_app(
             ),
             max_manifest_bytes=settings.max_manifest_bytes,
             max_blob_bytes=settings.max_blob_bytes,
+            coordination=coordination,
         ),
     )
     events.subscribe(replication.on_event)
@@ -361,11 +367,18 @@ def build_app(
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await threads.run(uploads.ids.load)
+        await coordination.start(invalidated)
+        announce_invalidations(coordination.invalidate)
         tasks = [asyncio.create_task(audit.run(threads.run))]
         if run_jobs:
             tasks.append(
                 asyncio.create_task(
-                    _every(settings.upload_purge_interval_seconds, uploads.purge_expired)
+                    _every(
+                        settings.upload_purge_interval_seconds,
+                        uploads.purge_expired,
+                        coordination,
+                        "upload-purge",
+                    )
                 )
             )
             if settings.audit_retention_days:
@@ -375,7 +388,11 @@ def build_app(
                     cutoff = datetime.now(UTC) - retention
                     await threads.run(app[IAM].audit.prune, SYSTEM, cutoff)
 
-                tasks.append(asyncio.create_task(_every(_AUDIT_PRUNE_SECONDS, prune_audit)))
+                tasks.append(
+                    asyncio.create_task(
+                        _every(_AUDIT_PRUNE_SECONDS, prune_audit, coordination, "audit-prune")
+                    )
+                )
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
         # Every process records push events for replication; one runs the queue.
@@ -385,6 +402,8 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        announce_invalidations(None)
+        await coordination.close()
         await upstreams.close()
         await remotes.close()
         threads.shutdown()
@@ -394,10 +413,15 @@ def build_app(
     return app
 
 
-async def _every(seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+async def _every(
+    seconds: float, job: Callable[[], Awaitable[object]], coordination: Coordination, name: str
+) -> None:
+    """Run `job` every `seconds`: in one worker of each node, and with Redis in one node of the
+    deployment per interval (whichever node's turn comes first)."""
     while True:
         try:
-            await job()
+            if await coordination.run_once(name, seconds):
+                await job()
         except Exception:
             log.exception("background job failed")
         await asyncio.sleep(seconds)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from moorage.coordination.base import Coordination
 from moorage.http.authn import Authenticator
 from moorage.services.access.audit import AuditService
 from moorage.services.access.identity import IdentityService
@@ -81,3 +82,5 @@ IAM = web.AppKey("iam", IamServices)
 SCANNER_ADAPTERS = web.AppKey("scanner_adapters", ScannerAdapterService)
 REPLICATION = web.AppKey("replication", ReplicationService)
 ROUTING = web.AppKey("routing", Routing)
+# Cross-node coordination; `await app[COORDINATION].ping(within=seconds)` is its readiness.
+COORDINATION = web.AppKey("coordination", Coordination)

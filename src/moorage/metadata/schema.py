@@ -10,6 +10,7 @@ from moorage.metadata.supply_chain import (
     scan_models,
     scanner_models,
     trust_models,
+    vulndb_models,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "scanner_models",
     "trust_models",
     "virtual_models",
+    "vulndb_models",
 ]

@@ -17,6 +17,7 @@ from moorage.metadata.access.iam_models import AuditCheckpoint, AuditEntry
 from moorage.metadata.database import write_transaction
 
 GENESIS_HASH = "0" * 64
+AUDIT_CHAIN = "audit-chain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,14 @@ class AuditStore(StoreBase):
     # -- audit log
 
     def append_audit(self, entries: Sequence[NewAuditEntry]) -> None:
-        """Append entries to the chain in one write transaction (the lock orders writers)."""
+        """Append entries to the chain in one write transaction (the lock orders writers).
+
+        On PostgreSQL the chain's advisory lock orders appenders on every node: each reads the
+        head after the previous appender committed, so the chain never forks.
+        """
         if not entries:
             return
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=(AUDIT_CHAIN,)) as connection:
             table: Table = AuditEntry.__table__  # type: ignore[assignment]
             last = connection.execute(
                 select(table.c.hash).order_by(table.c.id.desc()).limit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Engine, Result, select
@@ -35,9 +36,10 @@ class StoreBase:
     def _read(self) -> Session:
         return self._sessions()
 
-    def _run_write(self, work: Any) -> Any:
-        """Run `work(session)` in one write transaction that takes the write lock up front."""
-        with write_session(self._engine) as session:
+    def _run_write(self, work: Any, serialise_on: Iterable[str] | None = None) -> Any:
+        """Run `work(session)` in one write transaction that takes the write lock up front (on
+        PostgreSQL: only the advisory locks `serialise_on` names, when given)."""
+        with write_session(self._engine, serialise_on=serialise_on) as session:
             return work(session)
 
     def _insert_unique(self, row: M, same: ColumnElement[bool], what: str) -> M:

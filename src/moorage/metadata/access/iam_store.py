@@ -67,6 +67,12 @@ class NewImmutableTagRule:
     mode: str
 
 
+def throttle_key(key: str) -> str:
+    """The advisory lock one sign-in throttle counter changes under (PostgreSQL): failures
+    from a password spray count exactly, without making every other writer wait."""
+    return f"login-throttle:{key}"
+
+
 class IamStore(AccountStore, AuditStore):
     # -- projects
 
@@ -523,7 +529,7 @@ class IamStore(AccountStore, AuditStore):
                 lock = min(base_lock_seconds * (2**exponent), max_lock_seconds)
                 row.locked_until = now + timedelta(seconds=lock)
 
-        self._run_write(work)
+        self._run_write(work, serialise_on=[throttle_key(key)])
 
     def record_seen(self, key: str, now: datetime) -> None:
         """Remember a successful sign-in (`window_started_at` holds when)."""
@@ -535,7 +541,7 @@ class IamStore(AccountStore, AuditStore):
             else:
                 row.window_started_at = now
 
-        self._run_write(work)
+        self._run_write(work, serialise_on=[throttle_key(key)])
 
     def forget_throttle(self, keys: Sequence[str], prefixes: Sequence[str]) -> None:
         """Delete the counters named in `keys` and every one starting with a prefix."""
@@ -551,7 +557,7 @@ class IamStore(AccountStore, AuditStore):
         def work(session: Session) -> None:
             session.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
 
-        self._run_write(work)
+        self._run_write(work, serialise_on=[throttle_key(key)])
 
     # -- run-time settings
 

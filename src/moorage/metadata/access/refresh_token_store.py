@@ -71,7 +71,7 @@ class RefreshTokenStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def add(self, token_hash: str, grant: RefreshGrant) -> None:
-        with write_session(self._engine) as session:
+        with write_session(self._engine, serialise_on=()) as session:
             # Expired tokens (and the used ones kept for reuse detection) leave here.
             session.execute(delete(RefreshToken).where(RefreshToken.expires_at < datetime.now(UTC)))
             session.add(_row(token_hash, grant))
@@ -93,8 +93,9 @@ class RefreshTokenStore:
         concurrent redemption of the same token, however close in time, sees it used, and its
         revocation of the family covers the successor too.
         """
-        with write_session(self._engine) as session:
-            row = session.get(RefreshToken, token_hash)
+        with write_session(self._engine, serialise_on=()) as session:
+            # The row lock makes a concurrent rotation (another node) wait, then see it used.
+            row = session.get(RefreshToken, token_hash, with_for_update=True)
             if row is None:
                 return False
             if row.revoked or row.used_at is not None:
@@ -117,7 +118,7 @@ class RefreshTokenStore:
             return [_grant(row) for row in rows]
 
     def revoke_family(self, family: str) -> None:
-        with write_session(self._engine) as session:
+        with write_session(self._engine, serialise_on=()) as session:
             self._revoke(session, family)
 
     @staticmethod

@@ -4,6 +4,11 @@ Every method is one short transaction. Queue entries (unplanned executions, due 
 claimed inside a write transaction with a conditional UPDATE whose row count says whether this
 process won, so several processes can run the queue; a crashed worker's lease runs out and
 another claims the entry again.
+
+On PostgreSQL the queue methods hold the writers' lock shared (see `write_transaction`): claims
+take rows `FOR UPDATE SKIP LOCKED`, and an execution's row is locked before its task counts are
+read, so tasks finishing together on several nodes cannot leave a stale status. Locks are
+always taken task first, then execution.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class ReplicationQueueStore:
         tasks: Sequence[TaskSpec] | None = None,
     ) -> int:
         """Queue a run: with its tasks already known (`tasks`), or to be planned by a worker."""
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             return self._insert_execution(connection, rule_id, trigger, triggered_by, tasks)
 
     def claim_unplanned(self, owner: str, lease_seconds: float) -> ExecutionRecord | None:
@@ -112,9 +117,13 @@ class ReplicationQueueStore:
             _executions.c.status == PENDING,
             or_(_executions.c.lease_owner.is_(None), _executions.c.lease_expires_at < now),
         )
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             row = connection.execute(
-                select(_executions.c.id).where(available).order_by(_executions.c.id).limit(1)
+                select(_executions.c.id)
+                .where(available)
+                .order_by(_executions.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if row is None:
                 return None
@@ -129,7 +138,7 @@ class ReplicationQueueStore:
 
     def plan(self, execution_id: int, owner: str, tasks: Sequence[TaskSpec]) -> bool:
         now = utcnow()
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             won = connection.execute(
                 update(_executions)
                 .where(_executions.c.id == execution_id, _executions.c.lease_owner == owner)
@@ -142,7 +151,7 @@ class ReplicationQueueStore:
         return True
 
     def fail_planning(self, execution_id: int, owner: str, message: str) -> None:
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             connection.execute(
                 update(_executions)
                 .where(_executions.c.id == execution_id, _executions.c.lease_owner == owner)
@@ -170,6 +179,11 @@ class ReplicationQueueStore:
     def _refresh(self, connection: Connection, execution_id: int) -> None:
         from moorage.domain.replication import execution_status
 
+        # The row lock orders concurrent refreshes of one execution (PostgreSQL; no-op on
+        # SQLite): the counts below are read after the previous refresher committed.
+        connection.execute(
+            select(_executions.c.id).where(_executions.c.id == execution_id).with_for_update()
+        )
         counts = self._counts(connection, execution_id)
         status = execution_status(
             counts[PENDING], counts[RUNNING], counts[SUCCEEDED], counts[FAILED]
@@ -230,12 +244,13 @@ class ReplicationQueueStore:
             and_(_tasks.c.status == PENDING, _tasks.c.next_attempt_at <= now),
             and_(_tasks.c.status == RUNNING, _tasks.c.lease_expires_at < now),
         )
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             row = connection.execute(
                 select(_tasks.c.id, _tasks.c.execution_id)
                 .where(available)
                 .order_by(_tasks.c.next_attempt_at, _tasks.c.id)
                 .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if row is None:
                 return None
@@ -260,7 +275,7 @@ class ReplicationQueueStore:
         return task_record(task), int(rule_id)
 
     def renew_task(self, task_id: int, owner: str, lease_seconds: float) -> bool:
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             return bool(
                 connection.execute(
                     update(_tasks)
@@ -289,7 +304,7 @@ class ReplicationQueueStore:
             values = {"status": FAILED, "error": error[:2000], "finished_at": now}
         if digest is not None:
             values["digest"] = digest
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             won = connection.execute(
                 update(_tasks)
                 .where(_tasks.c.id == task.id, _tasks.c.lease_owner == owner)
@@ -306,7 +321,7 @@ class ReplicationQueueStore:
 
     def release_task(self, task: TaskRecord, owner: str) -> None:
         """Give a task back unfinished (the process is stopping); the attempt does not count."""
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             won = connection.execute(
                 update(_tasks)
                 .where(_tasks.c.id == task.id, _tasks.c.lease_owner == owner)

@@ -18,6 +18,12 @@ from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_records import repositories_table, tag_checks_table
 
 
+def repository_key(name: str) -> str:
+    """The advisory lock a repository's writers serialise on (PostgreSQL): its manifests,
+    tags and blob links change one writer at a time, while other repositories' writers go on."""
+    return f"repository:{name}"
+
+
 class RegistryStoreBase:
     """The engine and the helpers the parts of `MetadataStore` share."""
 

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, delete, select
 
 from moorage.metadata.database import read_transaction, single_read, write_transaction
 from moorage.metadata.registry.models import utcnow
-from moorage.metadata.registry.registry_base import RegistryStoreBase
+from moorage.metadata.registry.registry_base import RegistryStoreBase, repository_key
 from moorage.metadata.registry.registry_records import (
     StillReferencedError,
     blobs_table,
@@ -53,7 +53,9 @@ class BlobQueries(RegistryStoreBase):
     def link_blob(self, repository: str, digest: str, size: int) -> None:
         """Record a committed blob and make it readable through `repository`."""
         now = utcnow()
-        with write_transaction(self._engine) as connection:
+        with write_transaction(
+            self._engine, serialise_on=[repository_key(repository)]
+        ) as connection:
             repository_id = self._repository_id(connection, repository, create=True)
             self._insert_ignore(
                 connection, blobs_table, [{"digest": digest, "size": size, "created_at": now}]
@@ -66,7 +68,8 @@ class BlobQueries(RegistryStoreBase):
 
     def mount_blob(self, source: str, target: str, digest: str) -> int | None:
         """Link a blob of `source` into `target` without copying; its size, or None."""
-        with write_transaction(self._engine) as connection:
+        keys = [repository_key(source), repository_key(target)]
+        with write_transaction(self._engine, serialise_on=keys) as connection:
             size = connection.execute(
                 select(blobs_table.c.size)
                 .select_from(
@@ -92,7 +95,9 @@ class BlobQueries(RegistryStoreBase):
 
     def unlink_blob(self, repository: str, digest: str) -> bool:
         """Remove a blob from a repository; refuse while a manifest there still needs it."""
-        with write_transaction(self._engine) as connection:
+        with write_transaction(
+            self._engine, serialise_on=[repository_key(repository)]
+        ) as connection:
             repository_id = self._repository_id(connection, repository, create=False)
             if repository_id is None:
                 return False

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from moorage.domain.manifest import ParsedManifest
 from moorage.metadata.database import read_transaction, single_read, write_transaction
 from moorage.metadata.registry.models import utcnow
-from moorage.metadata.registry.registry_base import RegistryStoreBase
+from moorage.metadata.registry.registry_base import RegistryStoreBase, repository_key
 from moorage.metadata.registry.registry_records import (
     ManifestLinks,
     ManifestRecord,
@@ -125,7 +125,9 @@ class ManifestQueries(RegistryStoreBase):
         stored are recorded (a platform filter leaves the others out); and the tag is marked
         as confirmed against the upstream at that time.
         """
-        with write_transaction(self._engine) as connection:
+        with write_transaction(
+            self._engine, serialise_on=[repository_key(repository)]
+        ) as connection:
             self.put_manifest_in(
                 connection,
                 repository,
@@ -228,7 +230,8 @@ class ManifestQueries(RegistryStoreBase):
     def link_manifests(self, links: ManifestLinks) -> None:
         """Make `links.manifests` (and the blobs they need) part of `links.target`, and set
         its tags, all or nothing."""
-        with write_transaction(self._engine) as connection:
+        keys = [repository_key(links.source), repository_key(links.target)]
+        with write_transaction(self._engine, serialise_on=keys) as connection:
             self.link_manifests_in(connection, links)
 
     def link_manifests_in(self, connection: Connection, links: ManifestLinks) -> None:
@@ -345,7 +348,9 @@ class ManifestQueries(RegistryStoreBase):
         `expected_tags`, the manifest must still have exactly those tags when it is removed
         (`PreconditionFailedError` otherwise).
         """
-        with write_transaction(self._engine) as connection:
+        with write_transaction(
+            self._engine, serialise_on=[repository_key(repository)]
+        ) as connection:
             repository_id = self._repository_id(connection, repository, create=False)
             if repository_id is None:
                 return None
@@ -392,7 +397,9 @@ class ManifestQueries(RegistryStoreBase):
 
     def delete_tag(self, repository: str, tag: str) -> str | None:
         """Remove only the tag; the digest it pointed at, or None."""
-        with write_transaction(self._engine) as connection:
+        with write_transaction(
+            self._engine, serialise_on=[repository_key(repository)]
+        ) as connection:
             repository_id = self._repository_id(connection, repository, create=False)
             if repository_id is None:
                 return None

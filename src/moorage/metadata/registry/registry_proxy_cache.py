@@ -44,7 +44,8 @@ class ProxyCacheQueries(RegistryStoreBase):
         return checked
 
     def mark_tag_checked(self, repository: str, tag: str, when: datetime) -> None:
-        with write_transaction(self._engine) as connection:
+        # One upsert: atomic on its own, so PostgreSQL writers need not wait for each other.
+        with write_transaction(self._engine, serialise_on=()) as connection:
             repository_id = self._repository_id(connection, repository, create=False)
             if repository_id is not None:
                 self._mark_checked(connection, repository_id, tag, when)

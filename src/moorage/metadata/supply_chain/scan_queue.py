@@ -1,5 +1,6 @@
 """The scan job queue: requests, leased claims, and the re-matches a new database generation
-queues. Jobs are claimed inside a write transaction (SQLite: under the write gate; PostgreSQL: a
+queues. Jobs are claimed inside a write transaction (SQLite: under the write gate; PostgreSQL:
+`FOR UPDATE SKIP LOCKED`, so claimers on many nodes take different jobs without waiting, and a
 conditional UPDATE whose row count says whether this process won), so any number of processes
 can run the queue.
 """
@@ -57,7 +58,9 @@ class ScanQueue:
         """
         queued = 0
         now = utcnow()
-        with write_transaction(self._engine) as connection:
+        # PostgreSQL: requests for the same digest serialise; claims and renewals run beside.
+        digests = [f"scan-job:{request.digest}" for request in requests]
+        with write_transaction(self._engine, serialise_on=digests) as connection:
             for request in requests:
                 queued += self._request(connection, request, now)
         return queued
@@ -123,7 +126,7 @@ class ScanQueue:
             # A full scan covers a re-match: one job does both.
             connection.execute(
                 update(_jobs)
-                .where(_jobs.c.digest == digest)
+                .where(_jobs.c.digest == digest, _jobs.c.lease_owner.is_(None))
                 .values(kind=SCAN, repository=repository)
             )
         return 0
@@ -147,11 +150,12 @@ class ScanQueue:
         times are removed and returned as abandoned (their reports end in Error)."""
         now = utcnow()
         available = or_(_jobs.c.lease_owner.is_(None), _jobs.c.lease_expires_at < now)
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             exhausted = connection.execute(
                 select(_jobs.c.digest, _jobs.c.repository, _jobs.c.kind, _jobs.c.attempts)
                 .where(available, _jobs.c.attempts >= max_attempts)
                 .limit(_BATCH)
+                .with_for_update(skip_locked=True)
             ).all()
             abandoned = tuple(ClaimedJob(*row) for row in exhausted)
             if abandoned:
@@ -163,6 +167,7 @@ class ScanQueue:
                 .where(available)
                 .order_by(_jobs.c.requested_at, _jobs.c.digest)
                 .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if row is None:
                 return Claim(None, abandoned)
@@ -179,7 +184,7 @@ class ScanQueue:
         return Claim(job, abandoned)
 
     def renew(self, digest: str, owner: str, lease_seconds: float) -> bool:
-        with write_transaction(self._engine) as connection:
+        with write_transaction(self._engine, serialise_on=()) as connection:
             return (
                 connection.execute(
                     update(_jobs)

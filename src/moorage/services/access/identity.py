@@ -82,9 +82,9 @@ class IdentityService(CredentialAdministration):
         self.store = store
         self._events = events
         self.policy = policy or IdentityPolicy()
-        self._access = TtlCache(_CACHE_SECONDS)
-        self._live = TtlCache(_CACHE_SECONDS)
-        self._projects = TtlCache(_CACHE_SECONDS)
+        self._access = TtlCache(_CACHE_SECONDS, name="access-facts")
+        self._live = TtlCache(_CACHE_SECONDS, name="credential-liveness")
+        self._projects = TtlCache(_CACHE_SECONDS, name="project-existence")
         self.throttle = SignInThrottle(store, self.policy.throttle)
 
     # -- events

@@ -81,7 +81,7 @@ class SignInThrottle:
     def __init__(self, store: IamStore, policy: ThrottlePolicy) -> None:
         self._store = store
         self.policy = policy
-        self._locks = TtlCache(_CACHE_SECONDS)
+        self._locks = TtlCache(_CACHE_SECONDS, name="sign-in-locks")
 
     def check(self, attempt: Attempt) -> None:
         """Raise ThrottledError while any counter that applies to `attempt` is locked."""

@@ -104,7 +104,7 @@ class MirrorService:
         self._proxies = proxies
         self._events = events
         self._configured = configured
-        self._cache = TtlCache(CACHE_SECONDS)
+        self._cache = TtlCache(CACHE_SECONDS, name="mirror-routes")
 
     def get(self) -> MirrorView:
         record = self._store.mirror()

@@ -102,7 +102,7 @@ class Referrers:
         self._options = options
         # The referrers tag is read, merged and written back, and the registries that need it
         # have no conditional writes: two tasks merging into one tag at once would lose an
-        # entry. Replication runs in one process, so one lock per tag there is enough.
+        # entry. One lock per tag in this process, then the deployment's lock across nodes.
         self._tag_locks: dict[tuple[int, str, str], tuple[asyncio.Lock, int]] = {}
 
     # -- push
@@ -178,7 +178,16 @@ class Referrers:
         self._tag_locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                coordination = self._options.coordination
+                if coordination is None:
+                    yield
+                    return
+                remote_id, destination, subject = key
+                held = await coordination.lock(f"referrers-tag:{remote_id}:{destination}:{subject}")
+                try:
+                    yield
+                finally:
+                    held.release()
         finally:
             lock, users = self._tag_locks[key]
             if users == 1:

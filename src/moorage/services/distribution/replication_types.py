@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from moorage.coordination.base import Coordination
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import RegistryError
@@ -112,6 +113,8 @@ class ReplicationOptions:
     max_tasks: int = 10_000  # per execution
     max_manifest_bytes: int = 4 << 20
     max_blob_bytes: int = 64 << 30
+    # Locks held across nodes (the referrers tag merge); None: within this process only.
+    coordination: Coordination | None = None
 
 
 class TaskError(Exception):

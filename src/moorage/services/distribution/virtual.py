@@ -80,7 +80,7 @@ class VirtualProjectService:
         self._store = store
         self._proxies = proxies
         self._events = events
-        self._configs = TtlCache(CONFIG_CACHE_SECONDS)
+        self._configs = TtlCache(CONFIG_CACHE_SECONDS, name="virtual-projects")
 
     def get(self, project: str) -> VirtualView:
         self._project_id(project)

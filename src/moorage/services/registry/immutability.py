@@ -101,7 +101,7 @@ class ImmutabilityService:
     def __init__(self, store: IamStore, events: EventBus) -> None:
         self._store = store
         self._events = events
-        self._rules = TtlCache(RULES_CACHE_SECONDS)
+        self._rules = TtlCache(RULES_CACHE_SECONDS, name="immutable-tag-rules")
 
     def _project(self, name: str) -> Project:
         row = self._store.project_by_name(name)

@@ -117,7 +117,7 @@ class StageService:
         self._store = store
         self._identity = identity
         self._events = events
-        self._stages = TtlCache(STAGE_CACHE_SECONDS)
+        self._stages = TtlCache(STAGE_CACHE_SECONDS, name="stages")
 
     def _emit(self, action: str, actor: Actor, project: str, **details: object) -> None:
         self._events.publish(

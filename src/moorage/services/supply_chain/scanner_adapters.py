@@ -290,7 +290,7 @@ class ScannerAdapterService:
         self._events = events
         self._threads = threads
         self._default_timeout = default_timeout_seconds
-        self._known = TtlCache(_CACHE_SECONDS)
+        self._known = TtlCache(_CACHE_SECONDS, name="scanner-adapters")
 
     def _emit(self, action: str, actor: Actor, name: str, **details: object) -> None:
         self._known.clear()

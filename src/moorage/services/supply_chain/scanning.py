@@ -150,7 +150,7 @@ class ScanService:
                 max_attempts=self._options.max_attempts,
             ),
         )
-        self._settings = TtlCache(SETTINGS_CACHE_SECONDS)
+        self._settings = TtlCache(SETTINGS_CACHE_SECONDS, name="scan-settings")
         self._tasks: set[asyncio.Task[None]] = set()
         # The loop that serves this process, for events published on worker threads.
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -240,7 +240,7 @@ class TrustService:
         self._store = store
         self._iam = iam
         self._events = events
-        self._policies = TtlCache(POLICY_CACHE_SECONDS)
+        self._policies = TtlCache(POLICY_CACHE_SECONDS, name="signature-policies")
 
     def _project(self, name: str) -> Project:
         row = self._iam.project_by_name(name)

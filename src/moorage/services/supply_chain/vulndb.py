@@ -5,6 +5,10 @@ rollback is checked against the same configured key and recorded the same way: o
 (`vulndb:import`, `vulndb:rollback`) whether it succeeded or failed, with the generation, the
 record counts and the checksum of what was imported; the scan service listens for these to
 re-match at once. Imports are slow (seconds to minutes): callers run them on a worker thread.
+
+The server and the commands keep the generations in the registry's storage and metadata
+database (vulndb_sharing.py), so every node sharing them sees the same current generation;
+`<data_dir>/vulndb` (or `vulndb_cache_dir`) is only this node's cache and scratch space.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from pathlib import Path
 
 from moorage.config import ConfigError, Settings
 from moorage.domain.events import AccessEvent, Actor
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.services.events import EventBus
+from moorage.services.supply_chain.vulndb_sharing import SharedGenerationStore
+from moorage.storage.base import StorageDriver
 from moorage.vulnerability.bundle import BundleError, load_public_key
 from moorage.vulnerability.database import (
     UPLOADS,
@@ -31,7 +38,28 @@ RESOURCE = "vulnerability-database"
 
 
 def database_directory(settings: Settings) -> Path:
+    """Where earlier versions kept the generations (adopted into the shared store on start)."""
     return settings.data_dir / "vulndb"
+
+
+def cache_directory(settings: Settings) -> Path:
+    """This node's cache of generation files and the scratch space of its imports."""
+    return settings.vulndb_cache_dir or database_directory(settings)
+
+
+def shared_database(
+    settings: Settings,
+    catalog: VulndbStore,
+    storage: StorageDriver,
+    *,
+    lock_timeout_seconds: float = 0.0,
+) -> VulnerabilityDatabase:
+    """The deployment's vulnerability database as this node reads and changes it."""
+    cache = cache_directory(settings)
+    store = SharedGenerationStore(
+        catalog, storage, cache / "cache", legacy=database_directory(settings)
+    )
+    return VulnerabilityDatabase(cache, store=store, lock_timeout_seconds=lock_timeout_seconds)
 
 
 def configured_public_key(settings: Settings) -> bytes | None:
@@ -67,10 +95,10 @@ class VulnerabilityDatabaseService:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, events: EventBus, database: VulnerabilityDatabase | None = None
+        cls, settings: Settings, events: EventBus, database: VulnerabilityDatabase
     ) -> VulnerabilityDatabaseService:
         return cls(
-            database or VulnerabilityDatabase(database_directory(settings)),
+            database,
             events,
             public_key_pem=configured_public_key(settings),
             require_signature=settings.vulndb_require_signature,

@@ -5,7 +5,7 @@ A pull of a manifest or blob the project does not hold yet is fetched from the u
 
 - `upstream`: what the cache needs of an upstream registry (`UpstreamClient`) and its errors;
 - `config`: the configuration of each proxy-cache project, its sealed secrets and its audit;
-- `flight`: single flight within a worker and across workers;
+- `flight`: single flight within a worker (and across nodes with `moorage.coordination`);
 - `fetching`: what the manifest and blob halves share (`FetchContext`, `MayFetch`, counters);
 - `manifests`: manifest and tag pull-through, TTL revalidation, stale-if-error;
 - `blobs`: blob pull-through streamed as it is stored, HEAD upstream, filling before scans;
@@ -26,7 +26,7 @@ from moorage.services.distribution.proxy.config import (
     promotion_only_refusal,
 )
 from moorage.services.distribution.proxy.fetching import MayFetch, ProxyStats
-from moorage.services.distribution.proxy.flight import FileLocks, SingleFlight
+from moorage.services.distribution.proxy.flight import SingleFlight
 from moorage.services.distribution.proxy.upstream import (
     UPSTREAM_ACCEPT,
     UpstreamBlob,
@@ -43,7 +43,6 @@ from moorage.services.distribution.proxy.upstream import (
 __all__ = [
     "CONFIG_CACHE_SECONDS",
     "UPSTREAM_ACCEPT",
-    "FileLocks",
     "LiveBlob",
     "MayFetch",
     "ProxyCache",

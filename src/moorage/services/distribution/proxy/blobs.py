@@ -18,6 +18,7 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Final
 
+from moorage.coordination.base import HeldLock
 from moorage.domain import mediatypes as mt
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
@@ -27,7 +28,6 @@ from moorage.domain.names import project_of
 from moorage.hashing import new_resumable
 from moorage.services.distribution.proxy.config import ProxyConfig
 from moorage.services.distribution.proxy.fetching import FetchContext, MayFetch
-from moorage.services.distribution.proxy.flight import FileLocks
 from moorage.services.distribution.proxy.upstream import (
     UpstreamBlob,
     UpstreamError,
@@ -110,18 +110,20 @@ class BlobCache:
                 if await self._present_blob(repository, text):
                     return None
                 continue
-            fd: int | None = None
+            held: HeldLock | None = None
             try:
-                fd = await self._context.cross_process_lock(key)
+                held = await self._context.cross_process_lock(key)
                 if await self._present_blob(repository, text):
-                    FileLocks.release(fd)
+                    held.release()
                     self._flights.finish(key)
                     return None
                 await self._context.require_fetch(may_fetch, repository, text, actor)
-                live = await self._start_blob(config, repository, upstream, digest, actor, fd, key)
+                live = await self._start_blob(
+                    config, repository, upstream, digest, actor, held, key
+                )
             except BaseException:
-                if fd is not None:
-                    FileLocks.release(fd)
+                if held is not None:
+                    held.release()
                 self._flights.finish(key)
                 raise
             if stream:
@@ -240,7 +242,7 @@ class BlobCache:
         upstream: str,
         digest: Digest,
         actor: Actor,
-        fd: int,
+        held: HeldLock,
         key: str,
     ) -> LiveBlob:
         client = self._context.clients.client(config.endpoint)
@@ -265,7 +267,7 @@ class BlobCache:
             nonlocal finished
             if not finished:
                 finished = True
-                FileLocks.release(fd)
+                held.release()
                 self._flights.finish(key)
 
         return LiveBlob(

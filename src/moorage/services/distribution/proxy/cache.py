@@ -2,7 +2,7 @@
 
 It builds the manifest half (`manifests`: tag TTL, HEAD revalidation, stale-if-error) and the
 blob half (`blobs`: streamed fetches, HEAD upstream, filling images before scans) on one shared
-`FetchContext`, so both use the same single flight, file locks and counters, and hands each
+`FetchContext`, so both use the same single flight, cross-node locks and counters, and hands each
 call to its half.
 
 Fetching new content is a separate decision from pulling (`upstream-fetch`), made at the edge
@@ -11,6 +11,7 @@ and handed in as `may_fetch`; cached content needs only `pull`.
 
 from __future__ import annotations
 
+from moorage.coordination.base import Coordination
 from moorage.domain.digest import Digest
 from moorage.domain.events import Actor
 from moorage.domain.names import Reference
@@ -18,7 +19,6 @@ from moorage.metadata.registry.store import MetadataStore
 from moorage.services.distribution.proxy.blobs import BlobCache, LiveBlob
 from moorage.services.distribution.proxy.config import ProxyConfig, ProxyService
 from moorage.services.distribution.proxy.fetching import FetchContext, MayFetch
-from moorage.services.distribution.proxy.flight import FileLocks
 from moorage.services.distribution.proxy.manifests import ManifestCache
 from moorage.services.distribution.proxy.upstream import UpstreamClients
 from moorage.services.events import EventBus
@@ -35,14 +35,14 @@ class ProxyCache:
         metadata: MetadataStore,
         threads: Threads,
         events: EventBus,
-        locks: FileLocks,
+        coordination: Coordination,
         *,
         max_manifest_bytes: int,
         max_blob_bytes: int,
     ) -> None:
         self._proxies = proxies
         self._threads = threads
-        context = FetchContext(clients, metadata, threads, events, locks)
+        context = FetchContext(clients, metadata, threads, events, coordination)
         self._context = context
         self._manifests = ManifestCache(context, max_manifest_bytes=max_manifest_bytes)
         self._blobs = BlobCache(context, storage, max_blob_bytes=max_blob_bytes)

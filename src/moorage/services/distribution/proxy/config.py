@@ -224,7 +224,7 @@ class ProxyService:
         self._store = store
         self._events = events
         self._box = SecretBox(lambda: metadata.server_secret(_KEY_NAME))
-        self._configs = TtlCache(CONFIG_CACHE_SECONDS)
+        self._configs = TtlCache(CONFIG_CACHE_SECONDS, name="proxy-configs")
         # Why a project may not become a proxy cache (a virtual project), or None.
         self.refuse_configuration: Callable[[str], str | None] = lambda _project: None
 

@@ -1,27 +1,27 @@
 """What the manifest and blob halves of a proxy cache share.
 
 `FetchContext` holds the collaborators both need (upstream clients, metadata, threads, events,
-the single flight of this worker and the file locks across workers, the counters) and the steps
+the single flight of this worker and the locks across workers and nodes, the counters) and the steps
 both take before going upstream: naming the upstream repository, the `upstream-fetch`
-permission, the cross-worker lock and turning an upstream failure into a registry error. It
+permission, the cross-node lock and turning an upstream failure into a registry error. It
 lives apart so `manifests` and `blobs` depend on it rather than on each other.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import TypeVar
 
+from moorage.coordination.base import Coordination, HeldLock
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import AccessEvent, Actor
 from moorage.domain.names import project_of
 from moorage.domain.proxy import upstream_repository
 from moorage.metadata.registry.store import MetadataStore
 from moorage.services.distribution.proxy.config import ProxyConfig
-from moorage.services.distribution.proxy.flight import FileLocks, SingleFlight
+from moorage.services.distribution.proxy.flight import SingleFlight
 from moorage.services.distribution.proxy.upstream import (
     UpstreamClients,
     UpstreamError,
@@ -31,8 +31,6 @@ from moorage.services.events import EventBus
 from moorage.services.threads import Threads
 
 T = TypeVar("T")
-
-_LOCK_POLL_SECONDS: Final = 0.05
 
 
 @dataclass
@@ -61,13 +59,13 @@ class FetchContext:
         metadata: MetadataStore,
         threads: Threads,
         events: EventBus,
-        locks: FileLocks,
+        coordination: Coordination,
     ) -> None:
         self.clients = clients
         self.metadata = metadata
         self.threads = threads
         self.events = events
-        self.locks = locks
+        self.coordination = coordination
         self.flights = SingleFlight()
         self.stats = ProxyStats()
 
@@ -103,12 +101,10 @@ class FetchContext:
         )
         raise RegistryError(ErrorCode.DENIED, message)
 
-    async def cross_process_lock(self, key: str) -> int:
-        while True:
-            fd = await self.threads.run(self.locks.try_acquire, key)
-            if fd is not None:
-                return fd
-            await asyncio.sleep(_LOCK_POLL_SECONDS)
+    async def cross_process_lock(self, key: str) -> HeldLock:
+        """Held by one request in the whole deployment (the in-process single flight stands
+        in front, so one request per process waits here)."""
+        return await self.coordination.lock(f"proxy:{key}")
 
     async def upstream(self, call: Awaitable[T], what: str, missing: ErrorCode) -> T:
         """Await an upstream call; its failure becomes a clear registry error."""

@@ -1,19 +1,13 @@
 """Single flight: concurrent pulls of one uncached object cause one upstream fetch.
 
-Within a worker the others wait for the first (a shared future); across workers a file lock
-per object orders them, and whoever gets it after the first finds the object stored.
+Within a worker the others wait for the first (a shared future); across workers and nodes a
+lock per object from the deployment's `Coordination` orders them (a file lock on one machine,
+a leased Redis lock across nodes), and whoever gets it after the first finds the object stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
-import hashlib
-import os
-from pathlib import Path
-from typing import Final
 
 
 class SingleFlight:
@@ -35,36 +29,3 @@ class SingleFlight:
         running = self._running.pop(key, None)
         if running is not None and not running.done():
             running.set_result(None)
-
-
-class FileLocks:
-    """Cross-process exclusive locks over a fixed set of lock files (workers share the data
-    directory). Keys are spread over the files by hash, so the files never grow in number;
-    two keys that share a file merely take turns."""
-
-    STRIPES: Final = 4096
-
-    def __init__(self, directory: Path) -> None:
-        self._directory = directory
-
-    def _path(self, key: str) -> Path:
-        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % self.STRIPES
-        return self._directory / f"{stripe:04x}.lock"
-
-    def try_acquire(self, key: str) -> int | None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path(key), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                return None
-            raise
-        return fd
-
-    @staticmethod
-    def release(fd: int) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

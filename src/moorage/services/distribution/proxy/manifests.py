@@ -25,7 +25,6 @@ from moorage.domain.names import Reference
 from moorage.domain.proxy import platform_admitted
 from moorage.services.distribution.proxy.config import ProxyConfig
 from moorage.services.distribution.proxy.fetching import FetchContext, MayFetch
-from moorage.services.distribution.proxy.flight import FileLocks
 from moorage.services.distribution.proxy.upstream import UpstreamError
 
 log = logging.getLogger("moorage.proxy")
@@ -185,7 +184,7 @@ class ManifestCache:
                     return
                 continue
             try:
-                fd = await self._context.cross_process_lock(key)
+                held = await self._context.cross_process_lock(key)
                 try:
                     if await present():
                         return
@@ -193,7 +192,7 @@ class ManifestCache:
                     await fetch()
                     return
                 finally:
-                    FileLocks.release(fd)
+                    held.release()
             finally:
                 self._flights.finish(key)
         await permit()

@@ -1,0 +1,41 @@
+"""Both metadata backends for in-process store tests: `metadata_url` gives a fresh, migrated
+database on SQLite (a file in the test's directory) and on PostgreSQL (a database of its own on
+the PostgreSQL this test process shares, see tests/support/server.py)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from moorage.metadata.database import make_engine, migrate, sqlite_url
+from tests.support.server import session_postgres
+
+BACKENDS = ("sqlite", "postgresql")
+_numbers = itertools.count()
+
+
+def fresh_database_url(backend: str, directory: Path) -> str:
+    """An empty database on `backend` (not migrated)."""
+    if backend == "sqlite":
+        return sqlite_url(directory / "moorage.db")
+    return session_postgres().create_database(f"store_{os.getpid()}_{next(_numbers)}")
+
+
+@pytest.fixture(params=BACKENDS)
+def metadata_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def metadata_url(metadata_backend: str, tmp_path: Path) -> str:
+    """A migrated database on each backend, for tests of store behaviour."""
+    url = fresh_database_url(metadata_backend, tmp_path)
+    engine = make_engine(url, pool_size=1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return url
