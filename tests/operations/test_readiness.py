@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.support.server import RegistryProcess
-from tests.support.services import PostgresServer
+from tests.support.services import PostgresServer, RedisServer
 from tests.support.wait import wait_until
 
 
@@ -91,3 +91,37 @@ def test_a_frozen_postgresql_makes_the_node_unready_until_it_answers_again(
         # Liveness does not depend on the parts: the process itself is fine.
         assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
     wait_until(becomes(node, 200), 60, "the node to become ready again")
+
+
+@pytest.mark.tools("redis-server")
+def test_a_stopped_redis_makes_the_node_unready_until_it_is_back(
+    start_registry: Callable[..., RegistryProcess],
+) -> None:
+    redis = RedisServer().start()
+    try:
+        node = start_registry(env={"MOORAGE_REDIS_URL": redis.url})
+        assert readiness(node).json()["checks"] == {
+            "database": "ok",
+            "storage": "ok",
+            "redis": "ok",
+        }
+        redis.stop()
+        response = wait_until(becomes(node, 503), 60, "the node to become unready")
+        assert response.json()["checks"]["redis"] != "ok"
+        assert response.json()["checks"]["database"] == "ok"
+        assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
+        redis = RedisServer(port=redis.port).start()
+        wait_until(becomes(node, 200), 60, "the node to become ready again")
+    finally:
+        redis.stop()
+
+
+@pytest.mark.tools("redis-server")
+def test_a_frozen_redis_times_out(start_registry: Callable[..., RegistryProcess]) -> None:
+    with RedisServer() as redis:
+        node = start_registry(env={"MOORAGE_REDIS_URL": redis.url})
+        wait_until(becomes(node, 200), 60, "the node to be ready")
+        with frozen(redis.process):
+            response = wait_until(becomes(node, 503), 60, "the node to become unready")
+            assert response.json()["checks"]["redis"] in ("failed", "timeout")
+        wait_until(becomes(node, 200), 60, "the node to become ready again")

@@ -20,7 +20,7 @@ from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
-from moorage.http.readiness import READINESS, readiness_checks
+from moorage.http.readiness import CHECK_TIMEOUT_SECONDS, READINESS, readiness_checks
 from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
@@ -361,7 +361,15 @@ def build_app(
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
     )
-    app[READINESS] = readiness_checks(lambda: ping_database(engine), storage)
+    app[READINESS] = readiness_checks(
+        lambda: ping_database(engine),
+        storage,
+        redis_ping=(
+            (lambda: coordination.ping(CHECK_TIMEOUT_SECONDS))
+            if settings.redis_url is not None
+            else None
+        ),
+    )
     install_routes(app)
     app.on_response_prepare.append(_add_headers)
 

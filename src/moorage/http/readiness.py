@@ -40,13 +40,14 @@ class Readiness:
 
     async def _run(self, name: str) -> str:
         try:
-            await asyncio.wait_for(self.checks[name](), self.timeout)
+            answered = await asyncio.wait_for(self.checks[name](), self.timeout)
         except TimeoutError:
             return "timeout"
         except Exception as error:
             log.warning("readiness: %s failed: %s", name, type(error).__name__)
             return f"failed: {type(error).__name__}"
-        return "ok"
+        # A check that reports instead of raising (Redis's ping) says False for "no answer".
+        return "failed" if answered is False else "ok"
 
 
 def _in_thread(function: Callable[[], object]) -> Check:
