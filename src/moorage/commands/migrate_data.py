@@ -79,6 +79,7 @@ def migrate_data(source_dir: Path, resume: bool, config: Path | None, **flags: A
         copy_tables,
         reset_sequences,
         row_counts,
+        seeded_tables,
         unknown_tables,
     )
 
@@ -93,7 +94,12 @@ def migrate_data(source_dir: Path, resume: bool, config: Path | None, **flags: A
                 + ", ".join(left_behind)
             )
         migrate(target_engine)
-        present = {name: rows for name, rows in row_counts(target_engine).items() if rows}
+        seeded = seeded_tables()
+        present = {
+            name: rows
+            for name, rows in row_counts(target_engine).items()
+            if rows > seeded.get(name, 0)
+        }
         if present and not resume:
             raise MigrationRefused(
                 "the target database is not empty ("
@@ -111,6 +117,7 @@ def migrate_data(source_dir: Path, resume: bool, config: Path | None, **flags: A
                 source_engine,
                 target_engine,
                 lambda table, rows: progress.update(task, advance=rows, description=table),
+                replace=frozenset(seeded),
             )
         sequences = reset_sequences(source_engine, target_engine)
         copied_files = _copy_vulnerability_databases(source_dir, target)

@@ -9,9 +9,11 @@ timestamp and break the audit chain's hashes.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, Integer, Table, func, inspect, select, text
@@ -53,17 +55,36 @@ def row_counts(engine: Engine) -> dict[str, int]:
         }
 
 
+def seeded_tables() -> dict[str, int]:
+    """Rows the migrations themselves write (singletons such as the vulnerability database
+    pointer): a target holding only these is empty."""
+    from moorage.metadata.database import make_engine, migrate, sqlite_url
+
+    with tempfile.TemporaryDirectory(prefix="moorage-seed-") as directory:
+        engine = make_engine(sqlite_url(Path(directory) / "seed.db"), pool_size=1)
+        try:
+            migrate(engine)
+            return {name: rows for name, rows in row_counts(engine).items() if rows}
+        finally:
+            engine.dispose()
+
+
 def copy_tables(
     source: Engine,
     target: Engine,
     progress: Callable[[str, int], None] = lambda _table, _rows: None,
+    replace: frozenset[str] = frozenset(),
 ) -> list[TableCopy]:
-    """Copy every row; `progress(table, rows)` after each batch. Each table is one transaction."""
+    """Copy every row; `progress(table, rows)` after each batch. Each table is one transaction.
+    The tables in `replace` (seeded by the migrations) take the source's rows instead of
+    keeping their own."""
     copies = []
     for table in registry_tables():
         inserted = 0
         read = 0
         with source.connect() as reading, target.begin() as writing:
+            if table.name in replace:
+                writing.execute(table.delete())
             for batch in _batches(reading.execute(select(table).order_by(*table.primary_key))):
                 rows = [_portable(table, row) for row in batch]
                 result = writing.execute(_insert_ignoring_present(target, table), rows)
