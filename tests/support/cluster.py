@@ -13,7 +13,8 @@ import itertools
 import os
 import shutil
 import subprocess
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,3 +217,15 @@ class Cluster:
     def __exit__(self, *_: object) -> None:
         self.stop()
         shutil.rmtree(self.root / "shared-storage", ignore_errors=True)
+
+
+@contextmanager
+def deployment(root: Path) -> Iterator[Cluster]:
+    """A cluster with services of its own (PostgreSQL, Redis, S3), for a whole test session."""
+    with (
+        PostgresServer() as postgres,
+        RedisServer() as redis,
+        S3Server() as s3,
+        Cluster(root, postgres, redis, s3) as cluster,
+    ):
+        yield cluster
