@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from moorage.config import Settings
 from moorage.domain.digest import Digest
-from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.database import has_schema, make_engine, masked_url, migrate
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.storage.filesystem import FilesystemStorage
@@ -26,6 +26,11 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
         findings.problems.append(f"{settings.data_dir} holds no registry database (moorage.db)")
         return findings
     engine = make_engine(settings.resolved_database_url, pool_size=1)
+    if settings.database_url is not None and not has_schema(engine):
+        engine.dispose()
+        url = masked_url(settings.database_url)
+        findings.problems.append(f"{url} holds no registry database (no schema)")
+        return findings
     migrate(engine)
     store = MetadataStore(engine)
     storage = FilesystemStorage(settings.data_dir / "storage")

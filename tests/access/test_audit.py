@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from moorage.metadata.access.iam_store import IamStore
-from moorage.metadata.database import make_engine
+from moorage.metadata.database import make_engine, migrate, reset_sequences, sqlite_url
+from moorage.metadata.schema import Base
 from moorage.services.access.audit import verify_chain
 from moorage.services.access.tokens import TokenService
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.oci import push_image
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, database_url_for, session_postgres
 from tests.support.wait import wait_until
 
 
@@ -30,10 +33,20 @@ def _db(server: RegistryProcess) -> Path:
     return server.data_dir / "moorage.db"
 
 
+def _url(server: RegistryProcess) -> str:
+    """The server's database: its SQLite file, or its PostgreSQL database under
+    MOORAGE_TEST_DATABASE=postgresql."""
+    return database_url_for(server.data_dir) or sqlite_url(_db(server))
+
+
 def _entries(server: RegistryProcess) -> list[dict[str, object]]:
-    with sqlite3.connect(_db(server)) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute("SELECT * FROM audit_log ORDER BY id")]
+    engine = make_engine(_url(server), pool_size=1)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT * FROM audit_log ORDER BY id")).mappings()
+            return [dict(row) for row in rows]
+    finally:
+        engine.dispose()
 
 
 Rows = list[dict[str, object]]
@@ -55,7 +68,7 @@ def _wait_for(
 
 
 def _verify(server: RegistryProcess) -> list[str]:
-    engine = make_engine(f"sqlite+pysqlite:///{_db(server)}", pool_size=1)
+    engine = make_engine(_url(server), pool_size=1)
     store = IamStore(engine)
     try:
         tokens = TokenService(store, service="moorage", ttl_seconds=300)
@@ -120,13 +133,14 @@ def _tampered_copy(
     server: RegistryProcess, tmp_path: Path, statements: list[Statement]
 ) -> list[str]:
     """Verify a copy of the database after running `statements` on it (the attacker's edits)."""
-    copy = tmp_path / "copy.db"
-    with sqlite3.connect(_db(server)) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
+    copy = _copy_database(server, tmp_path)
+    engine = make_engine(copy, pool_size=1)
+    with engine.begin() as connection:
         for sql, parameters in statements:
-            target.execute(sql, parameters)
-        target.commit()
-    engine = make_engine(f"sqlite+pysqlite:///{copy}", pool_size=1)
+            named = {f"p{index}": value for index, value in enumerate(parameters)}
+            for index in range(len(parameters)):
+                sql = sql.replace("?", f":p{index}", 1)
+            connection.execute(text(sql), named)
     store = IamStore(engine)
     try:
         return verify_chain(
@@ -134,6 +148,29 @@ def _tampered_copy(
         ).problems
     finally:
         engine.dispose()
+
+
+def _copy_database(server: RegistryProcess, tmp_path: Path) -> str:
+    """A copy of the server's database, on its backend; its URL."""
+    if database_url_for(server.data_dir) is None:
+        copy = tmp_path / "copy.db"
+        with sqlite3.connect(_db(server)) as source, sqlite3.connect(copy) as target:
+            source.backup(target)
+        return sqlite_url(copy)
+    url = session_postgres().create_database(f"copy_{tmp_path.name}_{os.getpid()}"[:60])
+    source, target = make_engine(_url(server), pool_size=1), make_engine(url, pool_size=1)
+    try:
+        migrate(target)
+        with source.connect() as reading, target.begin() as writing:
+            for table in Base.metadata.sorted_tables:
+                rows = [dict(row) for row in reading.execute(table.select()).mappings()]
+                if rows:
+                    writing.execute(table.insert(), rows)
+            reset_sequences(writing)
+    finally:
+        source.dispose()
+        target.dispose()
+    return url
 
 
 def _middle_id(server: RegistryProcess) -> int:
@@ -227,9 +264,7 @@ def test_no_secret_in_any_entry_or_log_line(
         client.get("/v2/audited/app/tags/list")
         token = client.auth._tokens  # type: ignore[union-attr]
     secrets = [ADMIN_PASSWORD, "wrong-password", *[t for t in token.values()]]
-    with sqlite3.connect(_db(server)) as db:
-        dump = "\n".join(db.iterdump())
-    audit_text = "\n".join(line for line in dump.splitlines() if "audit_log" in line)
+    audit_text = "\n".join(str(row) for row in _entries(server))
     log_text = server.logs()
     for secret in secrets:
         assert secret not in audit_text

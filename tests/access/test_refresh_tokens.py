@@ -245,9 +245,8 @@ def test_without_rotation_a_token_is_reusable_but_still_bound_to_its_credential(
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> tuple[RefreshTokenService, IamStore, list[DomainEvent]]:
-    engine = make_engine(sqlite_url(tmp_path / "moorage.db"), pool_size=2)
-    migrate(engine)
+def service(metadata_url: str) -> tuple[RefreshTokenService, IamStore, list[DomainEvent]]:
+    engine = make_engine(metadata_url, pool_size=2)
     store = IamStore(engine)
     events: list[DomainEvent] = []
     bus = EventBus()

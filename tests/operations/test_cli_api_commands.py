@@ -7,7 +7,6 @@ server that acts on what they changed."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.api import eventually
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
 from tests.support.oci import assert_oci_error, push_image
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, command_environment
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -31,7 +30,7 @@ class Moorage:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        self.env = command_environment(data_dir)
         self.env["COLUMNS"] = "200"  # rich wraps narrower tables; keep cells on one line
 
     def run(

@@ -38,7 +38,7 @@ from tests.support.images import (
     tiny_image,
     upload_id,
 )
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, command_environment
 from tests.support.wait import wait_until
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
@@ -151,7 +151,7 @@ def assert_listed_manifests_are_complete(client: httpx.Client, repository: str) 
 
 
 def run_fsck(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    environment = command_environment(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir)],
         capture_output=True,

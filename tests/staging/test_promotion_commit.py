@@ -9,7 +9,6 @@ ordering could leave after a crash).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -23,14 +22,14 @@ import pytest
 
 from moorage.domain.digest import Digest
 from moorage.domain.manifest import parse_manifest
-from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.database import make_engine
 from moorage.metadata.registry.registry_records import ManifestLinks, MissingReferencesError
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import NewPromotion, PromotionStore, RecordManifest
 from tests.support.api import api_client, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.images import Blob, push_image, tiny_image
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, command_environment
 from tests.support.signing import push_referrer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -68,9 +67,8 @@ def manifest_body(layers: list[bytes], subject: str | None = None) -> bytes:
 
 
 @pytest.fixture
-def stores(tmp_path: Path) -> Iterator[tuple[MetadataStore, PromotionStore]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'moorage.db'}", pool_size=1)
-    migrate(engine)
+def stores(metadata_url: str) -> Iterator[tuple[MetadataStore, PromotionStore]]:
+    engine = make_engine(metadata_url, pool_size=1)
     metadata = MetadataStore(engine)
     try:
         yield metadata, PromotionStore(engine, metadata)
@@ -225,7 +223,7 @@ def test_identical_promotions_at_the_same_instant_leave_one_record(
 
 
 def run_fsck(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    environment = command_environment(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir), *extra],
         capture_output=True,

@@ -50,6 +50,16 @@ def database_url_for(data_dir: Path) -> str | None:
     return _databases[key]
 
 
+def command_environment(data_dir: Path) -> dict[str, str]:
+    """The environment for a `moorage` command on `data_dir` (fsck, migrate, the CLI): no
+    MOORAGE_ settings of the caller's, and the test backend's database when it is not SQLite."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    database_url = database_url_for(data_dir)
+    if database_url is not None:
+        environment["MOORAGE_DATABASE_URL"] = database_url
+    return environment
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,6 +20,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     make_url,
     select,
     table,
@@ -243,6 +244,12 @@ def single_read(engine: Engine) -> Iterator[Connection]:
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as connection, connection.begin():
         yield connection
+
+
+def has_schema(engine: Engine) -> bool:
+    """Whether the database holds a registry (a migrated schema), without changing it."""
+    with engine.connect() as connection:
+        return inspect(connection).has_table("alembic_version")
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
