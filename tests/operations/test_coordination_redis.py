@@ -16,7 +16,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from moorage.coordination import LocalCoordination, RedisCoordination, ping_redis
-from moorage.services.cache import TtlCache, announce_invalidations, invalidated
+from moorage.services.cache import ALL_CACHES, TtlCache, announce_invalidations, invalidated
 from tests.support.processes import kill_group, spawn
 from tests.support.server import free_port
 from tests.support.services import RedisServer
@@ -277,3 +277,40 @@ def test_without_redis_locks_fall_back_to_this_machine_and_jobs_skip(tmp_path: P
             await coordination.close()
 
     asyncio.run(scenario())
+
+
+def test_a_node_that_lost_redis_clears_everything_when_it_is_back_and_hears_again(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer().start()
+    restarted = RedisServer(port=server.port)
+
+    async def scenario() -> None:
+        changer = RedisCoordination(server.url, fallback=LocalCoordination(tmp_path / "a"))
+        receiver = RedisCoordination(server.url, fallback=LocalCoordination(tmp_path / "b"))
+        seen: list[str] = []
+        await changer.start(lambda _name: None)
+        await receiver.start(seen.append)
+        try:
+            await _until_heard(changer, seen)
+            await asyncio.to_thread(server.stop)
+            seen.clear()
+            changer.invalidate("made-while-redis-was-down")  # lost with Redis
+            await asyncio.to_thread(restarted.start)
+
+            async def cleared_all() -> bool:
+                return ALL_CACHES in seen
+
+            # So the receiver forgets everything once it is subscribed again...
+            await wait_until_async(cleared_all, 60, "a clear-all after the reconnect")
+            # ...and hears the next change.
+            await _until_heard(changer, seen)
+        finally:
+            await changer.close()
+            await receiver.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+        restarted.stop()

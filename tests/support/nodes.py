@@ -4,11 +4,24 @@ shared services can coordinate them, as on two machines."""
 
 from __future__ import annotations
 
+import itertools
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.server import RegistryProcess
+from tests.support.services import PostgresServer
+
+BACKENDS = ["sqlite", "postgresql"]
+_databases = itertools.count()
+
+
+def metadata_url(backend: str, postgres: PostgresServer | None) -> str | None:
+    """A new database on `backend` for one deployment (None: SQLite in the shared folder)."""
+    if backend == "sqlite":
+        return None
+    assert postgres is not None
+    return postgres.create_database(f"nodes_{next(_databases)}")
 
 
 @dataclass

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
-# Called with a cache's name when another process or node changed what it caches.
+# Called with a cache's name when another process or node changed what it caches; ALL_CACHES
+# when changes may have been missed.
 Invalidated = Callable[[str], None]
+ALL_CACHES: Final = "*"
 
 
 class HeldLock(Protocol):

@@ -28,7 +28,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from moorage.coordination.base import HeldLock, Invalidated
+from moorage.coordination.base import ALL_CACHES, HeldLock, Invalidated
 from moorage.coordination.local import LocalCoordination
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ LOCK_LEASE_SECONDS: Final = 10.0
 _POLL_SECONDS: Final = 0.05
 _TIMEOUT_SECONDS: Final = 2.0
 _RESUBSCRIBE_SECONDS: Final = 1.0
-ALL_CACHES: Final = "*"
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -94,7 +93,8 @@ class RedisCoordination:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: set[asyncio.Task[Any]] = set()  # publishing, subscribing
+        self._tasks: set[asyncio.Task[Any]] = set()  # releases: short, let finish on close
         self._warned_at = 0.0
 
     # -- lifecycle
@@ -102,20 +102,28 @@ class RedisCoordination:
     async def start(self, on_invalidated: Invalidated) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._background(self._publish_loop())
-        self._background(self._subscribe_loop(on_invalidated))
+        self._loops.add(asyncio.create_task(self._publish_loop()))
+        self._loops.add(asyncio.create_task(self._subscribe_loop(on_invalidated)))
 
     async def close(self) -> None:
         self._loop = None
-        for task in list(self._tasks):
+        for task in self._loops:
             task.cancel()
-        for task in list(self._tasks):
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Locks released just before shutdown: delete them now rather than leave the other
+        # nodes waiting for their lease.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=_TIMEOUT_SECONDS)
         await self._client.aclose()
 
     def _background(self, work: Coroutine[Any, Any, object]) -> None:
-        task = asyncio.create_task(work)
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop any more (shutdown): the lease will run out
+            work.close()
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -124,7 +132,8 @@ class RedisCoordination:
         now = time.monotonic()
         if now - self._warned_at > 30:
             self._warned_at = now
-            log.warning("redis unavailable (%s): %s", what, type(error).__name__)
+            # The error names host and port at most; the URL (and its password) never.
+            log.warning("redis unavailable (%s): %s: %s", what, type(error).__name__, error)
 
     # -- locks
 

@@ -430,6 +430,8 @@ async def _every(
         try:
             if await coordination.run_once(name, seconds):
                 await job()
+            else:
+                log.info("periodic job %s: not this node's turn", name)
         except Exception:
             log.exception("background job failed")
         await asyncio.sleep(seconds)

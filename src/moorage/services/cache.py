@@ -16,11 +16,11 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
+
+from moorage.coordination.base import ALL_CACHES
 
 T = TypeVar("T")
-
-ALL_CACHES: Final = "*"
 
 # Every live TtlCache of this process by name, and where a change is announced (None: nowhere;
 # one machine relies on the expiry).
