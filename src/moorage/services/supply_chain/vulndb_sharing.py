@@ -106,6 +106,7 @@ class SharedGenerationStore:
         self._adopted = legacy is None
         self._verified: dict[str, tuple[int, int, int]] = {}  # id -> stat of a checked file
         self._verify_lock = threading.Lock()
+        self._pruned_version = -1
 
     # -- the pointer
 
@@ -116,6 +117,11 @@ class SharedGenerationStore:
     def pointer(self) -> Pointer:
         self._adopt_once()
         stored = self._catalog.pointer()
+        if stored.version != self._pruned_version:
+            # Another node may have moved the pointer: drop what this node cached for
+            # generations that are no longer kept.
+            self.prune_cache(stored.history)
+            self._pruned_version = stored.version
         return Pointer(stored.current, stored.history)
 
     def has(self, generation_id: str) -> bool:
@@ -219,7 +225,11 @@ class SharedGenerationStore:
     def publish(self, built: Path, generation_id: str, keep: int) -> None:
         added = self._stored(built, generation_id)
         history = (generation_id, *self._catalog.pointer().history)[:keep]
-        dropped = self._move(generation_id, history, (added,))
+        try:
+            dropped = self._move(generation_id, history, (added,))
+        except BaseException:
+            self._forget([added], None)  # never became current: its blob is nobody's
+            raise
         # The built file is the stored one: it becomes this node's cached copy.
         self.cache.mkdir(parents=True, exist_ok=True)
         os.replace(built, self._cached(generation_id))
@@ -240,14 +250,17 @@ class SharedGenerationStore:
         except LockLostError as error:
             raise VulnerabilityDatabaseError(str(error)) from None
 
-    def _forget(self, dropped: list[StoredGeneration], kept: tuple[str, ...]) -> None:
+    def _forget(self, dropped: list[StoredGeneration], kept: tuple[str, ...] | None) -> None:
+        """Delete the blobs of `dropped` that nothing references any more; then, unless `kept`
+        is None, the cached files of generations outside `kept`."""
         for generation in dropped:
             try:
                 if not self._catalog.digest_referenced(generation.digest):
                     self._storage.delete_blob(Digest.parse(generation.digest))
             except Exception:  # a blob left behind is only space; the pointer has moved
                 log.exception("deleting generation %s from storage failed", generation.id)
-        self.prune_cache(kept)
+        if kept is not None:
+            self.prune_cache(kept)
 
     def prune_cache(self, kept: tuple[str, ...]) -> None:
         """Delete cached files of generations that are no longer kept. Readers that still have
