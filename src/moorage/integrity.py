@@ -10,7 +10,7 @@ from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 
 
 @dataclass
@@ -28,7 +28,7 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     migrate(engine)
     store = MetadataStore(engine)
-    storage = FilesystemStorage(settings.data_dir / "storage")
+    storage = make_storage(settings)
     try:
         for manifest, blob in store.manifests_with_missing_blobs():
             findings.problems.append(

@@ -77,7 +77,7 @@ from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyService,
 )
 from moorage.services.threads import Threads
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 from moorage.vulnerability.database import VulnerabilityDatabase
 
 log = logging.getLogger("moorage.http")
@@ -167,7 +167,7 @@ def build_app(
     )
     metadata = MetadataStore(engine)
     iam_store = IamStore(engine)
-    storage = FilesystemStorage(settings.data_dir / "storage")
+    storage = make_storage(settings)
     events = EventBus()
     events.subscribe(log_subscriber)
     audit = AuditLog(iam_store)
