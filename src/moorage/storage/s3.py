@@ -240,6 +240,10 @@ class S3Storage:
 
     def delete_upload(self, upload_id: str) -> None:
         directory = self._upload_dir(upload_id)
+        with self._writers_lock:
+            writer = self._writers.get(upload_id)
+        if writer is not None:
+            writer.deleted = True
         # The state goes first: from then on the session is gone for every node.
         keys = sorted((item["Key"] for item in self._list(directory)), key=_state_first)
         self.delete_keys(keys)
@@ -495,6 +499,7 @@ class S3UploadWriter:
         self._directory = storage._upload_dir(upload_id)
         self._part_size = storage.options.part_size
         self._parts = list(state.parts)
+        self._opened_parts = {name for name, _ in state.parts}
         self._obsolete: list[str] = []
         self.digest_state = state.digest
         self._size = state.size
@@ -503,6 +508,7 @@ class S3UploadWriter:
         self._pending: list[Future[None]] = []
         self._changed = False
         self._closed = False
+        self.deleted = False  # cancelled by a request of this node while open
         # A short last part goes back into the buffer, so every stored part but the last is
         # exactly part_size (as UploadPartCopy requires).
         if self._parts and self._parts[-1][1] < self._part_size:
@@ -584,11 +590,18 @@ class S3UploadWriter:
                 self._directory + "state", state.encode(), IfMatch=self._etag
             )
         except ClientError as error:
-            if _is_conflict(error) or _is_missing(error):
-                raise UploadBusyError(self.upload_id) from None
-            raise
+            if not (_is_conflict(error) or _is_missing(error)):
+                raise
+            # Not ours any more: our staged parts belong to nobody.
+            self._storage.delete_keys(self._directory + name for name in self._new_parts(parts))
+            if self._storage._head(self._directory + "state") is None:
+                return  # the session was cancelled meanwhile: nothing to keep
+            raise UploadBusyError(self.upload_id) from None
         if self._obsolete:
             self._storage.delete_keys(self._directory + name for name in self._obsolete)
+
+    def _new_parts(self, parts: list[tuple[str, int]]) -> list[str]:
+        return [name for name, _ in parts if name not in self._opened_parts]
 
     def commit(self, digest: Digest) -> None:
         self._wait()
@@ -613,11 +626,20 @@ class S3UploadWriter:
             return
         self._closed = True
         try:
-            if self._changed:
+            if self.deleted:
+                self._discard()
+            elif self._changed:
                 self._store()
         finally:
             self._lease.release()
             self._storage._forget_writer(self)
+
+    def _discard(self) -> None:
+        """Remove the parts this writer staged (the session is gone)."""
+        for future in self._pending:
+            future.exception()  # wait; a failed upload left nothing to remove
+        self._pending = []
+        self._storage.delete_keys(self._directory + name for name in self._new_parts(self._parts))
 
     def abandon(self) -> None:
         """Release without storing anything (the session is being deleted)."""
