@@ -480,3 +480,52 @@ try:
 except UploadBusyError:
     print("refused", flush=True)
 """
+
+
+# -- serving blobs kept in S3 (redirect, or streamed through the node)
+
+
+@pytest.mark.parametrize("redirect", [False, True])
+def test_blobs_in_s3_pull_whole_and_in_ranges(
+    s3_server: S3Server, tmp_path: Path, redirect: bool
+) -> None:
+    import httpx
+
+    from tests.support.auth import RegistryAuth
+    from tests.support.oci import push_blob_chunked
+    from tests.support.server import RegistryProcess
+
+    bucket = s3_server.create_bucket(f"serve-{os.urandom(6).hex()}")
+    environment = {
+        "MOORAGE_STORAGE": "s3",
+        "MOORAGE_S3_BUCKET": bucket,
+        "MOORAGE_S3_ENDPOINT": s3_server.endpoint,
+        "MOORAGE_S3_ACCESS_KEY": s3_server.access_key,
+        "MOORAGE_S3_SECRET_KEY": s3_server.secret_key,
+        "MOORAGE_S3_REDIRECT": "true" if redirect else "false",
+        "MOORAGE_S3_PRESIGN_SECONDS": "60",
+    }
+    data = content(PART + 4321, seed=11)
+    with (
+        RegistryProcess(tmp_path / "data", env=environment).start() as server,
+        httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client,
+    ):
+        digest = push_blob_chunked(client, "t/s3-blobs", data, 1 << 20)
+        url = f"/v2/t/s3-blobs/blobs/{digest}"
+        head = client.head(url)
+        assert head.status_code == 200
+        assert head.headers["Content-Length"] == str(len(data))
+        assert head.headers["Docker-Content-Digest"] == digest
+        first = client.get(url)
+        if redirect:
+            assert first.status_code == 307
+            assert first.headers["Location"].startswith(s3_server.endpoint)
+            assert s3_server.secret_key not in first.headers["Location"]
+        whole = client.get(url, follow_redirects=True)
+        assert whole.status_code == 200
+        assert whole.content == data
+        assert digest_of(whole.content) == Digest.parse(digest)
+        ranged = client.get(url, headers={"Range": "bytes=100-199"}, follow_redirects=True)
+        assert ranged.status_code == 206
+        assert ranged.content == data[100:200]
+        assert s3_server.secret_key not in server.logs()

@@ -19,6 +19,7 @@ from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
+from moorage.http.remote_blobs import REMOTE_BLOBS, RemoteBlobs
 from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
@@ -252,6 +253,9 @@ def build_app(
         max_blob_bytes=settings.max_blob_bytes,
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
+    remote_blobs = RemoteBlobs(storage, settings.s3_redirect, settings.s3_presign_seconds)
+    app[REMOTE_BLOBS] = remote_blobs
+    app.on_cleanup.append(remote_blobs.close)
 
     async def is_proxy(project: str) -> bool:
         return await proxy_cache.config_for(project) is not None
