@@ -10,7 +10,7 @@ from moorage.domain.digest import Digest
 from moorage.metadata.database import has_schema, make_engine, masked_url, migrate
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 
 
 @dataclass
@@ -33,7 +33,7 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
         return findings
     migrate(engine)
     store = MetadataStore(engine)
-    storage = FilesystemStorage(settings.data_dir / "storage")
+    storage = make_storage(settings)
     try:
         for manifest, blob in store.manifests_with_missing_blobs():
             findings.problems.append(

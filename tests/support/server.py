@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -109,6 +109,7 @@ class RegistryProcess:
         database_url = database_url_for(self.data_dir)
         if database_url is not None and not any("database" in a for a in self.extra_args):
             environment["MOORAGE_DATABASE_URL"] = database_url
+        environment.update(test_storage_environment(self.data_dir))
         environment.update(self.env)
         self.process = spawn(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         log.close()
@@ -163,3 +164,32 @@ class RegistryProcess:
         if self.process is not None:
             self.stop()
         return self.start()
+
+
+# MOORAGE_TEST_STORAGE=s3: every server keeps its blobs in a bucket of its own (one per data
+# directory, so a restart finds its blobs) on one moto server for the whole test session.
+_s3_server: Any = None
+
+
+def test_storage_environment(data_dir: Path) -> dict[str, str]:
+    if os.environ.get("MOORAGE_TEST_STORAGE", "filesystem") != "s3":
+        return {}
+    global _s3_server
+    from tests.support.services import S3Server  # services imports this module
+
+    if _s3_server is None:
+        _s3_server = S3Server().start()
+    bucket = "moorage-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:20]
+    marker = data_dir.parent / f".{data_dir.name}.bucket"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        _s3_server.create_bucket(bucket)
+        marker.write_text(bucket)
+    return {
+        "MOORAGE_STORAGE": "s3",
+        "MOORAGE_S3_BUCKET": bucket,
+        "MOORAGE_S3_ENDPOINT": _s3_server.endpoint,
+        "MOORAGE_S3_REGION": _s3_server.region,
+        "MOORAGE_S3_ACCESS_KEY": _s3_server.access_key,
+        "MOORAGE_S3_SECRET_KEY": _s3_server.secret_key,
+    }

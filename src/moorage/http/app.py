@@ -21,6 +21,7 @@ from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.readiness import CHECK_TIMEOUT_SECONDS, READINESS, readiness_checks
+from moorage.http.remote_blobs import REMOTE_BLOBS, RemoteBlobs
 from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
@@ -83,7 +84,7 @@ from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyService,
 )
 from moorage.services.threads import Threads
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 
 log = logging.getLogger("moorage.http")
 
@@ -172,7 +173,7 @@ def build_app(
     )
     metadata = MetadataStore(engine)
     iam_store = IamStore(engine)
-    storage = FilesystemStorage(settings.data_dir / "storage")
+    storage = make_storage(settings)
     events = EventBus()
     events.subscribe(log_subscriber)
     coordination = make_coordination(settings)
@@ -259,6 +260,9 @@ def build_app(
         max_blob_bytes=settings.max_blob_bytes,
     )
     app[SERVICES] = Services(registry, uploads, settings.max_page_size, proxy_cache)
+    remote_blobs = RemoteBlobs(storage, settings.s3_redirect, settings.s3_presign_seconds)
+    app[REMOTE_BLOBS] = remote_blobs
+    app.on_cleanup.append(remote_blobs.close)
 
     async def is_proxy(project: str) -> bool:
         return await proxy_cache.config_for(project) is not None
