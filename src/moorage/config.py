@@ -77,6 +77,11 @@ class Settings(BaseModel):
     public_url: str | None = Field(
         None, description="external base URL (for token realms); default: from the request"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of load balancers whose X-Forwarded-For names"
+        " the client (sign-in throttling, audit); in the environment: comma-separated",
+    )
     auth_service: str = Field("moorage", description="token service name (`aud` of tokens)")
     token_ttl_seconds: int = Field(300, ge=30, le=3600)
     v2_basic_auth: bool = Field(False, description="also accept Basic credentials on /v2")
@@ -215,6 +220,25 @@ class Settings(BaseModel):
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
 
     @field_validator("stages", mode="before")

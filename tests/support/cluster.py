@@ -162,6 +162,8 @@ class Cluster:
             "MOORAGE_DATABASE_URL": self.postgres.create_database(name),
             "MOORAGE_REDIS_URL": self.redis.url,
             "MOORAGE_PUBLIC_URL": f"http://127.0.0.1:{front_port}",
+            # haproxy appends the client to X-Forwarded-For (option forwardfor).
+            "MOORAGE_TRUSTED_PROXIES": "127.0.0.1",
             **self.extra_env,
         }
         if self.storage == "s3":

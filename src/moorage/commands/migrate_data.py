@@ -164,7 +164,7 @@ def _refusal(source_dir: Path, target: Settings) -> str | None:
     source = source_dir.resolve()
     if target.database_url.endswith(str(source / "moorage.db")):
         return "the target database is the source database"
-    if getattr(target, "storage", "filesystem") == "filesystem" and (
+    if target.storage == "filesystem" and (
         (target.data_dir / "storage").resolve() == (source / "storage")
     ):
         return "the target storage is the source storage: give the target another data directory"
@@ -172,12 +172,9 @@ def _refusal(source_dir: Path, target: Settings) -> str | None:
 
 
 def _target_storage(settings: Settings) -> StorageDriver:
-    try:
-        from moorage.storage.factory import make_storage  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return FilesystemStorage(settings.data_dir / "storage")
-    storage: StorageDriver = make_storage(settings)
-    return storage
+    from moorage.storage.factory import make_storage
+
+    return make_storage(settings)
 
 
 def _progress(console: Console) -> Progress:

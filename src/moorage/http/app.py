@@ -20,6 +20,7 @@ from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
+from moorage.http.forwarded import forwarded_middleware
 from moorage.http.readiness import CHECK_TIMEOUT_SECONDS, READINESS, readiness_checks
 from moorage.http.remote_blobs import REMOTE_BLOBS, RemoteBlobs
 from moorage.http.replication_client import HttpRemoteRegistries
@@ -163,7 +164,12 @@ def build_app(
     run_jobs: bool = True,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, access_middleware], client_max_size=1 << 20
+        middlewares=[
+            forwarded_middleware(settings.trusted_proxies),
+            error_middleware,
+            access_middleware,
+        ],
+        client_max_size=1 << 20,
     )
     threads = Threads(settings.db_threads)
     engine = make_engine(
