@@ -56,7 +56,7 @@ def forwarded_middleware(trusted_proxies: Sequence[str]) -> Middleware:
             client = client_address(
                 request.remote, request.headers.getall("X-Forwarded-For", []), trusted
             )
-            if client != request.remote:
+            if client is not None and client != request.remote:
                 request = request.clone(remote=client)
         return await handler(request)
 
