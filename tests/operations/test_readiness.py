@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.support.server import RegistryProcess
-from tests.support.services import PostgresServer, RedisServer
+from tests.support.services import PostgresServer, RedisServer, S3Server
 from tests.support.wait import wait_until
 
 
@@ -125,3 +125,61 @@ def test_a_frozen_redis_times_out(start_registry: Callable[..., RegistryProcess]
             response = wait_until(becomes(node, 503), 60, "the node to become unready")
             assert response.json()["checks"]["redis"] in ("failed", "timeout")
         wait_until(becomes(node, 200), 60, "the node to become ready again")
+
+
+def test_a_frozen_s3_endpoint_makes_the_node_unready_until_it_answers_again(
+    start_registry: Callable[..., RegistryProcess],
+) -> None:
+    with S3Server() as s3:
+        node = start_registry(
+            env={
+                "MOORAGE_STORAGE": "s3",
+                "MOORAGE_S3_BUCKET": s3.create_bucket("readiness"),
+                "MOORAGE_S3_ENDPOINT": s3.endpoint,
+                "MOORAGE_S3_REGION": s3.region,
+                "MOORAGE_S3_ACCESS_KEY": s3.access_key,
+                "MOORAGE_S3_SECRET_KEY": s3.secret_key,
+            }
+        )
+        assert readiness(node).json()["checks"]["storage"] == "ok"
+        with frozen(s3.process):
+            response = wait_until(becomes(node, 503), 60, "the node to become unready")
+            body = response.json()
+            assert body["checks"]["storage"] in ("timeout",) or body["checks"][
+                "storage"
+            ].startswith("failed")
+            assert body["checks"]["database"] == "ok"
+            assert s3.secret_key not in response.text
+        wait_until(becomes(node, 200), 60, "the node to become ready again")
+
+
+def test_a_deleted_bucket_makes_the_node_unready(
+    start_registry: Callable[..., RegistryProcess],
+) -> None:
+    """A HEAD of the sentinel answers 404 both for a missing object and a missing bucket:
+    the bucket's absence must not pass as "the sentinel is not stored"."""
+    import boto3
+
+    with S3Server() as s3:
+        bucket = s3.create_bucket("vanishing")
+        node = start_registry(
+            env={
+                "MOORAGE_STORAGE": "s3",
+                "MOORAGE_S3_BUCKET": bucket,
+                "MOORAGE_S3_ENDPOINT": s3.endpoint,
+                "MOORAGE_S3_REGION": s3.region,
+                "MOORAGE_S3_ACCESS_KEY": s3.access_key,
+                "MOORAGE_S3_SECRET_KEY": s3.secret_key,
+            }
+        )
+        assert readiness(node).status_code == 200
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3.endpoint,
+            region_name=s3.region,
+            aws_access_key_id=s3.access_key,
+            aws_secret_access_key=s3.secret_key,
+        )
+        client.delete_bucket(Bucket=bucket)
+        response = wait_until(becomes(node, 503), 60, "the node to become unready")
+        assert response.json()["checks"]["storage"].startswith("failed")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from moorage.domain.digest import Digest
-from moorage.storage.base import BlobStore
+from moorage.storage.base import StorageDriver
 
 log = logging.getLogger("moorage.http.readiness")
 
@@ -62,15 +62,22 @@ def _in_thread(function: Callable[[], object]) -> Check:
     return check
 
 
+def _probe_storage(storage: StorageDriver) -> None:
+    storage.blob_size(SENTINEL)
+    # On S3 a HEAD answers 404 for a missing bucket as for a missing object: the first page of
+    # the upload sessions' listing (few keys: sessions in progress) fails without the bucket.
+    next(iter(storage.list_uploads()), None)
+
+
 def readiness_checks(
     ping_database: Callable[[], object],
-    storage: BlobStore,
+    storage: StorageDriver,
     redis_ping: Check | None = None,
 ) -> Readiness:
     """The database (one query), the storage (the sentinel's size) and, when configured, Redis."""
     checks: dict[str, Check] = {
         "database": _in_thread(ping_database),
-        "storage": _in_thread(lambda: storage.blob_size(SENTINEL)),
+        "storage": _in_thread(lambda: _probe_storage(storage)),
     }
     if redis_ping is not None:
         checks["redis"] = redis_ping
