@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from tests.support.oci import (
     push_multi_platform,
     random_bytes,
 )
+from tests.support.osv import osv_record, run_vulndb, write_bundle
 from tests.support.server import RegistryProcess
 from tests.support.services import PostgresServer, S3Server
 
@@ -194,6 +196,7 @@ def test_an_embedded_install_moves_to_postgresql_and_serves_everything(
         state = populate(source)
     finally:
         source.stop()
+    generation = import_vulnerability_database(tmp_path / "embedded", tmp_path)
     env = target_env(postgres.create_database("migrated"), s3, "migrated")
     target_dir = tmp_path / "target"
 
@@ -209,6 +212,9 @@ def test_an_embedded_install_moves_to_postgresql_and_serves_everything(
     assert "0 problem(s) found" in fsck.stdout
     audit = moorage("audit", "verify", "--data-dir", str(target_dir), env=env)
     assert audit.returncode == 0, audit.stdout + audit.stderr
+    status = moorage("vulndb", "status", "--data-dir", str(target_dir), env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert generation in status.stdout
 
     with RegistryProcess(target_dir, env=env).start() as target:
         assert_served(target, state)
@@ -315,3 +321,30 @@ def image_manifest_layers(image: Pushed) -> list[str]:
     import json
 
     return [layer["digest"] for layer in json.loads(image.body)["layers"]]
+
+
+def import_vulnerability_database(data_dir: Path, scratch: Path) -> str:
+    """`moorage vulndb import` on a stopped embedded install; the new generation's id."""
+    record = osv_record("PYSEC-1", "PyPI", "demo", fixed="1.0")
+    bundle = write_bundle(scratch / "bundle.tar.gz", {"PyPI": [record]})
+    output = run_vulndb(data_dir, "import", str(bundle))
+    found = re.search(r"generation (\S+) is current", output)
+    assert found is not None, output
+    return found.group(1)
+
+
+def test_fsck_finds_a_vulnerability_database_generation_missing_from_storage(
+    tmp_path: Path,
+) -> None:
+    embedded = tmp_path / "embedded"
+    RegistryProcess(embedded).start().stop()
+    generation = import_vulnerability_database(embedded, tmp_path)
+    assert moorage("fsck", "--data-dir", str(embedded), env={}).returncode == 0
+    blobs = list((embedded / "storage" / "blobs").rglob("*"))
+    stored = [path for path in blobs if path.is_file()]
+    assert len(stored) == 1  # the generation is the only blob of this install
+    stored[0].unlink()
+    fsck = moorage("fsck", "--data-dir", str(embedded), env={})
+    assert fsck.returncode == 1
+    assert f"vulnerability database generation {generation}" in fsck.stdout
+    assert "missing from storage" in fsck.stdout
