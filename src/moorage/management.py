@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from moorage.config import Settings
 from moorage.metadata.access.iam_store import IamStore
-from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.database import make_engine, migrate, startup_lock
 from moorage.metadata.registry.store import MetadataStore
 from moorage.services.access.audit import AuditLog, AuditService
 from moorage.services.access.identity import IdentityService, policy_from
@@ -41,9 +41,10 @@ def management_services(settings: Settings) -> Iterator[ManagementServices]:
         sqlite_synchronous=settings.sqlite_synchronous,
     )
     try:
-        migrate(engine)
-        store = IamStore(engine)
-        ensure_signing_key(store)
+        with startup_lock(engine):
+            migrate(engine)
+            store = IamStore(engine)
+            ensure_signing_key(store)
         events = EventBus()
         events.subscribe(AuditLog(store, immediate=True))
         identity = IdentityService(store, events, policy_from(settings))

@@ -16,12 +16,14 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from moorage.domain.digest import Digest
 from moorage.domain.manifest import parse_manifest
 from moorage.metadata.access.audit_store import NewAuditEntry
 from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.access.refresh_token_store import RefreshGrant, RefreshTokenStore
-from moorage.metadata.database import make_engine, migrate
+from moorage.metadata.database import make_engine, migrate, write_transaction
 from moorage.metadata.registry.registry_records import PreconditionFailedError, TagPrecondition
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.supply_chain.scan_records import ScanRequest
@@ -66,6 +68,35 @@ def race(work: Callable[..., Any], *args: Any, processes: int = PROCESSES) -> li
     errors = [detail for _, status, detail in collected if status == "error"]
     assert not errors, "\n".join(errors)
     return [detail for _, _, detail in collected]
+
+
+# -- the write transaction itself: read-modify-write stays atomic
+
+
+def _increment(number: int, url: str, times: int) -> int:
+    engine = make_engine(url, pool_size=2)
+    # Half the writers are default writers, half name a key: a default writer must exclude
+    # keyed ones, and writers of one key each other.
+    keys = None if number % 2 else ["counter"]
+    for _ in range(times):
+        with write_transaction(engine, serialise_on=keys) as connection:
+            value = connection.execute(text("SELECT n FROM race_counter")).scalar_one()
+            connection.execute(text("UPDATE race_counter SET n = :n"), {"n": value + 1})
+    engine.dispose()
+    return times
+
+
+def test_read_modify_write_in_write_transactions_loses_no_update(metadata_url: str) -> None:
+    engine = make_engine(metadata_url, pool_size=1)
+    with write_transaction(engine) as connection:
+        connection.execute(text("CREATE TABLE race_counter (n INTEGER NOT NULL)"))
+        connection.execute(text("INSERT INTO race_counter (n) VALUES (0)"))
+
+    done = sum(race(_increment, metadata_url, 25))
+
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT n FROM race_counter")).scalar_one() == done
+    engine.dispose()
 
 
 # -- the audit chain: one chain, whoever appends
@@ -262,6 +293,31 @@ def test_concurrent_sign_in_failures_all_count(metadata_url: str) -> None:
 
 
 # -- migrations: nodes starting together
+
+
+def _prepare(number: int, url: str, directory: Path) -> None:
+    from pydantic import SecretStr
+
+    from moorage.bootstrap import prepare_data
+    from moorage.config import Settings
+
+    prepare_data(
+        Settings(
+            database_url=url,
+            data_dir=directory / f"node{number}",
+            admin_password=SecretStr("first-admin-password"),
+        )
+    )
+
+
+def test_nodes_starting_together_prepare_one_signing_key_and_one_admin(tmp_path: Path) -> None:
+    url = fresh_database_url("postgresql", tmp_path)
+    race(_prepare, url, tmp_path, processes=4)
+    engine = make_engine(url, pool_size=1)
+    store = IamStore(engine)
+    assert len([key for key in store.signing_keys() if key.retired_at is None]) == 1
+    assert store.user_by_name("admin") is not None
+    engine.dispose()
 
 
 def _migrate(number: int, url: str) -> str:

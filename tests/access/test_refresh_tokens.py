@@ -7,7 +7,6 @@ the credential is revoked, the account disabled or its password changed.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,11 +18,12 @@ import pytest
 from moorage.domain.events import DomainEvent
 from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.access.refresh_token_store import RefreshGrant
-from moorage.metadata.database import make_engine, migrate, sqlite_url
+from moorage.metadata.database import make_engine, migrate
 from moorage.services.access.identity import AuthenticationError, IdentityService, Subject
 from moorage.services.access.refresh_tokens import RefreshTokenService
 from moorage.services.events import EventBus
 from tests.support.api import PASSWORD, api_client, create_user, eventually, unique
+from tests.support.backends import database_text, fresh_database_url, server_database_url
 from tests.support.oci import bearer, token_claims
 from tests.support.server import RegistryProcess
 
@@ -212,13 +212,8 @@ def test_refresh_tokens_are_stored_only_as_hashes(
 ) -> None:
     username = create_user(admin)
     token = sign_in(server, username, PASSWORD)
-    database = sqlite3.connect(server.data_dir / "moorage.db")
-    try:
-        stored = database.execute("SELECT token_hash FROM refresh_tokens").fetchall()
-        dump = "\n".join(database.iterdump())
-    finally:
-        database.close()
-    assert stored
+    dump = database_text(server_database_url(server.data_dir))
+    assert "refresh_tokens: (" in dump
     assert token not in dump
     assert token.removeprefix("mrt_") not in dump
 
@@ -321,19 +316,19 @@ def test_only_credentials_that_can_be_checked_again_get_a_refresh_token(
 
 
 def test_the_upgrade_drops_refresh_tokens_bound_to_no_credential_and_keeps_the_rest(
-    tmp_path: Path,
+    metadata_backend: str, tmp_path: Path
 ) -> None:
     """Refresh tokens written before they recorded their credential cannot be honoured safely;
     the migration removes them and nothing else."""
     from sqlalchemy import text
 
-    engine = make_engine(sqlite_url(tmp_path / "moorage.db"), pool_size=2)
+    engine = make_engine(fresh_database_url(metadata_backend, tmp_path), pool_size=2)
     migrate(engine, "0012")
     with engine.begin() as connection:
         connection.execute(
             text(
                 "INSERT INTO users (id, username, password_hash, is_admin, disabled, created_at,"
-                " password_changed_at) VALUES (7, 'old', 'hash', 0, 0, :now, :now)"
+                " password_changed_at) VALUES (7, 'old', 'hash', false, false, :now, :now)"
             ),
             {"now": datetime.now(UTC)},
         )

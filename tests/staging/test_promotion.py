@@ -62,7 +62,7 @@ from tests.support.images import (
 )
 from tests.support.oci import assert_oci_error
 from tests.support.osv import run_vulndb, write_bundle
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, command_environment
 from tests.support.signing import (
     ec_key,
     legacy_signature,
@@ -679,6 +679,7 @@ def test_moorage_promote_runs_the_same_promotion(
             text=True,
             timeout=120,
             check=False,
+            env=command_environment(server.data_dir),
         )
 
     refused = run(f"{dev}/app:v1", f"{staging}/app:v1")

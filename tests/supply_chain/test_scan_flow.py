@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from moorage.metadata.database import make_engine
 from tests.support.api import (
     PASSWORD,
     api_client,
@@ -28,6 +29,7 @@ from tests.support.api import (
     unique,
 )
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
+from tests.support.backends import server_database_url
 from tests.support.fake_adapter import FakeAdapter, vulnerability
 from tests.support.images import (
     Image,
@@ -355,12 +357,13 @@ def test_queue_is_deduplicated_and_survives_a_restart(
 
 
 def queued_jobs(data_dir: Path) -> set[str]:
-    """The digests in the persistent queue, read from the server's SQLite database."""
-    connection = sqlite3.connect(f"file:{data_dir / 'moorage.db'}?mode=ro", uri=True)
+    """The digests in the persistent queue, read from the server's database."""
+    engine = make_engine(server_database_url(data_dir), pool_size=1)
     try:
-        return {row[0] for row in connection.execute("SELECT digest FROM scan_jobs")}
+        with engine.connect() as connection:
+            return set(connection.execute(text("SELECT digest FROM scan_jobs")).scalars())
     finally:
-        connection.close()
+        engine.dispose()
 
 
 def test_signatures_sboms_and_other_artifacts_are_not_scanned(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moorage.metadata.database import make_engine, migrate, sqlite_url
-from tests.support.server import session_postgres
+from tests.support.server import database_url_for, session_postgres
 
 BACKENDS = ("sqlite", "postgresql")
 _numbers = itertools.count()
@@ -39,3 +39,24 @@ def metadata_url(metadata_backend: str, tmp_path: Path) -> str:
     finally:
         engine.dispose()
     return url
+
+
+def server_database_url(data_dir: Path) -> str:
+    """The database of a RegistryProcess on `data_dir`, whichever the test backend."""
+    return database_url_for(data_dir) or sqlite_url(data_dir / "moorage.db")
+
+
+def database_text(url: str) -> str:
+    """Every row of every table, as text: for asserting that a secret is stored nowhere."""
+    from moorage.metadata.schema import Base
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return "\n".join(
+                f"{table.name}: {tuple(row)}"
+                for table in Base.metadata.sorted_tables
+                for row in connection.execute(table.select())
+            )
+    finally:
+        engine.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import sys
@@ -363,6 +364,15 @@ def synthetic_database(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         )
 
 
+def _with_test_database(data_dir: Path) -> dict[str, str]:
+    # Under MOORAGE_TEST_DATABASE=postgresql the server's metadata is not in data_dir.
+    from tests.support.server import database_url_for
+
+    environment = {k: v for k, v in os.environ.items() if k != "MOORAGE_TEST_DATABASE"}
+    url = database_url_for(data_dir)
+    return {**environment, **({"MOORAGE_DATABASE_URL": url} if url else {})}
+
+
 def run_vulndb(data_dir: Path, *args: str) -> str:
     """`moorage vulndb …` on a data directory (a server may be running on it); its output."""
     result = subprocess.run(
@@ -371,6 +381,7 @@ def run_vulndb(data_dir: Path, *args: str) -> str:
         text=True,
         timeout=300,
         check=False,
+        env=_with_test_database(data_dir),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

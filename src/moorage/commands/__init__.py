@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from moorage.metadata.errors import DatabaseUnavailableError
+
 # command name → "module:attribute"
 COMMANDS: dict[str, str] = {
     "user": "moorage.commands.accounts:user",
@@ -62,3 +64,9 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, cmd_name) or load_command(cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DatabaseUnavailableError as error:
+            raise click.ClickException(str(error)) from None

@@ -26,9 +26,11 @@ from sqlalchemy import (
     table,
     text,
 )
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
+
+from moorage.metadata.errors import DatabaseUnavailableError
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _WRITE = "moorage_write"
@@ -39,6 +41,7 @@ _SINGLE_READ = "moorage_single_read"
 # it serialises on, so that only writers of the same keys wait for each other.
 WRITERS = "moorage:writers"
 _MIGRATIONS_KEY = "moorage:migrations"
+_STARTUP_KEY = "moorage:startup"
 PG_CONNECT_TIMEOUT_SECONDS = 10
 
 
@@ -246,9 +249,38 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+@contextmanager
+def _reaching(engine: Engine) -> Iterator[None]:
+    """Turn a failure to reach the database into one line naming it (password masked)."""
+    try:
+        yield
+    except OperationalError as error:
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseUnavailableError(f"cannot use the database {where}: {error.orig}") from None
+
+
+@contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: nodes starting together prepare the database (schema, first signing key,
+    first account) one at a time, so the later ones find it prepared. No-op on SQLite, where
+    one supervisor prepares before its workers fork."""
+    if not is_postgresql(engine):
+        yield
+        return
+    key = {"key": lock_key(_STARTUP_KEY)}
+    with _reaching(engine), engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            connection.commit()
+
+
 def has_schema(engine: Engine) -> bool:
     """Whether the database holds a registry (a migrated schema), without changing it."""
-    with engine.connect() as connection:
+    with _reaching(engine), engine.connect() as connection:
         return inspect(connection).has_table("alembic_version")
 
 
@@ -260,7 +292,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     sqlite = engine.dialect.name == "sqlite"
-    with engine.connect() as connection:
+    with _reaching(engine), engine.connect() as connection:
         if sqlite:
             # A migration that rebuilds a table drops it and renames its copy; with foreign keys
             # on, the drop would cascade into every referencing table. The pragma is ignored
