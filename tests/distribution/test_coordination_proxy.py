@@ -1,6 +1,7 @@
-"""Single flight of proxy-cache fetches across two nodes sharing one database, one blob store
-and one Redis (each node with its own lock files, so only Redis can order them), against a
-real upstream (Debian's docker-registry). The upstream's access log counts the fetches."""
+"""Single flight of proxy-cache fetches across two nodes sharing one database (SQLite or
+PostgreSQL), one blob store and one Redis (each node with its own lock files, so only Redis can
+order them), against a real upstream (Debian's docker-registry). The upstream's access log
+counts the fetches."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from tests.support.api import api_client, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.distribution import Distribution
-from tests.support.nodes import Nodes
+from tests.support.nodes import BACKENDS, Nodes, metadata_url
 from tests.support.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -27,7 +28,7 @@ from tests.support.oci import (
     random_bytes,
 )
 from tests.support.server import RegistryProcess
-from tests.support.services import RedisServer
+from tests.support.services import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.tools("docker-registry", "redis-server")
 
@@ -41,10 +42,21 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[RegistryProcess]]:
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def nodes(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[list[RegistryProcess]]:
+    database = None
+    if request.param == "postgresql":
+        database = metadata_url("postgresql", request.getfixturevalue("postgres"))
     # Two workers each: single flight inside a node, across its workers and across nodes.
-    with Nodes(tmp_path, redis_server.url, workers=2) as started:
+    with Nodes(tmp_path, redis_server.url, database, workers=2) as started:
         yield started
 
 

@@ -4,6 +4,7 @@ once per node. The remote is Debian's docker-registry; its access log counts the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,10 +16,10 @@ import pytest
 from tests.support.api import api_client, create_project, eventually, unique
 from tests.support.auth import RegistryAuth
 from tests.support.distribution import Distribution
-from tests.support.nodes import Nodes
+from tests.support.nodes import BACKENDS, Nodes, metadata_url
 from tests.support.oci import OCI_INDEX, OCI_MANIFEST, Pushed, push_image
 from tests.support.server import RegistryProcess
-from tests.support.services import RedisServer
+from tests.support.services import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.tools("docker-registry", "redis-server")
 
@@ -26,10 +27,15 @@ IMAGES_PER_NODE = 3
 ACCEPT = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[list[RegistryProcess]]:
-    with RedisServer() as redis, Nodes(tmp_path, redis.url) as started:
-        yield started
+@pytest.fixture(params=BACKENDS)
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[RegistryProcess]]:
+    with contextlib.ExitStack() as stack:
+        postgres = None
+        if request.param == "postgresql":
+            postgres = stack.enter_context(PostgresServer())
+        redis = stack.enter_context(RedisServer())
+        database = metadata_url(request.param, postgres)
+        yield stack.enter_context(Nodes(tmp_path, redis.url, database))
 
 
 def executions(admin: httpx.Client, rule: int) -> list[dict[str, Any]]:

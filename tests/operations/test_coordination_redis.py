@@ -16,7 +16,8 @@ import pytest
 from redis import Redis as SyncRedis
 
 from moorage.coordination import LocalCoordination, RedisCoordination, ping_redis
-from moorage.services.cache import ALL_CACHES, TtlCache, announce_invalidations, invalidated
+from moorage.coordination.base import ALL_CACHES
+from moorage.services.cache import TtlCache, announce_invalidations, invalidated
 from tests.support.processes import kill_group, spawn
 from tests.support.server import free_port
 from tests.support.services import RedisServer
