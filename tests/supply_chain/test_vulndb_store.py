@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate, sqlite_url
 from moorage.metadata.supply_chain.vulndb_store import LockLostError, StoredGeneration, VulndbStore
 from moorage.services.supply_chain.vulndb_sharing import SharedGenerationStore
@@ -165,3 +166,24 @@ def test_an_import_whose_lease_was_taken_over_changes_nothing_and_leaves_no_blob
     assert VulndbStore(engine).pointer().current is None
     assert VulndbStore(engine).generation(made) is None
     assert list(storage.list_blobs()) == []
+
+
+def test_a_generation_missing_from_storage_means_no_database_on_a_node_without_a_copy(
+    engine: Engine, tmp_path: Path
+) -> None:
+    storage = FilesystemStorage(tmp_path / "storage")
+
+    def node(name: str) -> VulnerabilityDatabase:
+        store = SharedGenerationStore(VulndbStore(engine), storage, tmp_path / name / "cache")
+        return VulnerabilityDatabase(tmp_path / name, store=store)
+
+    a = node("a")
+    records = [osv_record("TEST-MISSING", "PyPI", "six", fixed="9")]
+    made = a.import_path(write_osv_zip(tmp_path / "one.zip", records)).generation
+    stored = VulndbStore(engine).generation(made)
+    assert stored is not None
+    storage.delete_blob(Digest.parse(stored.digest))
+    assert node("b").current() is None  # fails closed: scans say there is no database
+    kept = a.current()  # a node with a verified copy keeps using it
+    assert kept is not None
+    assert kept.generation == made

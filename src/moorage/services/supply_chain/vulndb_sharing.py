@@ -188,6 +188,12 @@ class SharedGenerationStore:
                     f"generation {stored.id} in storage does not match its digest"
                 )
             os.replace(temporary, target)
+        except VulnerabilityDatabaseError:
+            raise
+        except Exception as error:  # any driver's "missing" or I/O error: no database now
+            raise VulnerabilityDatabaseError(
+                f"generation {stored.id} cannot be fetched from storage: {error}"
+            ) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
