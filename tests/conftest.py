@@ -3,12 +3,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 
 from tests.support.api import api_client
 from tests.support.auth import RegistryAuth
+from tests.support.cluster import cluster_requested, deployment
 from tests.support.processes import kill_all
 from tests.support.server import RegistryProcess
 from tests.support.tools import require_tool
@@ -32,7 +34,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    """One server shared by the tests that only need a registry; use unique repository names."""
+    """One server shared by the tests that only need a registry; use unique repository names.
+    With MOORAGE_TEST_CLUSTER=1 it is a two-node deployment behind haproxy instead (on
+    PostgreSQL, S3 and Redis), and the tests run against haproxy's address."""
+    if cluster_requested():
+        with deployment(tmp_path_factory.mktemp("cluster")) as cluster:
+            yield cast(RegistryProcess, cluster)
+        return
     with RegistryProcess(tmp_path_factory.mktemp("shared") / "data").start() as server:
         yield server
 

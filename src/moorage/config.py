@@ -83,6 +83,11 @@ class Settings(BaseModel):
     public_url: str | None = Field(
         None, description="external base URL (for token realms); default: from the request"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of load balancers whose X-Forwarded-For names"
+        " the client (sign-in throttling, audit); in the environment: comma-separated",
+    )
     auth_service: str = Field("moorage", description="token service name (`aud` of tokens)")
     token_ttl_seconds: int = Field(300, ge=30, le=3600)
     v2_basic_auth: bool = Field(False, description="also accept Basic credentials on /v2")
@@ -201,12 +206,45 @@ class Settings(BaseModel):
         "none", description="map a verified client certificate to the user or robot it names"
     )
 
+    # blob storage (see docs/deployment.md); S3 keys are never logged
+    storage: Literal["filesystem", "s3"] = Field(
+        "filesystem", description="filesystem: the data directory; s3: an S3-compatible bucket"
+    )
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = Field(None, description="e.g. https://minio.internal:9000")
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = Field(None, description="default: AWS_ACCESS_KEY_ID")
+    s3_secret_key: SecretStr | None = Field(None, description="default: AWS_SECRET_ACCESS_KEY")
+    s3_secret_key_file: Path | None = None
+    s3_prefix: str = Field("", description="key prefix inside the bucket")
+    s3_redirect: bool = Field(False, description="answer blob GETs with 307 to presigned URLs")
+    s3_presign_seconds: int = Field(300, ge=10, le=7 * 24 * 3600)
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
         return value
 
     @field_validator("stages", mode="before")
@@ -249,6 +287,22 @@ class Settings(BaseModel):
             except BundleError as error:
                 raise ValueError(f"vulndb_public_key: {error}") from None
         return self
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage = s3 needs s3_bucket")
+        return self
+
+    def resolved_s3_secret_key(self) -> str | None:
+        if self.s3_secret_key is not None:
+            return self.s3_secret_key.get_secret_value()
+        if self.s3_secret_key_file is not None:
+            try:
+                return self.s3_secret_key_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read s3_secret_key_file: {exc}") from None
+        return None
 
     @property
     def host(self) -> str:

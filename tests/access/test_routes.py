@@ -93,7 +93,7 @@ def test_repository_routes_and_only_those_are_repository_scoped() -> None:
 
 def expected_permission(method: str, path: str) -> Permission:
     """What each endpoint should require, derived from the spec's operations."""
-    if path in ("/healthz", "/service/token"):
+    if path in ("/healthz", "/readyz", "/service/token"):
         return PUBLIC  # the token service authenticates by itself; health says nothing
     if path == "/v2/":
         return PING

@@ -66,6 +66,7 @@ PROTOCOL_PREFIXES = {
     "/v2/": "the OCI Distribution API that registry clients (docker, skopeo, oras) speak",
     "/scanner/": "Harbor's scanner adapter API, which Harbor calls to have an image scanned",
     "/healthz": "a probe for load balancers",
+    "/readyz": "a probe for load balancers: are the database, storage and Redis reachable",
 }
 
 

@@ -10,7 +10,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -28,7 +27,7 @@ from tests.support.images import (
     registry_token,
     tiny_image,
 )
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, stored_keys
 
 CLIENTS = 20
 T = TypeVar("T")
@@ -71,12 +70,12 @@ def all_at_once(
 
 
 def upload_files(server: RegistryProcess) -> set[str]:
-    return {entry.name for entry in (server.data_dir / "storage" / "uploads").iterdir()}
+    return {name.partition("/")[0] for name in stored_keys(server.data_dir, "uploads")}
 
 
-def blob_files(server: RegistryProcess, blob: Blob) -> list[Path]:
+def blob_files(server: RegistryProcess, blob: Blob) -> list[str]:
     hex_part = blob.digest.removeprefix("sha256:")
-    return list((server.data_dir / "storage" / "blobs").rglob(f"*{hex_part}*"))
+    return [name for name in stored_keys(server.data_dir, "blobs") if hex_part in name]
 
 
 def assert_single_intact_blob(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -52,11 +52,13 @@ def database_url_for(data_dir: Path) -> str | None:
 
 def command_environment(data_dir: Path) -> dict[str, str]:
     """The environment for a `moorage` command on `data_dir` (fsck, migrate, the CLI): no
-    MOORAGE_ settings of the caller's, and the test backend's database when it is not SQLite."""
+    MOORAGE_ settings of the caller's, and the test backend's database and bucket when they
+    are not the defaults."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
     database_url = database_url_for(data_dir)
     if database_url is not None:
         environment["MOORAGE_DATABASE_URL"] = database_url
+    environment.update(storage_environment_for(data_dir))
     return environment
 
 
@@ -109,6 +111,7 @@ class RegistryProcess:
         database_url = database_url_for(self.data_dir)
         if database_url is not None and not any("database" in a for a in self.extra_args):
             environment["MOORAGE_DATABASE_URL"] = database_url
+        environment.update(storage_environment_for(self.data_dir))
         environment.update(self.env)
         self.process = spawn(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         log.close()
@@ -163,3 +166,53 @@ class RegistryProcess:
         if self.process is not None:
             self.stop()
         return self.start()
+
+
+# MOORAGE_TEST_STORAGE=s3: every server keeps its blobs in a bucket of its own (one per data
+# directory, so a restart finds its blobs) on one moto server for the whole test session.
+_s3_server: Any = None
+
+
+def storage_environment_for(data_dir: Path) -> dict[str, str]:
+    if os.environ.get("MOORAGE_TEST_STORAGE", "filesystem") != "s3":
+        return {}
+    global _s3_server
+    from tests.support.services import S3Server  # services imports this module
+
+    if _s3_server is None:
+        _s3_server = S3Server().start()
+    bucket = "moorage-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:20]
+    marker = data_dir.parent / f".{data_dir.name}.bucket"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        _s3_server.create_bucket(bucket)
+        marker.write_text(bucket)
+    return {
+        "MOORAGE_STORAGE": "s3",
+        "MOORAGE_S3_BUCKET": bucket,
+        "MOORAGE_S3_ENDPOINT": _s3_server.endpoint,
+        "MOORAGE_S3_REGION": _s3_server.region,
+        "MOORAGE_S3_ACCESS_KEY": _s3_server.access_key,
+        "MOORAGE_S3_SECRET_KEY": _s3_server.secret_key,
+    }
+
+
+def stored_keys(data_dir: Path, under: str) -> list[str]:
+    """Names stored under `under` ("uploads", "blobs"): files, or keys in the S3 bucket."""
+    environment = storage_environment_for(data_dir)
+    if not environment:
+        root = data_dir / "storage" / under
+        return [str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()]
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=environment["MOORAGE_S3_ENDPOINT"],
+        region_name=environment["MOORAGE_S3_REGION"],
+        aws_access_key_id=environment["MOORAGE_S3_ACCESS_KEY"],
+        aws_secret_access_key=environment["MOORAGE_S3_SECRET_KEY"],
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=environment["MOORAGE_S3_BUCKET"], Prefix=f"{under}/"
+    )
+    return [item["Key"][len(under) + 1 :] for page in pages for item in page.get("Contents", [])]

@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "grant": "moorage.commands.admin:grant",
     "role": "moorage.commands.admin:role",
     "settings": "moorage.commands.admin:settings_group",
+    "migrate-data": "moorage.commands.migrate_data:migrate_data",
 }
 
 

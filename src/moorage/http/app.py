@@ -20,6 +20,9 @@ from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
+from moorage.http.forwarded import forwarded_middleware
+from moorage.http.readiness import CHECK_TIMEOUT_SECONDS, READINESS, readiness_checks
+from moorage.http.remote_blobs import REMOTE_BLOBS, RemoteBlobs
 from moorage.http.replication_client import HttpRemoteRegistries
 from moorage.http.responses import error_response
 from moorage.http.routes import install_routes
@@ -46,6 +49,7 @@ from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
+from moorage.metadata.health import ping_database
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -81,7 +85,7 @@ from moorage.services.supply_chain.vulnerability_policy import (
     VulnerabilityPolicyService,
 )
 from moorage.services.threads import Threads
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 
 log = logging.getLogger("moorage.http")
 
@@ -160,7 +164,12 @@ def build_app(
     run_jobs: bool = True,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, access_middleware], client_max_size=1 << 20
+        middlewares=[
+            forwarded_middleware(settings.trusted_proxies),
+            error_middleware,
+            access_middleware,
+        ],
+        client_max_size=1 << 20,
     )
     threads = Threads(settings.db_threads)
     engine = make_engine(
@@ -170,7 +179,7 @@ def build_app(
     )
     metadata = MetadataStore(engine)
     iam_store = IamStore(engine)
-    storage = FilesystemStorage(settings.data_dir / "storage")
+    storage = make_storage(settings)
     events = EventBus()
     events.subscribe(log_subscriber)
     coordination = make_coordination(settings)
@@ -259,6 +268,9 @@ def build_app(
     app[SERVICES] = Services(
         registry, uploads, settings.max_page_size, proxy_cache, settings.unpaged_listing_size
     )
+    remote_blobs = RemoteBlobs(storage, settings.s3_redirect, settings.s3_presign_seconds)
+    app[REMOTE_BLOBS] = remote_blobs
+    app.on_cleanup.append(remote_blobs.close)
 
     async def is_proxy(project: str) -> bool:
         return await proxy_cache.config_for(project) is not None
@@ -360,6 +372,15 @@ def build_app(
     )
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
+    )
+    app[READINESS] = readiness_checks(
+        lambda: ping_database(engine),
+        storage,
+        redis_ping=(
+            (lambda: coordination.ping(CHECK_TIMEOUT_SECONDS))
+            if settings.redis_url is not None
+            else None
+        ),
     )
     install_routes(app)
     app.on_response_prepare.append(_add_headers)

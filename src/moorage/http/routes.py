@@ -26,6 +26,7 @@ from moorage.http.access import (
     Permission,
 )
 from moorage.http.api import API_ROUTES
+from moorage.http.readiness import live, ready
 
 # Repository names are matched loosely here and validated against the spec's grammar by the
 # access middleware, so that a bad name gets NAME_INVALID instead of a bare 404.
@@ -56,12 +57,9 @@ class Route:
     permission: Permission
 
 
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/healthz", health, PUBLIC),
+    Route("GET", "/healthz", live, PUBLIC),
+    Route("GET", "/readyz", ready, PUBLIC),
     Route("GET", "/service/token", token.get_token, PUBLIC),
     Route("POST", "/service/token", token.post_token, PUBLIC),
     Route("GET", "/v2/", v2.api_version, PING),

@@ -28,6 +28,7 @@ from moorage.http.access import (
     pull_access,
     sign_in_challenge,
 )
+from moorage.http.remote_blobs import REMOTE_BLOBS
 from moorage.http.responses import BlobResponse, json_response
 from moorage.http.state import IAM, ROUTING, SERVICES, Services
 from moorage.services.distribution.proxy import LiveBlob
@@ -206,6 +207,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if request.headers.get("If-None-Match") in (etag, "*"):
         return web.Response(status=304, headers=headers)
     byte_range = _requested_range(request, location.size, etag)
+    if location.path is None and REMOTE_BLOBS in request.app:
+        remote = await request.app[REMOTE_BLOBS].respond(request, location, byte_range, headers)
+        if remote is not None:
+            return remote
     return BlobResponse(
         path=location.path,
         opener=await pulls.open_blob(location),

@@ -6,7 +6,7 @@ blobs by an atomic commit after their digest was verified. A driver never interp
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -80,6 +80,14 @@ class BlobStore(Protocol):
     def open_blob(self, digest: Digest) -> BinaryIO: ...
 
     def delete_blob(self, digest: Digest) -> None: ...
+
+    def delete_blobs(self, digests: Iterable[Digest]) -> int:
+        """Delete many blobs (in bulk where the backend can); how many were requested."""
+        ...
+
+    def blob_url(self, digest: Digest, expires_seconds: int) -> str | None:
+        """A URL a client may GET the blob from directly for a while, or None (local)."""
+        ...
 
     def list_blobs(self) -> Iterator[Digest]: ...
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -183,6 +183,16 @@ class FilesystemStorage:
     def delete_blob(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._blobs.path(digest).unlink()
+
+    def delete_blobs(self, digests: Iterable[Digest]) -> int:
+        count = 0
+        for digest in digests:
+            self.delete_blob(digest)
+            count += 1
+        return count
+
+    def blob_url(self, digest: Digest, expires_seconds: int) -> str | None:
+        return None
 
     def list_blobs(self) -> Iterator[Digest]:
         for algorithm, length in HEX_LENGTH.items():

@@ -140,8 +140,8 @@ class UploadService:
 
     async def status(self, repository: str, upload_id: str, actor: Actor) -> int:
         await self._decide(repository, upload_id, actor)
-        self._check_session(repository, upload_id, actor)
-        size = self._storage.upload_size(upload_id)
+        await self._threads.run(self._check_session, repository, upload_id, actor)
+        size = await self._threads.run(self._storage.upload_size, upload_id)
         if size is None:
             raise RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, "upload session has no data")
         return size
@@ -157,8 +157,8 @@ class UploadService:
     ) -> int:
         """Append one chunk; returns the session's new size."""
         await self._decide(repository, upload_id, actor)
-        self._check_session(repository, upload_id, actor)
-        writer = self._open(upload_id)
+        await self._threads.run(self._check_session, repository, upload_id, actor)
+        writer = await self._threads.run(self._open, upload_id)
         try:
             self._check_chunk(writer.size, chunk_range, content_length)
             hasher = await self._hasher_for(upload_id, writer, _CHUNK_ALGORITHM)
@@ -170,7 +170,8 @@ class UploadService:
                 )
             return writer.size
         finally:
-            writer.close()
+            # A remote driver stores its buffered bytes here: off the event loop.
+            await self._threads.run(writer.close)
 
     async def finish(
         self,
@@ -184,8 +185,8 @@ class UploadService:
     ) -> int:
         """Append the optional last chunk, verify the whole blob and commit it; its size."""
         await self._decide(repository, upload_id, actor)
-        self._check_session(repository, upload_id, actor)
-        writer = self._open(upload_id)
+        await self._threads.run(self._check_session, repository, upload_id, actor)
+        writer = await self._threads.run(self._open, upload_id)
         try:
             if content_length:
                 self._check_chunk(writer.size, chunk_range, content_length)
@@ -200,7 +201,7 @@ class UploadService:
                 await self._threads.run(self._storage.delete_upload, upload_id)
             raise
         finally:
-            writer.close()
+            await self._threads.run(writer.close)
         await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
@@ -218,7 +219,7 @@ class UploadService:
         """A single-request upload (`POST ?digest=`)."""
         upload_id = self.ids.new(repository, actor.identity)
         await self._threads.run(self._storage.create_upload, upload_id)
-        writer = self._open(upload_id)
+        writer = await self._threads.run(self._open, upload_id)
         committed = False
         try:
             hasher = new_resumable(digest.algorithm)
@@ -228,7 +229,7 @@ class UploadService:
             size = await self._verify_and_commit(writer, hasher, digest)
             committed = True
         finally:
-            writer.close()
+            await self._threads.run(writer.close)
             if not committed:
                 await self._threads.run(self._storage.delete_upload, upload_id)
         await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
@@ -238,7 +239,7 @@ class UploadService:
         return size
 
     async def cancel(self, repository: str, upload_id: str, actor: Actor) -> None:
-        self._check_session(repository, upload_id, actor)
+        await self._threads.run(self._check_session, repository, upload_id, actor)
         await self._threads.run(self._storage.delete_upload, upload_id)
         self._events.publish(RegistryEvent(EventKind.UPLOAD_CANCELLED, repository, actor=actor))
 
