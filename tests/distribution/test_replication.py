@@ -214,8 +214,7 @@ def test_two_rules_copying_one_image_at_once_send_each_blob_once(
     project = create_project(admin, "twice")
     endpoint = add_endpoint(admin, target.url, kind="distribution")
     rules = [
-        add_rule(admin, endpoint, trigger="event", repositories=[f"{project}/**"])
-        for _ in range(2)
+        add_rule(admin, endpoint, trigger="event", repositories=[f"{project}/**"]) for _ in range(2)
     ]
     image = push_image(registry, f"{project}/app", "v1", layer_count=3)
     with target.client() as remote:
