@@ -90,6 +90,10 @@ def test_a_frozen_postgresql_makes_the_node_unready_until_it_answers_again(
         assert body["checks"]["database"] == "timeout"
         assert body["checks"]["storage"] == "ok"
         assert postgres.password not in response.text
+        # Probes keep answering while the database hangs, and the hung part holds up no other.
+        for _ in range(3):
+            again = readiness(node).json()["checks"]
+            assert (again["database"], again["storage"]) == ("timeout", "ok")
         # Liveness does not depend on the parts: the process itself is fine.
         assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
     wait_until(becomes(node, 200), 60, "the node to become ready again")
