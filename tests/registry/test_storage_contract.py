@@ -529,3 +529,83 @@ def test_blobs_in_s3_pull_whole_and_in_ranges(
         assert ranged.status_code == 206
         assert ranged.content == data[100:200]
         assert s3_server.secret_key not in server.logs()
+
+
+# -- the upload service over each driver, two nodes sharing one metadata database
+
+
+def _upload_services(spec: Spec, tmp_path: Path) -> tuple[Any, Any, Callable[[], None]]:
+    from datetime import timedelta
+
+    from moorage.metadata.database import make_engine, migrate
+    from moorage.metadata.registry.store import MetadataStore
+    from moorage.services.events import EventBus
+    from moorage.services.registry.uploads import UploadIds, UploadLimits, UploadService
+    from moorage.services.threads import Threads
+
+    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'moorage.db'}", pool_size=2)
+    migrate(engine)
+    metadata = MetadataStore(engine)
+    threads = Threads(4)
+    services = [
+        UploadService(
+            driver_from(spec),
+            metadata,
+            threads,
+            EventBus(),
+            UploadLimits(1 << 30, timedelta(hours=1)),
+            UploadIds(lambda: b"k" * 32),
+        )
+        for _ in range(2)
+    ]
+
+    def close() -> None:
+        threads.shutdown()
+        metadata.close()
+
+    return services[0], services[1], close
+
+
+async def _body(data: bytes, step: int = 1 << 16) -> Any:
+    for start in range(0, len(data), step):
+        yield data[start : start + step]
+
+
+def test_upload_service_moves_between_nodes_and_refuses_a_wrong_digest(
+    spec: Spec, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from moorage.domain.errors import ErrorCode, RegistryError
+    from moorage.domain.events import Actor
+
+    node_a, node_b, close = _upload_services(spec, tmp_path)
+    actor = Actor("admin", "user", id=1)
+    data = content(PART + 777, seed=21)
+    half = len(data) // 2
+    storage = driver_from(spec)
+
+    async def scenario() -> None:
+        good = await node_a.start("t/app", actor)
+        assert await node_a.append("t/app", good, None, half, _body(data[:half]), actor) == half
+        size = await node_b.finish(
+            "t/app", good, digest_of(data), None, len(data) - half, _body(data[half:]), actor
+        )
+        assert size == len(data)
+
+        bad = await node_b.start("t/app", actor)
+        await node_b.append("t/app", bad, None, half, _body(data[:half]), actor)
+        claimed = digest_of(data[:half] + b"x" * (len(data) - half))
+        with pytest.raises(RegistryError) as refused:
+            await node_a.finish(
+                "t/app", bad, claimed, None, len(data) - half, _body(data[half:]), actor
+            )
+        assert refused.value.code is ErrorCode.DIGEST_INVALID
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        close()
+    assert read_blob(storage, digest_of(data)) == data
+    assert list(storage.list_blobs()) == [digest_of(data)]
+    assert list(storage.list_uploads()) == []
