@@ -10,6 +10,7 @@ from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.storage.filesystem import FilesystemStorage
 
 
@@ -41,6 +42,13 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
             elif stored != size:
                 findings.problems.append(
                     f"blob {digest} is {stored} bytes in storage, {size} recorded"
+                )
+        for generation in VulndbStore(engine).generations():
+            stored = storage.blob_size(Digest.parse(generation.digest))
+            if stored != generation.size:
+                findings.problems.append(
+                    f"vulnerability database generation {generation.id} ({generation.digest})"
+                    " is missing from storage or damaged"
                 )
         for repository, digest in PromotionStore(engine, store).dangling_records():
             problem = f"promotion record {repository}@{digest} records no stored promotion"

@@ -471,3 +471,29 @@ def test_the_commands_adopt_a_previous_layout_too(tmp_path: Path) -> None:
     refused = vulndb_command(data_dir, "rollback")
     assert refused.returncode == 1
     assert "no earlier generation" in refused.stderr
+
+
+def test_fsck_finds_a_generation_missing_from_storage(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    imported = vulndb_command(
+        data_dir, "import", str(write_bundle(tmp_path / "v1.tar.gz", BUNDLE_V1))
+    )
+    assert imported.returncode == 0, imported.stderr
+
+    def fsck() -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        return subprocess.run(
+            [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+
+    assert fsck().returncode == 0
+    ((generation, digest),) = stored_generations(data_dir).items()
+    blob_path(data_dir, digest).unlink()
+    found = fsck()
+    assert found.returncode == 1
+    assert f"vulnerability database generation {generation}" in found.stdout
