@@ -1,10 +1,10 @@
 """The vulnerability database shared by two server processes, as two nodes of one deployment.
 
 Both nodes use one metadata database (SQLite in a shared data directory, or PostgreSQL) and one
-storage (that data directory's) but each its own `vulndb_cache_dir`, as separate machines would. Whatever one node imports or rolls
-back is what the other scans with; concurrent imports are serialised by the lock in the
-database; a damaged cached file is fetched again; a data directory of the previous version is
-adopted on first start and keeps its reports.
+storage (that data directory's) but each its own `vulndb_cache_dir`, as separate machines
+would. Whatever one node imports or rolls back is what the other scans with; concurrent imports
+are serialised by the lock in the database; a damaged cached file is fetched again; a data
+directory of the previous version is adopted on first start and keeps its reports.
 """
 
 from __future__ import annotations
