@@ -315,3 +315,32 @@ def test_a_node_that_lost_redis_clears_everything_when_it_is_back_and_hears_agai
     finally:
         server.stop()
         restarted.stop()
+
+
+def test_a_command_that_changes_something_and_exits_still_tells_the_nodes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def scenario() -> list[str]:
+        receiver = node(redis_server, tmp_path / "b", "command:")
+        seen: list[str] = []
+        await receiver.start(seen.append)
+        try:
+            probe = node(redis_server, tmp_path / "p", "command:")
+            await probe.start(lambda _name: None)
+            await _until_heard(probe, seen)
+            await probe.close()
+            # A `moorage …` command: start, change, close at once.
+            command = node(redis_server, tmp_path / "a", "command:")
+            await command.start(lambda _name: None)
+            await asyncio.to_thread(command.invalidate, "changed-by-a-command")
+            await command.close()
+
+            async def heard() -> bool:
+                return "changed-by-a-command" in seen
+
+            await wait_until_async(heard, 30, "the command's invalidation")
+        finally:
+            await receiver.close()
+        return seen
+
+    asyncio.run(scenario())
