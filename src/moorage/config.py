@@ -26,7 +26,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 # Variables that belong to the environment, not to the settings model.
-_ENV_NOT_SETTINGS = frozenset({"MOORAGE_CONFIG"})
+_ENV_NOT_SETTINGS = frozenset(
+    {"MOORAGE_CONFIG", "MOORAGE_TEST_STORAGE"}  # the test suite's backend switch, not a setting
+)
 
 
 class ConfigError(Exception):

@@ -646,3 +646,65 @@ def test_two_servers_on_one_bucket_continue_each_others_uploads(
             pulled = client.get(f"/v2/t/nodes/blobs/{digest_of(data)}")
             assert pulled.status_code == 200
             assert pulled.content == data
+
+
+# -- configuration
+
+
+def test_s3_settings_need_a_bucket_and_never_show_the_secret(tmp_path: Path) -> None:
+    from moorage.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="s3_bucket"):
+        load_settings(environ={"MOORAGE_STORAGE": "s3"})
+    settings = load_settings(
+        environ={
+            "MOORAGE_STORAGE": "s3",
+            "MOORAGE_S3_BUCKET": "b",
+            "MOORAGE_S3_SECRET_KEY": "very-secret-value",
+        }
+    )
+    assert "very-secret-value" not in repr(settings)
+    assert "very-secret-value" not in str(settings.model_dump())
+    assert settings.resolved_s3_secret_key() == "very-secret-value"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    from_file = load_settings(
+        environ={
+            "MOORAGE_STORAGE": "s3",
+            "MOORAGE_S3_BUCKET": "b",
+            "MOORAGE_S3_SECRET_KEY_FILE": str(secret_file),
+        }
+    )
+    assert from_file.resolved_s3_secret_key() == "from-a-file"
+    assert from_file.s3_redirect is False
+
+
+def test_the_factory_builds_the_configured_driver(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moorage.config import load_settings
+    from moorage.storage.factory import make_storage
+
+    filesystem = make_storage(load_settings(environ={"MOORAGE_DATA_DIR": str(tmp_path)}))
+    assert isinstance(filesystem, FilesystemStorage)
+    # No keys in the settings: boto3's standard AWS environment variables are used.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    bucket = s3_server.create_bucket(f"factory-{os.urandom(6).hex()}")
+    driver = make_storage(
+        load_settings(
+            environ={
+                "MOORAGE_STORAGE": "s3",
+                "MOORAGE_S3_BUCKET": bucket,
+                "MOORAGE_S3_ENDPOINT": s3_server.endpoint,
+                "MOORAGE_S3_PREFIX": "team/",
+            }
+        )
+    )
+    assert isinstance(driver, S3Storage)
+    digest = store_blob(driver, "factory", b"through the factory")
+    assert read_blob(driver, digest) == b"through the factory"
+    assert driver.blob_url(digest, 60) is not None
+    assert f"/{bucket}/team/blobs/sha256/{digest.hex[:2]}/{digest.hex}" in str(
+        driver.blob_url(digest, 60)
+    )
