@@ -27,7 +27,8 @@ GiB = 1 << 30
 
 # Variables that belong to the environment, not to the settings model.
 _ENV_NOT_SETTINGS = frozenset(
-    {"MOORAGE_CONFIG", "MOORAGE_TEST_STORAGE"}  # the test suite's backend switch, not a setting
+    # the test suite's switches (backend, two-node deployment), not settings
+    {"MOORAGE_CONFIG", "MOORAGE_TEST_STORAGE", "MOORAGE_TEST_CLUSTER"}
 )
 
 
