@@ -26,7 +26,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 # Variables that belong to the environment, not to the settings model.
-_ENV_NOT_SETTINGS = frozenset({"MOORAGE_CONFIG"})
+_ENV_NOT_SETTINGS = frozenset(
+    # the test suite's switches (backend, two-node deployment), not settings
+    {"MOORAGE_CONFIG", "MOORAGE_TEST_STORAGE", "MOORAGE_TEST_CLUSTER"}
+)
 
 
 class ConfigError(Exception):

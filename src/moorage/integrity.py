@@ -11,7 +11,6 @@ from moorage.metadata.database import has_schema, make_engine, masked_url, migra
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.vulndb_store import VulndbStore
-from moorage.storage.base import BlobStore
 from moorage.storage.factory import make_storage
 
 
@@ -49,7 +48,13 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
                 findings.problems.append(
                     f"blob {digest} is {stored} bytes in storage, {size} recorded"
                 )
-        findings.problems.extend(_vulnerability_database_problems(VulndbStore(engine), storage))
+        for generation in VulndbStore(engine).generations():
+            stored = storage.blob_size(Digest.parse(generation.digest))
+            if stored != generation.size:
+                findings.problems.append(
+                    f"vulnerability database generation {generation.id} ({generation.digest})"
+                    " is missing from storage or damaged"
+                )
         for repository, digest in PromotionStore(engine, store).dangling_records():
             problem = f"promotion record {repository}@{digest} records no stored promotion"
             if repair and store.delete_manifest(repository, digest) is not None:
@@ -59,23 +64,3 @@ def check(settings: Settings, *, repair: bool = False) -> Findings:
     finally:
         store.close()
     return findings
-
-
-def _vulnerability_database_problems(vulndb: VulndbStore, storage: BlobStore) -> list[str]:
-    """The generations the pointer names (current and rollback history) are blobs in the
-    shared storage, linked to no repository: each must be there, whole."""
-    pointer = vulndb.pointer()
-    problems = []
-    for generation_id in dict.fromkeys([*filter(None, [pointer.current]), *pointer.history]):
-        generation = vulndb.generation(generation_id)
-        if generation is None:
-            problems.append(f"vulnerability database generation {generation_id} has no record")
-            continue
-        stored = storage.blob_size(Digest.parse(generation.digest))
-        if stored != generation.size:
-            where = "missing from storage" if stored is None else f"{stored} bytes in storage"
-            problems.append(
-                f"vulnerability database generation {generation_id} ({generation.digest}) is"
-                f" {where}, {generation.size} bytes recorded"
-            )
-    return problems

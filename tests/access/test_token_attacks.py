@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
+from tests.support.backends import query_database, server_database_url
 from tests.support.server import RegistryProcess
 from tests.support.wait import wait_until
 
@@ -59,10 +59,10 @@ def _get(server: RegistryProcess, path: str, token: str) -> httpx.Response:
 
 
 def _signing_key(server: RegistryProcess) -> tuple[str, ec.EllipticCurvePrivateKey, bytes]:
-    with sqlite3.connect(server.data_dir / "moorage.db") as db:
-        kid, private_pem, public_pem = db.execute(
-            "SELECT kid, private_pem, public_pem FROM signing_keys WHERE retired_at IS NULL"
-        ).fetchone()
+    ((kid, private_pem, public_pem),) = query_database(
+        server_database_url(server.data_dir),
+        "SELECT kid, private_pem, public_pem FROM signing_keys WHERE retired_at IS NULL",
+    )
     key = serialization.load_pem_private_key(private_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return kid, key, public_pem

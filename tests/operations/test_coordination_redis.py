@@ -18,6 +18,8 @@ from redis import Redis as SyncRedis
 from moorage.coordination import LocalCoordination, RedisCoordination, ping_redis
 from moorage.coordination.base import ALL_CACHES
 from moorage.services.cache import TtlCache, announce_invalidations, invalidated
+from moorage.services.distribution.replication_referrers import Referrers
+from moorage.services.distribution.replication_types import ReplicationOptions
 from tests.support.processes import kill_group, spawn
 from tests.support.server import free_port
 from tests.support.services import RedisServer
@@ -315,3 +317,68 @@ def test_a_node_that_lost_redis_clears_everything_when_it_is_back_and_hears_agai
     finally:
         server.stop()
         restarted.stop()
+
+
+def test_a_command_that_changes_something_and_exits_still_tells_the_nodes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async def scenario() -> list[str]:
+        receiver = node(redis_server, tmp_path / "b", "command:")
+        seen: list[str] = []
+        await receiver.start(seen.append)
+        try:
+            probe = node(redis_server, tmp_path / "p", "command:")
+            await probe.start(lambda _name: None)
+            await _until_heard(probe, seen)
+            await probe.close()
+            # A `moorage …` command: start, change, close at once.
+            command = node(redis_server, tmp_path / "a", "command:")
+            await command.start(lambda _name: None)
+            await asyncio.to_thread(command.invalidate, "changed-by-a-command")
+            await command.close()
+
+            async def heard() -> bool:
+                return "changed-by-a-command" in seen
+
+            await wait_until_async(heard, 30, "the command's invalidation")
+        finally:
+            await receiver.close()
+        return seen
+
+    asyncio.run(scenario())
+
+
+def test_the_referrers_tag_of_a_remote_is_merged_by_one_node_at_a_time(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Replication merges a remote's referrers tag by read, merge, write: two nodes replicating
+    referrers of one subject to one remote must take turns."""
+
+    async def scenario() -> list[str]:
+        a = node(redis_server, tmp_path / "a", "referrers:")
+        b = node(redis_server, tmp_path / "b", "referrers:")
+        # Only the lock is used here; the collaborators of the transfer are not needed.
+        nodes = [
+            Referrers(None, None, None, None, ReplicationOptions(coordination=c))  # type: ignore[arg-type]
+            for c in (a, b)
+        ]
+        order: list[str] = []
+
+        async def merge(index: int) -> None:
+            referrers = nodes[index % 2]
+            async with referrers._tag_lock((1, "team/app", "sha256:" + "a" * 64)):
+                order.append(f"{index} in")
+                await asyncio.sleep(0.02)
+                order.append(f"{index} out")
+
+        try:
+            await asyncio.gather(*(merge(index) for index in range(8)))
+        finally:
+            await a.close()
+            await b.close()
+        return order
+
+    order = asyncio.run(scenario())
+    assert len(order) == 16
+    for index in range(0, 16, 2):
+        assert order[index + 1] == order[index].replace(" in", " out")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +39,7 @@ from tests.support.oci import (
 from tests.support.osv import osv_record, run_vulndb, write_bundle
 from tests.support.server import RegistryProcess
 from tests.support.services import PostgresServer, S3Server
+from tests.support.wait import wait_until
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Populated:
     user: str = ""
     robot: tuple[str, str] = ("", "")
     project: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,8 @@ def populate(node: RegistryProcess) -> Populated:
         assert admin.post(f"/projects/{project}/grants", json=grant).status_code == 201
         rules = {"rules": [{"repositories": "**", "tags": "v*"}]}
         assert admin.put(f"/projects/{project}/immutable-tag-rules", json=rules).status_code == 200
+        scan_settings = admin.put(f"/projects/{project}/scan-settings", json={"scanOnPush": True})
+        assert scan_settings.status_code == 200, scan_settings.text
         robot = admin.post(
             f"/projects/{project}/robots",
             json={"name": "ci", "permissions": [{"project": project, "actions": ["pull"]}]},
@@ -155,7 +160,19 @@ def populate(node: RegistryProcess) -> Populated:
             web: {"latest": index.digest},
         }
         state.blobs = {app: [layer, config.digest]}
+    with api_client(node) as admin:
+        state.report = wait_until(
+            lambda: finished_report(admin, app, image.digest), 120, "the scan on push"
+        )
     return state
+
+
+def finished_report(admin: httpx.Client, repository: str, digest: str) -> dict[str, Any] | None:
+    response = admin.get(f"/repositories/{repository}/manifests/{digest}/scan")
+    if response.status_code != 200:
+        return None
+    report: dict[str, Any] = response.json()
+    return report if report.get("status") in ("Success", "Error") else None
 
 
 def assert_served(node: RegistryProcess, state: Populated) -> None:
@@ -225,6 +242,9 @@ def test_an_embedded_install_moves_to_postgresql_and_serves_everything(
                     200
                 ), name
         with api_client(target) as admin:
+            # The scan report came along as it was.
+            app = f"{state.project}/app/api"
+            assert finished_report(admin, app, state.tags[app]["v1"]) == state.report
             # Sequences continue after the copied ids: new rows do not collide.
             create_user(admin, "after")
             create_project(admin, "after")

@@ -13,8 +13,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.auth import RegistryAuth
+from tests.support.processes import spawn
 from tests.support.server import RegistryProcess
-from tests.support.services import PostgresServer, RedisServer, S3Server
+from tests.support.services import PostgresServer, RedisServer, S3Server, postgres_bin
 from tests.support.wait import wait_until
 
 
@@ -88,6 +90,10 @@ def test_a_frozen_postgresql_makes_the_node_unready_until_it_answers_again(
         assert body["checks"]["database"] == "timeout"
         assert body["checks"]["storage"] == "ok"
         assert postgres.password not in response.text
+        # Probes keep answering while the database hangs, and the hung part holds up no other.
+        for _ in range(3):
+            again = readiness(node).json()["checks"]
+            assert (again["database"], again["storage"]) == ("timeout", "ok")
         # Liveness does not depend on the parts: the process itself is fine.
         assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
     wait_until(becomes(node, 200), 60, "the node to become ready again")
@@ -183,3 +189,48 @@ def test_a_deleted_bucket_makes_the_node_unready(
         client.delete_bucket(Bucket=bucket)
         response = wait_until(becomes(node, 503), 60, "the node to become unready")
         assert response.json()["checks"]["storage"].startswith("failed")
+
+
+def _stop_postgres(postgres: PostgresServer) -> None:
+    """A fast shutdown (SIGINT to the postmaster: clients are disconnected), keeping the data."""
+    assert postgres.process is not None
+    runner = psutil.Process(postgres.process.pid)
+    postmaster = next((child for child in runner.children() if "postgres" in child.name()), runner)
+    postmaster.send_signal(signal.SIGINT)
+    postgres.process.wait(60)
+    postgres.process = None
+
+
+def _start_postgres_again(postgres: PostgresServer) -> None:
+    """The same cluster on the same port, as after a restart of the database server."""
+    postgres.process = spawn(
+        postgres._as_owner(
+            [
+                str(postgres_bin() / "postgres"),
+                *("-D", str(postgres.directory / "data"), "-p", str(postgres.port)),
+                *("-k", str(postgres.directory), "-c", "listen_addresses=127.0.0.1"),
+                *("-c", "fsync=off", "-c", "max_connections=300"),
+            ]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(postgres._ready, 60, "PostgreSQL to accept connections again")
+
+
+def test_a_stopped_postgresql_makes_the_node_unready_until_it_is_restarted(
+    start_registry: Callable[..., RegistryProcess],
+) -> None:
+    with PostgresServer() as postgres:
+        node = start_registry(env={"MOORAGE_DATABASE_URL": postgres.create_database("restarted")})
+        wait_until(becomes(node, 200), 60, "the node to be ready")
+        _stop_postgres(postgres)
+        response = wait_until(becomes(node, 503), 60, "the node to become unready")
+        assert response.json()["checks"]["database"].startswith("failed")
+        assert postgres.password not in response.text
+        assert httpx.get(f"{node.url}/healthz", timeout=30).status_code == 200
+        _start_postgres_again(postgres)
+        wait_until(becomes(node, 200), 60, "the node to become ready again")
+        # And it serves again: pooled connections to the old server were replaced.
+        with httpx.Client(base_url=node.url, timeout=60, auth=RegistryAuth()) as client:
+            assert client.get("/v2/_catalog").status_code == 200

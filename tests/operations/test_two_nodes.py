@@ -326,3 +326,15 @@ def test_a_replication_job_runs_once_in_the_deployment(both: Cluster, tmp_path: 
         with target.client() as remote:
             response = remote.get(f"/v2/{project}/app/manifests/{image.digest}", headers=ACCEPT)
             assert response.content == image.body
+
+
+def test_pulls_through_the_front_go_on_while_a_node_is_killed(both: Cluster, repo: str) -> None:
+    with v2(both) as client:
+        image = push_image(client, repo, "v1")
+    both.b.kill()
+    # No wait for the health check: refused connections are retried on the other node.
+    for _ in range(10):
+        assert_pulls(both, repo, image)
+    with httpx.Client(base_url=both.url, timeout=30) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, 30, "the front to answer")
+    both.b.start()

@@ -32,7 +32,7 @@ from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import Reference
 from moorage.domain.policy import Allow, Decision, DecisionPoint, PolicyContext, PolicySet
 from moorage.metadata.access.iam_store import IamStore
-from moorage.metadata.database import make_engine, migrate, sqlite_url
+from moorage.metadata.database import make_engine
 from moorage.metadata.registry.registry_records import PreconditionFailedError, TagPrecondition
 from moorage.metadata.registry.store import MetadataStore
 from moorage.services.events import EventBus
@@ -460,11 +460,11 @@ def test_the_rules_are_in_the_openapi_document(api_registry: RegistryProcess) ->
 
 
 class Registry:
-    """The registry's services over a temporary SQLite file, with the immutability checks."""
+    """The registry's services over a migrated database (`metadata_url`: SQLite and
+    PostgreSQL), with the immutability checks."""
 
-    def __init__(self, directory: Path) -> None:
-        engine = make_engine(sqlite_url(directory / "moorage.db"), pool_size=2)
-        migrate(engine)
+    def __init__(self, directory: Path, database_url: str) -> None:
+        engine = make_engine(database_url, pool_size=2)
         self.metadata = MetadataStore(engine)
         self.iam = IamStore(engine)
         self.threads = Threads(2)
@@ -532,8 +532,8 @@ class Registry:
 
 
 @pytest.fixture
-def registry_in_process(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(tmp_path)
+def registry_in_process(tmp_path: Path, metadata_url: str) -> Iterator[Registry]:
+    registry = Registry(tmp_path, metadata_url)
     yield registry
     registry.close()
 

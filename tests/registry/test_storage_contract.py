@@ -296,30 +296,22 @@ def test_chunked_upload_started_on_one_node_finishes_on_another(
     assert read_blob(first, digest_of(data)) == data
 
 
-def test_a_digest_state_for_other_bytes_is_never_offered(
+def test_a_digest_state_for_other_bytes_is_never_used(
     node: Callable[[], StorageDriver],
 ) -> None:
     driver = node()
     driver.create_upload("state")
     append(driver, "state", b"first")
-    # A state claimed for bytes that are not stored (wrong size) is ignored by the service;
-    # one saved while nobody writes must not replace the state of the stored bytes.
+    # A state claimed for the stored size but not of the stored bytes (saved while nobody
+    # writes): whatever the driver keeps, the digest the service rebuilds is the bytes'.
     driver.save_digest_state("state", 5, b"garbage")
-    saved = driver.load_digest_state("state")
     writer = driver.open_upload("state")
     try:
-        rebuilt = hasher_for(driver, "state", writer)
-        assert rebuilt.hexdigest() == hashlib.sha256(b"first").hexdigest()
+        assert (
+            hasher_for(driver, "state", writer).hexdigest() == hashlib.sha256(b"first").hexdigest()
+        )
     finally:
         writer.close()
-    assert (
-        saved is None
-        or saved[0] != 5
-        or resume("sha256", saved[1]) is None
-        or (
-            resume("sha256", saved[1]).hexdigest() == hashlib.sha256(b"first").hexdigest()  # type: ignore[union-attr]
-        )
-    )
 
 
 def test_cancelled_upload_leaves_nothing(node: Callable[[], StorageDriver]) -> None:
@@ -529,3 +521,190 @@ def test_blobs_in_s3_pull_whole_and_in_ranges(
         assert ranged.status_code == 206
         assert ranged.content == data[100:200]
         assert s3_server.secret_key not in server.logs()
+
+
+# -- the upload service over each driver, two nodes sharing one metadata database
+
+
+def _upload_services(spec: Spec, tmp_path: Path) -> tuple[Any, Any, Callable[[], None]]:
+    from datetime import timedelta
+
+    from moorage.metadata.database import make_engine, migrate
+    from moorage.metadata.registry.store import MetadataStore
+    from moorage.services.events import EventBus
+    from moorage.services.registry.uploads import UploadIds, UploadLimits, UploadService
+    from moorage.services.threads import Threads
+
+    engine = make_engine(f"sqlite+pysqlite:///{tmp_path / 'moorage.db'}", pool_size=2)
+    migrate(engine)
+    metadata = MetadataStore(engine)
+    threads = Threads(4)
+    services = [
+        UploadService(
+            driver_from(spec),
+            metadata,
+            threads,
+            EventBus(),
+            UploadLimits(1 << 30, timedelta(hours=1)),
+            UploadIds(lambda: b"k" * 32),
+        )
+        for _ in range(2)
+    ]
+
+    def close() -> None:
+        threads.shutdown()
+        metadata.close()
+
+    return services[0], services[1], close
+
+
+async def _body(data: bytes, step: int = 1 << 16) -> Any:
+    for start in range(0, len(data), step):
+        yield data[start : start + step]
+
+
+def test_upload_service_moves_between_nodes_and_refuses_a_wrong_digest(
+    spec: Spec, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from moorage.domain.errors import ErrorCode, RegistryError
+    from moorage.domain.events import Actor
+
+    node_a, node_b, close = _upload_services(spec, tmp_path)
+    actor = Actor("admin", "user", id=1)
+    data = content(PART + 777, seed=21)
+    half = len(data) // 2
+    storage = driver_from(spec)
+
+    async def scenario() -> None:
+        good = await node_a.start("t/app", actor)
+        assert await node_a.append("t/app", good, None, half, _body(data[:half]), actor) == half
+        size = await node_b.finish(
+            "t/app", good, digest_of(data), None, len(data) - half, _body(data[half:]), actor
+        )
+        assert size == len(data)
+
+        bad = await node_b.start("t/app", actor)
+        await node_b.append("t/app", bad, None, half, _body(data[:half]), actor)
+        claimed = digest_of(data[:half] + b"x" * (len(data) - half))
+        with pytest.raises(RegistryError) as refused:
+            await node_a.finish(
+                "t/app", bad, claimed, None, len(data) - half, _body(data[half:]), actor
+            )
+        assert refused.value.code is ErrorCode.DIGEST_INVALID
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        close()
+    assert read_blob(storage, digest_of(data)) == data
+    assert list(storage.list_blobs()) == [digest_of(data)]
+    assert list(storage.list_uploads()) == []
+
+
+def test_two_servers_on_one_bucket_continue_each_others_uploads(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Two `moorage serve` processes (one database file, one bucket): a chunked upload opened
+    on one, continued and finished on the other, pulled from both."""
+    import httpx
+
+    from tests.support.auth import RegistryAuth
+    from tests.support.oci import patch_chunk, start_upload, with_digest
+    from tests.support.server import RegistryProcess
+
+    bucket = s3_server.create_bucket(f"nodes-{os.urandom(6).hex()}")
+    environment = {
+        "MOORAGE_STORAGE": "s3",
+        "MOORAGE_S3_BUCKET": bucket,
+        "MOORAGE_S3_ENDPOINT": s3_server.endpoint,
+        "MOORAGE_S3_ACCESS_KEY": s3_server.access_key,
+        "MOORAGE_S3_SECRET_KEY": s3_server.secret_key,
+    }
+    data = content(PART + 54321, seed=31)
+    cut = PART // 2 + 3
+    data_dir = tmp_path / "data"
+    with (
+        RegistryProcess(data_dir, env=environment).start() as node_a,
+        RegistryProcess(data_dir, env=environment).start() as node_b,
+        httpx.Client(base_url=node_a.url, timeout=60, auth=RegistryAuth()) as on_a,
+        httpx.Client(base_url=node_b.url, timeout=60, auth=RegistryAuth()) as on_b,
+    ):
+        location = start_upload(on_a, "t/nodes")
+        first = patch_chunk(on_a, location, data[:cut], 0)
+        assert first.status_code == 202, first.text
+        path = first.headers["Location"]
+        status = on_b.get(path)
+        assert status.status_code == 204
+        assert status.headers["Range"] == f"0-{cut - 1}"
+        second = patch_chunk(on_b, path, data[cut:], cut)
+        assert second.status_code == 202, second.text
+        done = on_a.put(with_digest(second.headers["Location"], str(digest_of(data))))
+        assert done.status_code == 201, done.text
+        for client in (on_a, on_b):
+            pulled = client.get(f"/v2/t/nodes/blobs/{digest_of(data)}")
+            assert pulled.status_code == 200
+            assert pulled.content == data
+
+
+# -- configuration
+
+
+def test_s3_settings_need_a_bucket_and_never_show_the_secret(tmp_path: Path) -> None:
+    from moorage.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="s3_bucket"):
+        load_settings(environ={"MOORAGE_STORAGE": "s3"})
+    settings = load_settings(
+        environ={
+            "MOORAGE_STORAGE": "s3",
+            "MOORAGE_S3_BUCKET": "b",
+            "MOORAGE_S3_SECRET_KEY": "very-secret-value",
+        }
+    )
+    assert "very-secret-value" not in repr(settings)
+    assert "very-secret-value" not in str(settings.model_dump())
+    assert settings.resolved_s3_secret_key() == "very-secret-value"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    from_file = load_settings(
+        environ={
+            "MOORAGE_STORAGE": "s3",
+            "MOORAGE_S3_BUCKET": "b",
+            "MOORAGE_S3_SECRET_KEY_FILE": str(secret_file),
+        }
+    )
+    assert from_file.resolved_s3_secret_key() == "from-a-file"
+    assert from_file.s3_redirect is False
+
+
+def test_the_factory_builds_the_configured_driver(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moorage.config import load_settings
+    from moorage.storage.factory import make_storage
+
+    filesystem = make_storage(load_settings(environ={"MOORAGE_DATA_DIR": str(tmp_path)}))
+    assert isinstance(filesystem, FilesystemStorage)
+    # No keys in the settings: boto3's standard AWS environment variables are used.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    bucket = s3_server.create_bucket(f"factory-{os.urandom(6).hex()}")
+    driver = make_storage(
+        load_settings(
+            environ={
+                "MOORAGE_STORAGE": "s3",
+                "MOORAGE_S3_BUCKET": bucket,
+                "MOORAGE_S3_ENDPOINT": s3_server.endpoint,
+                "MOORAGE_S3_PREFIX": "team/",
+            }
+        )
+    )
+    assert isinstance(driver, S3Storage)
+    digest = store_blob(driver, "factory", b"through the factory")
+    assert read_blob(driver, digest) == b"through the factory"
+    assert driver.blob_url(digest, 60) is not None
+    assert f"/{bucket}/team/blobs/sha256/{digest.hex[:2]}/{digest.hex}" in str(
+        driver.blob_url(digest, 60)
+    )

@@ -43,7 +43,7 @@ from tests.support.oci import (
     start_upload,
     with_digest,
 )
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, database_url_for
 
 PROMOTION_HINT = "accepts only promotions: POST /api/v1/promotions or `moorage promote`"
 LOOPBACK_UPSTREAM = {"url": "http://127.0.0.1:9", "allowPrivateNetwork": True}
@@ -319,6 +319,8 @@ def test_the_cli_refuses_a_proxy_on_a_promotion_only_project(
     for name in [key for key in os.environ if key.startswith("MOORAGE_")]:
         monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
+    if (database_url := database_url_for(data_dir)) is not None:
+        monkeypatch.setenv("MOORAGE_DATABASE_URL", database_url)  # the server's, below
     runner = CliRunner()
 
     def moorage(*args: str, code: int = 0) -> Result:

@@ -1,23 +1,24 @@
 """The vulnerability database shared by two server processes, as two nodes of one deployment.
 
-Both nodes use one metadata database and one storage (one data directory on this machine) but
-each its own `vulndb_cache_dir`, as separate machines would. Whatever one node imports or rolls
-back is what the other scans with; concurrent imports are serialised by the lock in the
-database; a damaged cached file is fetched again; a data directory of the previous version is
-adopted on first start and keeps its reports.
+Both nodes use one metadata database (SQLite in a shared data directory, or PostgreSQL) and one
+storage (that data directory's) but each its own `vulndb_cache_dir`, as separate machines
+would. Whatever one node imports or rolls back is what the other scans with; concurrent imports
+are serialised by the lock in the database; a damaged cached file is fetched again; a data
+directory of the previous version is adopted on first start and keeps its reports.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,15 @@ from typing import Any
 import httpx
 import pytest
 
+from moorage.metadata.database import make_engine, sqlite_url
+from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from tests.support.api import api_client, assert_problem, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.images import push_image
 from tests.support.osv import osv_record, write_bundle, write_osv_zip
 from tests.support.scan_images import BUNDLE_V1, alpine, bundle_v2, expected, finding_key
 from tests.support.server import RegistryProcess
+from tests.support.services import PostgresServer
 from tests.support.wait import wait_until
 
 FAST_POLL = {"MOORAGE_VULNDB_POLL_SECONDS": "0.2"}
@@ -42,6 +46,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 class Node:
     server: RegistryProcess
     cache: Path
+    database: Path | str  # the SQLAlchemy URL of the shared metadata database, or data_dir
     api: httpx.Client = field(init=False)
     v2: httpx.Client = field(init=False)
 
@@ -88,15 +93,39 @@ class Node:
         return dict(last[0])
 
 
-def cache_env(cache: Path) -> dict[str, str]:
-    return {**FAST_POLL, "MOORAGE_VULNDB_CACHE_DIR": str(cache)}
+def cache_env(cache: Path, database: Path | str) -> dict[str, str]:
+    environment = {**FAST_POLL, "MOORAGE_VULNDB_CACHE_DIR": str(cache)}
+    if isinstance(database, str):
+        environment["MOORAGE_DATABASE_URL"] = database
+    return environment
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+_DATABASES = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    """Two nodes on one storage (a shared data directory) and one metadata database: SQLite
+    in that directory, or a PostgreSQL server."""
     data = tmp_path / "shared"
-    first = Node(RegistryProcess(data, env=cache_env(tmp_path / "cache-a")), tmp_path / "cache-a")
-    second = Node(RegistryProcess(data, env=cache_env(tmp_path / "cache-b")), tmp_path / "cache-b")
+    database: Path | str = data
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        database = server.create_database(f"vulnshare_{next(_DATABASES)}")
+    first, second = (
+        Node(
+            RegistryProcess(data, env=cache_env(tmp_path / name, database)),
+            tmp_path / name,
+            database,
+        )
+        for name in ("cache-a", "cache-b")
+    )
     try:
         first.server.start()
         second.server.start()
@@ -115,10 +144,21 @@ def assert_oracle(report: dict[str, Any], name: str, generation: int) -> None:
     assert found == {finding_key(finding) for finding in oracle["findings"]}, name
 
 
-def stored_generations(data_dir: Path) -> dict[str, str]:
+@contextmanager
+def catalog(database: Path | str) -> Iterator[VulndbStore]:
+    """The shared pointer store of a data directory's SQLite database, or of a URL."""
+    url = database if isinstance(database, str) else sqlite_url(database / "moorage.db")
+    engine = make_engine(url, pool_size=1)
+    try:
+        yield VulndbStore(engine)
+    finally:
+        engine.dispose()
+
+
+def stored_generations(database: Path | str) -> dict[str, str]:
     """generation id -> digest of its blob, as the metadata database records them."""
-    with sqlite3.connect(data_dir / "moorage.db") as connection:
-        return dict(connection.execute("SELECT id, digest FROM vulndb_generations").fetchall())
+    with catalog(database) as store:
+        return {item.id: item.digest for item in store.generations()}
 
 
 def blob_path(data_dir: Path, digest: str) -> Path:
@@ -151,7 +191,7 @@ def test_an_import_on_one_node_is_what_the_other_scans_with_and_a_rollback_goes_
     report = b.wait_report(repository, digest, first)
     assert_oracle(report, "alpine", 1)
     assert a.report(repository, digest) == report
-    stored = stored_generations(data_dir)
+    stored = stored_generations(a.database)
     assert list(stored) == [first]
     assert sha256_of(b.cache / "cache" / f"{first}.sqlite") == stored[first]
     assert sha256_of(a.cache / "cache" / f"{first}.sqlite") == stored[first]
@@ -165,7 +205,7 @@ def test_an_import_on_one_node_is_what_the_other_scans_with_and_a_rollback_goes_
     assert rematched["rematches"] == report["rematches"] + 1
     assert rematched["finishedAt"] == report["finishedAt"]  # matched again, not scanned again
     assert [item["id"] for item in a.status()["history"]] == [second, first]
-    both = stored_generations(data_dir)
+    both = stored_generations(a.database)
     assert set(both) == {first, second}
 
     # A rollback on B is A's current generation at once, and the reports follow it.
@@ -180,7 +220,7 @@ def test_an_import_on_one_node_is_what_the_other_scans_with_and_a_rollback_goes_
     assert b.report(repository, digest) == back
 
     # The dropped generation is gone from the table and from storage; GC finds the rest there.
-    stored_after = stored_generations(data_dir)
+    stored_after = stored_generations(a.database)
     assert list(stored_after) == [first]
     assert not blob_path(data_dir, both[second]).exists()
     assert blob_path(data_dir, both[first]).is_file()
@@ -202,10 +242,12 @@ def vulndb_command(
     )
 
 
-def lock_owner(data_dir: Path) -> str | None:
-    with sqlite3.connect(data_dir / "moorage.db") as connection:
-        row = connection.execute("SELECT lock_owner FROM vulndb_pointer").fetchone()
-    return None if row is None else row[0]
+def lock_is_free(database: Path | str) -> bool:
+    with catalog(database) as store:
+        if not store.claim_lock("probe", 5):
+            return False
+        store.release_lock("probe")
+        return True
 
 
 def test_imports_on_both_nodes_at_once_are_serialised_and_nothing_is_corrupted(
@@ -227,7 +269,7 @@ def test_imports_on_both_nodes_at_once_are_serialised_and_nothing_is_corrupted(
 
     def cli(node: Node, path: Path) -> None:
         result = vulndb_command(
-            data_dir, "import", "--wait", "240", str(path), env=cache_env(node.cache)
+            data_dir, "import", "--wait", "240", str(path), env=cache_env(node.cache, node.database)
         )
         found = re.search(r"generation (\S+) is current", result.stdout)
         with guard:
@@ -270,11 +312,11 @@ def test_imports_on_both_nodes_at_once_are_serialised_and_nothing_is_corrupted(
         status = node.status()
         assert [item["id"] for item in status["history"]] == kept
         assert status["current"]["id"] == kept[0]
-    stored = stored_generations(data_dir)
+    stored = stored_generations(a.database)
     assert sorted(stored, reverse=True) == kept
     for generation, digest in stored.items():
         assert sha256_of(blob_path(data_dir, digest)) == digest, generation
-    assert lock_owner(data_dir) is None
+    assert lock_is_free(a.database)
     for node in (a, b):
         leftovers = [path.name for path in (node.cache / "cache").glob(".fetch-*")]
         assert leftovers == []
@@ -312,7 +354,7 @@ def test_a_damaged_cached_file_is_fetched_again_and_a_damaged_blob_is_never_used
     if not cached.exists():  # B had not needed it yet: give it a damaged copy all the same
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(
-            blob_path(data_dir, stored_generations(data_dir)[generation]).read_bytes()
+            blob_path(data_dir, stored_generations(a.database)[generation]).read_bytes()
         )
     damaged = bytearray(cached.read_bytes())
     damaged[len(damaged) // 2 : len(damaged) // 2 + 4096] = b"\x00" * 4096
@@ -330,7 +372,7 @@ def test_a_damaged_cached_file_is_fetched_again_and_a_damaged_blob_is_never_used
     again = b.report(repository, digest)
     assert again["generation"] == generation
     assert_oracle(again, "alpine", 1)
-    stored = stored_generations(data_dir)
+    stored = stored_generations(a.database)
     assert sha256_of(cached) == stored[generation]
     assert "does not match its digest: fetching it again" in b.server.logs()
 
@@ -389,7 +431,7 @@ def test_a_data_directory_of_the_previous_version_is_adopted_with_its_reports(
     # The previous version: a scanned image, two imported generations, node-local files.
     old = RegistryProcess(data_dir, env=old_env).start()
     try:
-        node = Node(old, data_dir / "vulndb").connect()
+        node = Node(old, data_dir / "vulndb", data_dir).connect()
         project = scanned_project(node)
         repository = f"{project}/alpine"
         digest = push_image(node.v2, repository, alpine(), "latest")
@@ -417,7 +459,7 @@ def test_a_data_directory_of_the_previous_version_is_adopted_with_its_reports(
     # This version adopts the files on first start and serves the same reports.
     new = RegistryProcess(data_dir, env=dict(FAST_POLL)).start()
     try:
-        node = Node(new, data_dir / "vulndb").connect()
+        node = Node(new, data_dir / "vulndb", data_dir).connect()
         assert node.status() == status_before
         assert node.report(repository, digest) == before
         assert not (data_dir / "vulndb" / "CURRENT").exists()
@@ -471,3 +513,29 @@ def test_the_commands_adopt_a_previous_layout_too(tmp_path: Path) -> None:
     refused = vulndb_command(data_dir, "rollback")
     assert refused.returncode == 1
     assert "no earlier generation" in refused.stderr
+
+
+def test_fsck_finds_a_generation_missing_from_storage(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    imported = vulndb_command(
+        data_dir, "import", str(write_bundle(tmp_path / "v1.tar.gz", BUNDLE_V1))
+    )
+    assert imported.returncode == 0, imported.stderr
+
+    def fsck() -> subprocess.CompletedProcess[str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+        return subprocess.run(
+            [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+            check=False,
+        )
+
+    assert fsck().returncode == 0
+    ((generation, digest),) = stored_generations(data_dir).items()
+    blob_path(data_dir, digest).unlink()
+    found = fsck()
+    assert found.returncode == 1
+    assert f"vulnerability database generation {generation}" in found.stdout

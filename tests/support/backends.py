@@ -60,3 +60,21 @@ def database_text(url: str) -> str:
             )
     finally:
         engine.dispose()
+
+
+def query_database(url: str, sql: str, *parameters: object) -> list[tuple[object, ...]]:
+    """Run one SQL statement with `?` placeholders (as sqlite3 takes them) on either backend;
+    its rows (committed, for a statement that changes rows)."""
+    from sqlalchemy import text
+
+    named: dict[str, object] = {}
+    for index, value in enumerate(parameters):
+        sql = sql.replace("?", f":p{index}", 1)
+        named[f"p{index}"] = value
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(text(sql), named)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()

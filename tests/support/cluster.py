@@ -49,6 +49,11 @@ defaults
     mode http
     option forwardfor
     option http-server-close
+    # A connection refused by a dead node is retried on the other one at once (only failed
+    # connections: a request a node may have received is never sent twice).
+    retries 2
+    option redispatch 1
+    retry-on conn-failure
     timeout connect 5s
     # Blob uploads and pulls of large layers: long, but not endless.
     timeout client 15m

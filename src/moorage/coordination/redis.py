@@ -93,7 +93,9 @@ class RedisCoordination:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self._loops: set[asyncio.Task[Any]] = set()  # publishing, subscribing
+        self._publisher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._loops: set[asyncio.Task[Any]] = set()  # subscribing (and, on close, publishing)
         self._tasks: set[asyncio.Task[Any]] = set()  # releases: short, let finish on close
         self._warned_at = 0.0
 
@@ -102,16 +104,25 @@ class RedisCoordination:
     async def start(self, on_invalidated: Invalidated) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._loops.add(asyncio.create_task(self._publish_loop()))
+        self._closing = False
+        self._publisher = asyncio.create_task(self._publish_loop())
         self._loops.add(asyncio.create_task(self._subscribe_loop(on_invalidated)))
 
     async def close(self) -> None:
         self._loop = None
+        self._closing = True  # the loops also stop on their own within a second
+        if self._publisher is not None:
+            # A command (`moorage member …`) changes something and closes at once: its
+            # invalidations go out before it does.
+            self._wake.set()
+            await asyncio.wait([self._publisher], timeout=_TIMEOUT_SECONDS)
+            self._loops.add(self._publisher)
         for task in self._loops:
             task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a subscription cancelled while it connects can take long to let go, and
+        # shutting down must not wait for it.
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=_TIMEOUT_SECONDS)
         # Locks released just before shutdown: delete them now rather than leave the other
         # nodes waiting for their lease.
         if self._tasks:
@@ -194,20 +205,25 @@ class RedisCoordination:
         self._wake.set()
 
     async def _publish_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            # Everything queued while the last message was on its way goes in one message.
-            names, self._pending = sorted(self._pending), set()
-            message = json.dumps({"from": self._node, "names": names})
-            try:
-                await self._client.publish(self._channel, message)
-            except _OUTAGE as error:
-                self._outage("invalidation dropped; caches expire on their own", error)
+            await self._publish_pending()
+
+    async def _publish_pending(self) -> None:
+        if not self._pending:
+            return
+        # Everything queued while the last message was on its way goes in one message.
+        names, self._pending = sorted(self._pending), set()
+        message = json.dumps({"from": self._node, "names": names})
+        try:
+            await self._client.publish(self._channel, message)
+        except _OUTAGE as error:
+            self._outage("invalidation dropped; caches expire on their own", error)
 
     async def _subscribe_loop(self, on_invalidated: Invalidated) -> None:
         first = True
-        while True:
+        while not self._closing:
             # A connection of its own, without a read timeout: it mostly waits.
             client = aioredis.Redis.from_url(
                 self._url, socket_connect_timeout=_TIMEOUT_SECONDS, health_check_interval=5
@@ -218,7 +234,7 @@ class RedisCoordination:
                     if not first:
                         on_invalidated(ALL_CACHES)  # messages may have been missed
                     first = False
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(timeout=1.0)
                         if message is not None:
                             self._received(message.get("data"), on_invalidated)

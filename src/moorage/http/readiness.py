@@ -6,8 +6,9 @@ URL with a password or a bucket's credentials."""
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -50,16 +51,47 @@ class Readiness:
         return "failed" if answered is False else "ok"
 
 
-def _in_thread(function: Callable[[], object]) -> Check:
-    async def check() -> object:
-        # A thread of its own, not the request pool: a hung part must not queue behind or
-        # starve the requests, and a probe that timed out leaves only this thread waiting.
-        result = await asyncio.to_thread(function)
-        if inspect.isawaitable(result):
-            return await result
-        return result
+class _ThreadProbe:
+    """Runs a blocking check in a daemon thread of its own, one at a time.
 
-    return check
+    Not the request pool nor the loop's default executor (which serves blob files): a hung part
+    must not starve the requests. A probe that timed out leaves its thread waiting on the part;
+    later probes wait on that same call (and time out) instead of starting more threads, and a
+    daemon thread never holds up the process's exit."""
+
+    def __init__(self, name: str, function: Callable[[], object]) -> None:
+        self._name = name
+        self._function = function
+        self._running: asyncio.Future[object] | None = None
+
+    async def __call__(self) -> object:
+        if self._running is None or self._running.done():
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[object] = loop.create_future()
+            # Nobody may be waiting any more when a late failure arrives: no "never retrieved".
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            threading.Thread(
+                target=self._run, args=(loop, future), name=f"readiness-{self._name}", daemon=True
+            ).start()
+            self._running = future
+        return await asyncio.shield(self._running)
+
+    def _run(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[object]) -> None:
+        try:
+            result, error = self._function(), None
+        except Exception as failure:
+            result, error = None, failure
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+def _settle(future: asyncio.Future[object], result: object, error: Exception | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _probe_storage(storage: StorageDriver) -> None:
@@ -76,8 +108,8 @@ def readiness_checks(
 ) -> Readiness:
     """The database (one query), the storage (the sentinel's size) and, when configured, Redis."""
     checks: dict[str, Check] = {
-        "database": _in_thread(ping_database),
-        "storage": _in_thread(lambda: _probe_storage(storage)),
+        "database": _ThreadProbe("database", ping_database),
+        "storage": _ThreadProbe("storage", lambda: _probe_storage(storage)),
     }
     if redis_ping is not None:
         checks["redis"] = redis_ping

@@ -92,6 +92,9 @@ class S3Storage:
         self._bucket = options.bucket
         prefix = options.prefix.strip("/")
         self._prefix = f"{prefix}/" if prefix else ""
+        # botocore's debug records carry signed requests: never in Moorage's logs.
+        for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+            logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
         self._client = client if client is not None else self._make_client(options)
         self._pool = ThreadPoolExecutor(options.max_parallel, thread_name_prefix="s3")
         self._writers: dict[str, S3UploadWriter] = {}

@@ -84,6 +84,19 @@ class VulndbStore:
             ).first()
         return None if row is None else StoredGeneration(row.id, row.digest, row.size, row.info)
 
+    def generations(self) -> list[StoredGeneration]:
+        """Every kept generation (their blobs are referenced: garbage collection and fsck)."""
+        with single_read(self._engine) as connection:
+            rows = connection.execute(
+                select(
+                    _generations.c.id,
+                    _generations.c.digest,
+                    _generations.c.size,
+                    _generations.c.info,
+                ).order_by(_generations.c.id)
+            ).all()
+        return [StoredGeneration(row.id, row.digest, row.size, row.info) for row in rows]
+
     def digest_referenced(self, digest: str) -> bool:
         """Whether a kept generation or the registry's blobs still name `digest`."""
         with single_read(self._engine) as connection:

@@ -107,6 +107,7 @@ class SharedGenerationStore:
         self._verified: dict[str, tuple[int, int, int]] = {}  # id -> stat of a checked file
         self._verify_lock = threading.Lock()
         self._pruned_version = -1
+        self._prune_lock = threading.Lock()
 
     # -- the pointer
 
@@ -117,11 +118,12 @@ class SharedGenerationStore:
     def pointer(self) -> Pointer:
         self._adopt_once()
         stored = self._catalog.pointer()
-        if stored.version != self._pruned_version:
+        with self._prune_lock:
             # Another node may have moved the pointer: drop what this node cached for
-            # generations that are no longer kept.
-            self.prune_cache(stored.history)
-            self._pruned_version = stored.version
+            # generations that are no longer kept (never on an older pointer than last time).
+            if stored.version > self._pruned_version:
+                self.prune_cache(stored.history)
+                self._pruned_version = stored.version
         return Pointer(stored.current, stored.history)
 
     def has(self, generation_id: str) -> bool:
