@@ -23,7 +23,7 @@ from moorage.metadata.database import make_engine, migrate
 from moorage.metadata.supply_chain.vulndb_store import VulndbStore
 from moorage.services.events import EventBus
 from moorage.services.supply_chain.vulndb import VulnerabilityDatabaseService, shared_database
-from moorage.storage.filesystem import FilesystemStorage
+from moorage.storage.factory import make_storage
 from moorage.vulnerability.bundle import MANIFEST, BundleError, build_manifest
 from moorage.vulnerability.database import (
     DatabaseStatus,
@@ -45,7 +45,7 @@ def _database(settings: Settings, wait: float = 0.0) -> Iterator[VulnerabilityDa
     engine = make_engine(settings.resolved_database_url, pool_size=1)
     try:
         migrate(engine)
-        storage = FilesystemStorage(settings.data_dir / "storage")
+        storage = make_storage(settings)
         yield shared_database(settings, VulndbStore(engine), storage, lock_timeout_seconds=wait)
     finally:
         engine.dispose()
