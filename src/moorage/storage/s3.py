@@ -34,7 +34,6 @@ import json
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,15 +42,14 @@ from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from moorage.domain.digest import HEX_LENGTH, Digest
 from moorage.storage.base import UploadBusyError, UploadMissingError
+from moorage.storage.s3_objects import BlobReader, Lease, is_conflict, is_missing
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
-_MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
-_CONFLICT = frozenset({"412", "PreconditionFailed", "409", "ConditionalRequestConflict"})
 _DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys
 
 
@@ -66,22 +64,6 @@ class S3Options:
     part_size: int = 8 * MiB  # S3 requires >= 5 MiB for every part but the last
     lease_seconds: float = 15.0
     max_parallel: int = 8
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _is_missing(error: ClientError) -> bool:
-    return _code(error) in _MISSING or _status(error) == 404
-
-
-def _is_conflict(error: ClientError) -> bool:
-    return _code(error) in _CONFLICT or _status(error) in (409, 412)
 
 
 class S3Storage:
@@ -146,7 +128,7 @@ class S3Storage:
         try:
             response = self._client.get_object(Bucket=self._bucket, Key=key)
         except ClientError as error:
-            if _is_missing(error):
+            if is_missing(error):
                 return None
             raise
         with response["Body"] as body:
@@ -157,7 +139,7 @@ class S3Storage:
         try:
             return dict(self._client.head_object(Bucket=self._bucket, Key=key))
         except ClientError as error:
-            if _is_missing(error):
+            if is_missing(error):
                 return None
             raise
 
@@ -197,13 +179,13 @@ class S3Storage:
         try:
             self._put(self._upload_dir(upload_id) + "state", state.encode(), IfNoneMatch="*")
         except ClientError as error:
-            if _is_conflict(error):
+            if is_conflict(error):
                 raise FileExistsError(upload_id) from None
             raise
 
     def open_upload(self, upload_id: str) -> S3UploadWriter:
         directory = self._upload_dir(upload_id)
-        lease = _Lease.acquire(self, directory + "lock", upload_id)
+        lease = Lease.acquire(self, directory + "lock", upload_id)
         try:
             found = self._get(directory + "state")
             if found is None:
@@ -322,10 +304,10 @@ class S3Storage:
         try:
             response = self._client.get_object(Bucket=self._bucket, Key=key)
         except ClientError as error:
-            if _is_missing(error):
+            if is_missing(error):
                 raise FileNotFoundError(str(digest)) from None
             raise
-        raw = _BlobReader(self._client, self._bucket, key, response)
+        raw = BlobReader(self._client, self._bucket, key, response)
         return io.BufferedReader(raw, buffer_size=MiB)
 
     def delete_blob(self, digest: Digest) -> None:
@@ -420,80 +402,9 @@ class _UploadState:
         )
 
 
-class _Lease:
-    """The lock object of one session, renewed by a thread until released."""
-
-    def __init__(self, storage: S3Storage, key: str, etag: str) -> None:
-        self._storage = storage
-        self._key = key
-        self._etag = etag
-        self._guard = threading.Lock()
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew_loop, daemon=True, name="s3-lease")
-        self._thread.start()
-
-    @staticmethod
-    def _body(storage: S3Storage) -> bytes:
-        expires = time.time() + storage.options.lease_seconds
-        return json.dumps({"expires": expires, "owner": secrets.token_hex(8)}).encode()
-
-    @classmethod
-    def acquire(cls, storage: S3Storage, key: str, upload_id: str) -> _Lease:
-        try:
-            return cls(storage, key, storage._put(key, cls._body(storage), IfNoneMatch="*"))
-        except ClientError as error:
-            if not _is_conflict(error):
-                raise
-        found = storage._get(key)
-        if found is not None:
-            if json.loads(found[0]).get("expires", 0) > time.time():
-                raise UploadBusyError(upload_id)
-            condition = {"IfMatch": found[1]}  # take over an expired lease: one node wins
-        else:
-            condition = {"IfNoneMatch": "*"}  # released meanwhile
-        try:
-            return cls(storage, key, storage._put(key, cls._body(storage), **condition))
-        except ClientError as error:
-            if _is_conflict(error):
-                raise UploadBusyError(upload_id) from None
-            raise
-
-    def _renew_loop(self) -> None:
-        interval = self._storage.options.lease_seconds / 3
-        while not self._stop.wait(interval):
-            with self._guard:
-                if self._stop.is_set():
-                    return
-                try:
-                    self._etag = self._storage._put(
-                        self._key, self._body(self._storage), IfMatch=self._etag
-                    )
-                except ClientError as error:
-                    if _is_conflict(error) or _is_missing(error):
-                        self.lost = True
-                        return
-                    log.warning("renewing the lease %s failed (retrying): %s", self._key, error)
-                except (OSError, BotoCoreError) as error:  # network trouble: retry later
-                    log.warning("renewing the lease %s failed (retrying): %s", self._key, error)
-
-    def release(self) -> None:
-        self._stop.set()
-        with self._guard:
-            if self.lost:
-                return
-            try:
-                self._storage._client.delete_object(
-                    Bucket=self._storage._bucket, Key=self._key, IfMatch=self._etag
-                )
-            except ClientError as error:
-                if not (_is_conflict(error) or _is_missing(error)):
-                    raise
-
-
 class S3UploadWriter:
     def __init__(
-        self, storage: S3Storage, upload_id: str, lease: _Lease, state: _UploadState, etag: str
+        self, storage: S3Storage, upload_id: str, lease: Lease, state: _UploadState, etag: str
     ) -> None:
         self._storage = storage
         self.upload_id = upload_id
@@ -593,7 +504,7 @@ class S3UploadWriter:
                 self._directory + "state", state.encode(), IfMatch=self._etag
             )
         except ClientError as error:
-            if not (_is_conflict(error) or _is_missing(error)):
+            if not (is_conflict(error) or is_missing(error)):
                 raise
             # Not ours any more: our staged parts belong to nobody.
             self._storage.delete_keys(self._directory + name for name in self._new_parts(parts))
@@ -651,55 +562,3 @@ class S3UploadWriter:
             future.cancel()
         self._lease.release()
         self._storage._forget_writer(self)
-
-
-class _BlobReader(io.RawIOBase):
-    """A seekable reader over one object: sequential reads stream one GET, a seek reopens."""
-
-    def __init__(self, client: Any, bucket: str, key: str, response: dict[str, Any]) -> None:
-        self._client = client
-        self._bucket = bucket
-        self._key = key
-        self._size = int(response["ContentLength"])
-        self._body: Any = response["Body"]
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        position = max(0, base + offset)
-        if position != self._position:
-            self._drop_body()
-            self._position = position
-        return position
-
-    def _drop_body(self) -> None:
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-    def readinto(self, buffer: Any) -> int:
-        if self._position >= self._size:
-            return 0
-        if self._body is None:
-            response = self._client.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-"
-            )
-            self._body = response["Body"]
-        data = self._body.read(len(buffer))
-        view = memoryview(buffer).cast("B")
-        view[: len(data)] = data
-        self._position += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._drop_body()
-        super().close()
