@@ -11,8 +11,10 @@ filesystem layout (`_manifests/tags/<tag>/current/link`, which is all its tag li
 
 Measured per size and server:
 - full listing: `GET /v2/<name>/tags/list` without `n`, following `Link` to the end (Moorage
-  caps a page at `max_page_size`, 1000 by default; Distribution answers with every tag at
-  once). Median of `--walks` walks; every walk is checked to return every tag once, in order.
+  answers up to `unpaged_listing_size` tags, 10,000 by default, per page; Distribution answers
+  with every tag at once, unsorted). Median of `--walks` walks, each checked to return every
+  tag once (in order, from Moorage); with the server's CPU time per walk (for Moorage on
+  PostgreSQL, the cluster's CPU included).
 - deep page: `GET ...?n=100&last=<a tag in the middle>`, median latency of 100 requests on one
   connection; O(page) means it stays flat as the repository grows.
 Then manifest GET by tag with wrk (`-t2 -c64`) on each server, 2 rounds.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support.services
@@ -48,7 +52,7 @@ from moorage.metadata.registry.registry_records import (
     repository_manifests_table,
     tags_table,
 )
-from servers import DistributionServer, MoorageServer, Server, environment_info
+from servers import DistributionServer, MoorageServer, Server, cpu_seconds, environment_info
 
 _SEED_BATCH = 20_000
 
@@ -59,11 +63,37 @@ def tag_names(count: int) -> list[str]:
     return sorted(f"v{k:0{width}d}" for k in range(count))
 
 
+def tree_cpu(pid: int) -> float:
+    """User+system CPU seconds of a process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def server_cpu(server: Server) -> float:
+    """The registry's CPU, plus its PostgreSQL cluster's when it has one (the SQLite engine
+    runs inside the registry's processes)."""
+    total = cpu_seconds(server)
+    if isinstance(server, MoorageOn) and server.postgres is not None:
+        assert server.postgres.process is not None
+        total += tree_cpu(server.postgres.process.pid)
+    return total
+
+
 @dataclass
 class MoorageOn(MoorageServer):
     """Moorage with its metadata at `database_url` (None: the embedded SQLite file)."""
 
     database_url: str | None = None
+    postgres: PostgresServer | None = None
 
     def environment(self) -> dict[str, str]:
         environment = super().environment()
@@ -121,6 +151,7 @@ def seed_distribution(server: DistributionServer, repository: str, digest: str, 
 @dataclass
 class Result:
     walks: list[float] = field(default_factory=list)
+    walk_cpu: list[float] = field(default_factory=list)  # the server's, and its database's
     pages: int = 0
     deep_page: list[float] = field(default_factory=list)
     manifest_rates: list[float] = field(default_factory=list)
@@ -199,10 +230,12 @@ async def run(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str
                 auth = TokenAuth(*server.credentials) if server.credentials else None
                 async with RegistryClient(server.url, connections=1, auth=auth) as client:
                     await client.authorize(repository)
+                    before = server_cpu(server)
                     seconds, pages = await walk(
                         client, repository, names, ordered=isinstance(server, MoorageOn)
                     )
                     result.walks.append(seconds)
+                    result.walk_cpu.append(server_cpu(server) - before)
                     result.pages = pages
                     if round_index == 0:
                         result.deep_page = await deep_page(
@@ -217,7 +250,8 @@ async def run(args: argparse.Namespace, servers: list[Server]) -> dict[tuple[str
                 continue
             print(
                 f"  {size:>8} tags {server.label:<22} full listing"
-                f" {statistics.median(result.walks) * 1e3:8.1f} ms ({result.pages} page(s)),"
+                f" {statistics.median(result.walks) * 1e3:8.1f} ms ({result.pages} page(s),"
+                f" {statistics.median(result.walk_cpu) * 1e3:.1f} CPU-ms),"
                 f" deep n=100 page {statistics.median(result.deep_page) * 1e3:6.2f} ms",
                 flush=True,
             )
@@ -262,18 +296,21 @@ async def manifest_gets(
 
 def render(results: dict[tuple[str, int], Result], labels: list[str], sizes: list[int]) -> str:
     lines = [
-        "| Tags | Server | Full listing ms (median) | Pages | Deep page n=100 ms (median) |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        "| Tags | Server | Full listing ms (median) | Server CPU-ms per listing | Pages"
+        " | Deep page n=100 ms (median) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for size in sizes:
         for label in labels:
             result = results.get((label, size))
             if result is None:
-                lines.append(f"| {size:,} | {label} | not run | - | - |")
+                lines.append(f"| {size:,} | {label} | not run | - | - | - |")
                 continue
+            wall = statistics.median(result.walks) * 1e3
+            cpu = statistics.median(result.walk_cpu) * 1e3
+            deep = statistics.median(result.deep_page) * 1e3
             lines.append(
-                f"| {size:,} | {label} | {statistics.median(result.walks) * 1e3:.1f}"
-                f" | {result.pages} | {statistics.median(result.deep_page) * 1e3:.2f} |"
+                f"| {size:,} | {label} | {wall:.1f} | {cpu:.1f} | {result.pages} | {deep:.2f} |"
             )
     lines += ["", "| Server | Manifest GET req/s (median) | Rounds |", "| --- | ---: | --- |"]
     for label in labels:
@@ -312,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 label="Moorage PostgreSQL",
                 workers=args.workers,
                 database_url=postgres.create_database("listing"),
+                postgres=postgres,
             ),
         ]
         for server in servers:
