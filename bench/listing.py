@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import psutil
 from yarl import URL
 
@@ -151,6 +156,97 @@ def seed_distribution(server: DistributionServer, repository: str, digest: str, 
         current = tag_root / name / "current"
         current.mkdir(parents=True, exist_ok=True)
         (current / "link").write_bytes(link)
+
+
+def seed_repositories(server: MoorageOn, count: int) -> list[str]:
+    """`count` repository rows, as a first push into each writes them (the catalog lists rows)."""
+    names = [f"catalog/r{k:06d}" for k in range(count)]
+    engine = make_engine(server.metadata_url, pool_size=1)
+    stamp = utcnow()
+    try:
+        for start in range(0, count, _SEED_BATCH):
+            rows = [
+                {"name": name, "created_at": stamp} for name in names[start : start + _SEED_BATCH]
+            ]
+            with write_transaction(engine) as connection:
+                connection.execute(repositories_table.insert(), rows)
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.exec_driver_sql("VACUUM ANALYZE repositories")
+    finally:
+        engine.dispose()
+    return names
+
+
+def catalog_token(server: MoorageOn) -> str:
+    """A registry token with the catalog scope, for the admin account."""
+    query = urllib.parse.urlencode({"service": "moorage", "scope": "registry:catalog:*"})
+    basic = base64.b64encode(f"admin:{server.admin_password}".encode()).decode()
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        f"{server.url}/service/token?{query}", headers={"Authorization": f"Basic {basic}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310 - loopback only
+        return str(json.loads(reply.read())["token"])
+
+
+async def catalog_walk(
+    session: aiohttp.ClientSession, server: Server, first: str, expected: list[str]
+) -> tuple[float, int]:
+    seen: list[str] = []
+    pages = 0
+    following: str | None = first
+    started = time.perf_counter()
+    while following is not None:
+        async with session.get(f"{server.url}{following}") as response:
+            if response.status != 200:
+                raise RuntimeError(f"{server.label}: catalog got {response.status}")
+            seen.extend((await response.json())["repositories"])
+            link = response.headers.get("Link")
+        following = link[1 : link.index(">")] if link else None
+        pages += 1
+    seconds = time.perf_counter() - started
+    if seen != sorted(set(seen)) or [n for n in seen if n.startswith("catalog/")] != expected:
+        raise RuntimeError(f"{server.label}: the catalog walk missed or repeated names")
+    return seconds, pages
+
+
+async def catalog(args: argparse.Namespace, servers: list[Server]) -> dict[str, Result]:
+    """Moorage's catalog of `--repositories` repositories: the full walk and a deep page."""
+    results: dict[str, Result] = {}
+    moorages = [server for server in servers if isinstance(server, MoorageOn)]
+    names: list[str] = []
+    for server in moorages:
+        names = await asyncio.to_thread(seed_repositories, server, args.repositories)
+    middle = names[len(names) // 2]
+    for round_index in range(args.walks):
+        for server in moorages if round_index % 2 == 0 else moorages[::-1]:
+            token = await asyncio.to_thread(catalog_token, server)
+            result = results.setdefault(server.label, Result())
+            headers = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession(headers=headers) as session:
+                before = server_cpu(server)
+                seconds, pages = await catalog_walk(session, server, "/v2/_catalog", names)
+                result.walk_cpu.append(server_cpu(server) - before)
+                result.walks.append(seconds)
+                result.pages = pages
+                if round_index == 0:
+                    deep = f"{server.url}/v2/_catalog?n=100&last={middle}"
+                    for _ in range(100):
+                        started = time.perf_counter()
+                        async with session.get(deep) as response:
+                            page = (await response.json())["repositories"]
+                        result.deep_page.append(time.perf_counter() - started)
+                        if len(page) != 100 or page[0] <= middle:
+                            raise RuntimeError(f"{server.label}: deep catalog page wrong")
+    for label, result in results.items():
+        print(
+            f"  catalog of {args.repositories} {label:<22}"
+            f" full listing {statistics.median(result.walks) * 1e3:8.1f} ms"
+            f" ({result.pages} page(s)), deep n=100 page"
+            f" {statistics.median(result.deep_page) * 1e3:6.2f} ms",
+            flush=True,
+        )
+    return results
 
 
 @dataclass
@@ -326,10 +422,29 @@ def render(results: dict[tuple[str, int], Result], labels: list[str], sizes: lis
     return "\n".join(lines)
 
 
+def render_catalog(results: dict[str, Result], count: int) -> str:
+    lines = [
+        "| Repositories | Server | Catalog walk ms (median) | Server CPU-ms per walk | Pages"
+        " | Deep page n=100 ms (median) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, result in results.items():
+        wall = statistics.median(result.walks) * 1e3
+        cpu = sum(result.walk_cpu) / len(result.walk_cpu) * 1e3
+        deep = statistics.median(result.deep_page) * 1e3
+        lines.append(
+            f"| {count:,} | {label} | {wall:.1f} | {cpu:.1f} | {result.pages} | {deep:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--distribution-max", type=int, default=100_000)
+    parser.add_argument(
+        "--repositories", type=int, default=100_000, help="catalog size (Moorage only; 0: skip)"
+    )
     parser.add_argument("--walks", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--wrk-seconds", type=float, default=10)
@@ -362,10 +477,13 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
         info = environment_info(args.workers)
         results = asyncio.run(run(args, servers))
+        catalogs = asyncio.run(catalog(args, servers)) if args.repositories else {}
         print()
         for key, value in info.items():
             print(f"- **{key}**: {value}")
         table = render(results, [server.label for server in servers], args.sizes)
+        if catalogs:
+            table += "\n\n" + render_catalog(catalogs, args.repositories)
         print(table)
         if args.markdown is not None:
             args.markdown.write_text(table + "\n")
