@@ -15,28 +15,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, Connection, Select, bindparam, func, select
+from sqlalchemy import Column, ColumnElement, Connection, Select, bindparam, func, select
 
 _SEPARATOR = "\n"
 
 
-def page_query(key: Column[str], *scope: object, after: bool) -> Select[Any]:
-    """The names of one page, joined; binds `limit`, and `last` when `after`.
-
-    `scope` narrows the rows (e.g. one repository's tags) so that `key` is the next column of
-    the index.
-    """
-    names = select(key).where(*scope)  # type: ignore[arg-type]
+def _joined_page(key: Column[str], scope: list[ColumnElement[bool]], after: bool) -> Select[Any]:
+    names = select(key).where(*scope)
     if after:
         names = names.where(key > bindparam("last"))
     page = names.order_by(key).limit(bindparam("limit")).subquery()
     return select(func.aggregate_strings(page.c[key.name], _SEPARATOR))
 
 
-def read_page(
-    connection: Connection, query: Select[Any], parameters: dict[str, object]
-) -> list[str]:
-    joined: str | None = connection.execute(query, parameters).scalar()
+def page_query(key: Column[str], *, after: bool) -> Select[Any]:
+    """The names of one page of a whole table, joined; binds `limit`, and `last` if `after`."""
+    return _joined_page(key, [], after)
+
+
+def owned_page_query(
+    owner_id: ColumnElement[int], owner_column: Column[int], key: Column[str], *, after: bool
+) -> Select[Any]:
+    """(the owner's id or NULL, its page joined) in one statement: a listing of an owner that
+    does not exist is told apart from an empty one without a second round trip. The owner
+    column and `key` must be the leading columns of one index."""
+    page = _joined_page(key, [owner_column == owner_id], after).scalar_subquery()
+    return select(owner_id, page)
+
+
+def split_page(joined: str | None) -> list[str]:
     if not joined:
         return []
     names = joined.split(_SEPARATOR)
@@ -45,3 +52,20 @@ def read_page(
     # bytes' order for UTF-8.
     names.sort()
     return names
+
+
+def read_page(
+    connection: Connection, query: Select[Any], parameters: dict[str, object]
+) -> list[str]:
+    joined: str | None = connection.execute(query, parameters).scalar()
+    return split_page(joined)
+
+
+def read_owned_page(
+    connection: Connection, query: Select[Any], parameters: dict[str, object]
+) -> list[str] | None:
+    """The page of an `owned_page_query`; None when the owner does not exist."""
+    owner, joined = connection.execute(query, parameters).one()
+    if owner is None:
+        return None
+    return split_page(joined)

@@ -16,8 +16,8 @@ from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from moorage.domain.manifest import ParsedManifest
-from moorage.metadata.database import read_transaction, single_read, write_transaction
-from moorage.metadata.registry.listing import page_query, read_page
+from moorage.metadata.database import single_read, write_transaction
+from moorage.metadata.registry.listing import owned_page_query, read_owned_page
 from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_base import RegistryStoreBase, repository_key
 from moorage.metadata.registry.registry_records import (
@@ -76,9 +76,17 @@ _MANIFEST_TAGS = (
     )
     .order_by(tags_table.c.name)
 )
-_TAGS_OF = tags_table.c.repository_id == bindparam("repository_id")
-_TAGS_FIRST_PAGE = page_query(tags_table.c.name, _TAGS_OF, after=False)
-_TAGS_PAGE_AFTER = page_query(tags_table.c.name, _TAGS_OF, after=True)
+_REPOSITORY_ID = (
+    select(repositories_table.c.id)
+    .where(repositories_table.c.name == bindparam("repository"))
+    .scalar_subquery()
+)
+_TAGS_FIRST_PAGE = owned_page_query(
+    _REPOSITORY_ID, tags_table.c.repository_id, tags_table.c.name, after=False
+)
+_TAGS_PAGE_AFTER = owned_page_query(
+    _REPOSITORY_ID, tags_table.c.repository_id, tags_table.c.name, after=True
+)
 
 
 class ManifestQueries(RegistryStoreBase):
@@ -421,16 +429,14 @@ class ManifestQueries(RegistryStoreBase):
             return digest
 
     def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
-        with read_transaction(self._engine) as connection:
-            repository_id = self._repository_id(connection, repository, create=False)
-            if repository_id is None:
-                return None
+        """One page of tags (see moorage.metadata.registry.listing); None: no such repository."""
+        with single_read(self._engine) as connection:
             if last is None:
-                return read_page(
-                    connection, _TAGS_FIRST_PAGE, {"repository_id": repository_id, "limit": limit}
+                return read_owned_page(
+                    connection, _TAGS_FIRST_PAGE, {"repository": repository, "limit": limit}
                 )
-            return read_page(
+            return read_owned_page(
                 connection,
                 _TAGS_PAGE_AFTER,
-                {"repository_id": repository_id, "limit": limit, "last": last},
+                {"repository": repository, "limit": limit, "last": last},
             )

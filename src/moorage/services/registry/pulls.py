@@ -32,7 +32,8 @@ from moorage.services.distribution.proxy import LiveBlob, MayFetch, ProxyCache, 
 from moorage.services.distribution.virtual import VirtualConfig
 from moorage.services.registry.registry import BlobLocation, FetchedManifest, RegistryService
 
-# Each member contributes at most this many tags to one page of a merged tags list.
+# A page of a merged tags list holds at most this many tags (each member gives one more, to
+# tell whether more follow).
 MAX_TAGS_PER_MEMBER: Final = 10_000
 
 _NOT_FOUND: Final = frozenset({ErrorCode.MANIFEST_UNKNOWN, ErrorCode.NAME_UNKNOWN})
@@ -224,11 +225,11 @@ class PullService:
             return found[:limit], len(found) > limit
         merged: set[str] = set()
         present = False
+        # One past the page from each member tells whether more follow.
+        limit = min(limit, MAX_TAGS_PER_MEMBER)
         for target in access.sources:
             try:
-                tags = await self._registry.list_tags(
-                    target, last, min(limit + 1, MAX_TAGS_PER_MEMBER)
-                )
+                tags = await self._registry.list_tags(target, last, limit + 1)
             except RegistryError as error:
                 if error.code in _NOT_FOUND:
                     continue
