@@ -163,7 +163,7 @@ def test_concurrent_scan_claims_take_each_job_exactly_once(metadata_url: str) ->
     engine.dispose()
     assert queued == len(digests)
 
-    claims = race(_claim_all, metadata_url)
+    claims = race(_claim_all, metadata_url, processes=8)
 
     counted = Counter(digest for claimed in claims for digest in claimed)
     assert sorted(counted) == sorted(digests)

@@ -24,6 +24,7 @@ from tests.support.api import (
     unique,
 )
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER, RegistryAuth
+from tests.support.backends import database_text, server_database_url
 from tests.support.distribution import Distribution
 from tests.support.oci import (
     OCI_INDEX,
@@ -39,7 +40,7 @@ from tests.support.oci import (
     push_multi_platform,
     random_bytes,
 )
-from tests.support.server import RegistryProcess
+from tests.support.server import RegistryProcess, database_url_for
 from tests.support.tools import have_tool
 
 pytestmark = pytest.mark.tools("docker-registry")
@@ -296,10 +297,15 @@ def test_htpasswd_credentials_work_and_never_leave_the_registry(
     for text in (json.dumps(shown), listed, audit, server.logs()):
         assert REMOTE_PASSWORD not in text
     # Stored sealed: the database files never hold it in clear.
-    database_files = list(server.data_dir.glob("moorage.db*"))
-    assert database_files
-    for stored in database_files:
-        assert REMOTE_PASSWORD.encode() not in stored.read_bytes()
+    if database_url_for(server.data_dir) is not None:
+        stored_text = database_text(server_database_url(server.data_dir))
+        assert "replication_endpoints" in stored_text
+        assert REMOTE_PASSWORD not in stored_text
+    else:
+        database_files = list(server.data_dir.glob("moorage.db*"))
+        assert database_files
+        for stored in database_files:
+            assert REMOTE_PASSWORD.encode() not in stored.read_bytes()
     # The same credential pulls from the remote: a manual pull of one named repository.
     project_copy = create_project(admin, "pulled")
     pull = add_rule(
