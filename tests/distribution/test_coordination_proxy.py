@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import api_client, create_project
+from tests.support.api import api_client, create_project, unique
 from tests.support.auth import RegistryAuth
 from tests.support.distribution import Distribution
 from tests.support.nodes import BACKENDS, Nodes, metadata_url
@@ -99,25 +99,27 @@ def test_twenty_clients_through_two_nodes_fetch_a_manifest_and_a_blob_once(
     upstream: Distribution, nodes: list[RegistryProcess]
 ) -> None:
     project = make_proxy(nodes[0], upstream)
-    layer, expected = upstream_image(upstream, "lib/shared", 32 * 1024 * 1024)
+    # The upstream serves every test of the module: a name of this test's own.
+    name = unique("lib/shared")
+    layer, expected = upstream_image(upstream, name, 32 * 1024 * 1024)
 
     def pull_manifest(index: int) -> str:
         node = nodes[index % 2]
         with httpx.Client(base_url=node.url, timeout=300, auth=RegistryAuth()) as client:
-            response = client.get(f"/v2/{project}/lib/shared/manifests/v1", headers=ACCEPT)
+            response = client.get(f"/v2/{project}/{name}/manifests/v1", headers=ACCEPT)
             assert response.status_code == 200, response.text
             return response.headers["Docker-Content-Digest"]
 
     with ThreadPoolExecutor(20) as pool:
         manifests = set(pool.map(pull_manifest, range(20)))
     assert len(manifests) == 1
-    assert upstream.requests("GET", "/v2/lib/shared/manifests/v1") == 1
+    assert upstream.requests("GET", f"/v2/{name}/manifests/v1") == 1
 
-    path = f"/v2/{project}/lib/shared/blobs/{layer.digest}"
+    path = f"/v2/{project}/{name}/blobs/{layer.digest}"
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(lambda index: pull_blob(nodes[index % 2], path), range(20)))
     assert results == [expected] * 20
-    assert upstream.requests("GET", f"/v2/lib/shared/blobs/{layer.digest}") == 1
+    assert upstream.requests("GET", f"/v2/{name}/blobs/{layer.digest}") == 1
 
 
 def test_a_node_killed_while_it_fetches_hands_the_fetch_to_the_other(
@@ -125,11 +127,12 @@ def test_a_node_killed_while_it_fetches_hands_the_fetch_to_the_other(
 ) -> None:
     project = make_proxy(nodes[0], upstream)
     # Far larger than the socket buffers: a client that stops reading stalls the fetch.
-    layer, expected = upstream_image(upstream, "lib/killed", 64 * 1024 * 1024)
-    path = f"/v2/{project}/lib/killed/blobs/{layer.digest}"
+    name = unique("lib/killed")
+    layer, expected = upstream_image(upstream, name, 64 * 1024 * 1024)
+    path = f"/v2/{project}/{name}/blobs/{layer.digest}"
     for node in nodes:
         with httpx.Client(base_url=node.url, timeout=300, auth=RegistryAuth()) as client:
-            assert client.get(f"/v2/{project}/lib/killed/manifests/v1").status_code == 200
+            assert client.get(f"/v2/{project}/{name}/manifests/v1").status_code == 200
 
     leader, other = nodes
     with (
@@ -143,7 +146,7 @@ def test_a_node_killed_while_it_fetches_hands_the_fetch_to_the_other(
         leader.kill()  # kill -9: no release; its lease runs out
         # The waiter takes over once the lease expires and fetches a complete, verified copy.
         assert waiting.result(timeout=300) == expected
-    assert upstream.requests("GET", f"/v2/lib/killed/blobs/{layer.digest}", status=None) == 2
+    assert upstream.requests("GET", f"/v2/{name}/blobs/{layer.digest}", status=None) == 2
     leader.start()
     assert pull_blob(leader, path) == expected
-    assert upstream.requests("GET", f"/v2/lib/killed/blobs/{layer.digest}", status=None) == 2
+    assert upstream.requests("GET", f"/v2/{name}/blobs/{layer.digest}", status=None) == 2

@@ -95,7 +95,6 @@ class SignInThrottle:
 
     def failed(self, attempt: Attempt) -> None:
         now = datetime.now(UTC)
-        self._locks.clear()
         for key in attempt.counters():
             self._store.record_failure(
                 key,
@@ -107,6 +106,8 @@ class SignInThrottle:
                 self.policy.base_lock_seconds,
                 self.policy.max_lock_seconds,
             )
+        # After the writes: every node (told through the cache) reloads what they locked.
+        self._locks.clear()
 
     def succeeded(self, attempt: Attempt) -> None:
         """Clear this credential's count at this address and remember the address.
