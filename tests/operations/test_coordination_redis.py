@@ -366,7 +366,7 @@ def test_the_referrers_tag_of_a_remote_is_merged_by_one_node_at_a_time(
 
         async def merge(index: int) -> None:
             referrers = nodes[index % 2]
-            async with referrers._tag_lock((1, "team/app", "sha256:" + "a" * 64)):
+            async with referrers._tag_locks.held((1, "team/app", "sha256:" + "a" * 64)):
                 order.append(f"{index} in")
                 await asyncio.sleep(0.02)
                 order.append(f"{index} out")
