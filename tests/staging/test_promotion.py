@@ -27,7 +27,7 @@ from tests.registry.test_clients_skopeo import (
     podman_environment,
     tool_environment,
 )
-from tests.supply_chain.test_vulnerability_policy_clients import (
+from tests.supply_chain.vulnerabilities.test_vulnerability_policy_clients import (
     CLEAN_STATUS,
     OPENSSL_CVE,
     OPENSSL_ID,

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.supply_chain.test_vulnerability_policy_clients import (
+from tests.supply_chain.vulnerabilities.test_vulnerability_policy_clients import (
     CLEAN_STATUS,
     OPENSSL_ID,
     OPENSSL_STATUS,

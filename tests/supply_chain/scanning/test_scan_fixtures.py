@@ -1,7 +1,7 @@
 """The fixture images against their oracles, in process: catalog, squash, match.
 
-The same images go through the server in tests/supply_chain/test_scan_flow.py; here a mismatch
-points at the catalogers or the matcher rather than at the scanning flow.
+The same images go through the server in tests/supply_chain/scanning/test_scan_flow.py; here a
+mismatch points at the catalogers or the matcher rather than at the scanning flow.
 """
 
 from __future__ import annotations

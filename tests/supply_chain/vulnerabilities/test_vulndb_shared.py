@@ -39,7 +39,7 @@ from tests.support.wait import wait_until
 
 FAST_POLL = {"MOORAGE_VULNDB_POLL_SECONDS": "0.2"}
 BINARY = {"Content-Type": "application/octet-stream"}
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.supply_chain.test_scan_flow import FAST_POLL, Scanning
+from tests.supply_chain.scanning.test_scan_flow import FAST_POLL, Scanning
 from tests.support.images import Image, Platform, image_from_layers
 from tests.support.osv import osv_record, write_bundle
 from tests.support.scan_images import (
