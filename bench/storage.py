@@ -76,7 +76,9 @@ class MotoServer(Server):
     label: str = "moto"
 
     def command(self) -> list[str]:
-        moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+        # The project's own moto (its virtualenv's), before any other on PATH.
+        beside = Path(sys.executable).parent / "moto_server"
+        moto = str(beside) if beside.exists() else (shutil.which("moto_server") or str(beside))
         return [moto, "-H", LOOPBACK, "-p", str(self.port)]
 
     def start(self, timeout: float = 60.0) -> None:

@@ -36,6 +36,12 @@ def _answers(port: int) -> bool:
         return False
 
 
+def moto_server() -> str:
+    """The project's own moto (its virtualenv's), before any other on PATH."""
+    beside = Path(sys.executable).parent / "moto_server"
+    return str(beside) if beside.exists() else (shutil.which("moto_server") or str(beside))
+
+
 def postgres_bin() -> Path:
     """Debian keeps PostgreSQL's server programs in a per-version folder, outside PATH."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -230,7 +236,7 @@ class S3Server:
 
     def start(self) -> S3Server:
         require_module("moto")
-        server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+        server = moto_server()
         self.process = spawn(
             [server, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
