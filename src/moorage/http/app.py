@@ -163,12 +163,11 @@ def build_app(
     policies: PolicySet | None = None,
     run_jobs: bool = True,
 ) -> web.Application:
+    # Without trusted proxies the forwarded middleware would only pass requests on: every
+    # middleware costs each request a call, so it is left out then.
+    forwarded = [forwarded_middleware(settings.trusted_proxies)] if settings.trusted_proxies else []
     app = web.Application(
-        middlewares=[
-            forwarded_middleware(settings.trusted_proxies),
-            error_middleware,
-            access_middleware,
-        ],
+        middlewares=[*forwarded, error_middleware, access_middleware],
         client_max_size=1 << 20,
     )
     threads = Threads(settings.db_threads)
