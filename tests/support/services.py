@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from tests.support.processes import kill_group, spawn, terminate
 from tests.support.server import free_port
@@ -50,8 +51,33 @@ def postgres_bin() -> Path:
     return Path(found[-1]).parent
 
 
+class _ServerProcess:
+    """A server process started by `start()` and stopped when its `with` block ends."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+            self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A throwaway PostgreSQL cluster. As root, initdb refuses to run: the cluster then
     belongs to the `postgres` account and its programs run through `runuser`."""
 
@@ -169,20 +195,9 @@ class PostgresServer:
             self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> PostgresServer:
-        return self.start() if self.process is None else self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass
-class RedisServer:
+class RedisServer(_ServerProcess):
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -203,25 +218,9 @@ class RedisServer:
         wait_until(lambda: _answers(self.port), 30, "redis-server to listen")
         return self
 
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-            self.process = None
-
-    def __enter__(self) -> RedisServer:
-        return self.start() if self.process is None else self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass
-class S3Server:
+class S3Server(_ServerProcess):
     """moto's standalone S3 endpoint; it keeps everything in memory."""
 
     port: int = field(default_factory=free_port)
@@ -258,19 +257,3 @@ class S3Server:
         )
         client.create_bucket(Bucket=name)
         return name
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-            self.process = None
-
-    def __enter__(self) -> S3Server:
-        return self.start() if self.process is None else self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
