@@ -325,3 +325,33 @@ def test_the_command_line_collects_with_a_summary(
     assert summary["status"] == "finished"
     assert summary["counts"]["blobs"] >= 2
     assert not (_blobs_of(gone.body) & stored_blobs(server.data_dir))
+
+
+def test_a_schedule_starts_runs_by_itself(
+    start_registry: Callable[..., RegistryProcess],
+) -> None:
+    server = start_registry(env={"MOORAGE_GC_SCHEDULE": "* * * * *"})
+    scheduled: list[dict[str, Any]] = []
+    with api_client(server) as admin:
+
+        def ran() -> bool:
+            runs = admin.get("/system/gc/runs").json()
+            scheduled[:] = [run for run in runs if run["trigger"] == "schedule"]
+            return any(run["status"] == "finished" for run in scheduled)
+
+        # The next whole minute, and the run after it.
+        wait_until(ran, 150, lambda: f"a scheduled run to finish: {scheduled}")
+    assert scheduled[0]["requestedBy"] == "moorage"
+
+
+def test_a_schedule_that_is_not_cron_is_refused_at_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "moorage", "migrate", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**command_environment(tmp_path), "MOORAGE_GC_SCHEDULE": "every day"},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "gc_schedule" in result.stderr
