@@ -36,6 +36,7 @@ from moorage.http.state import (
     COORDINATION,
     IAM,
     REPLICATION,
+    RETENTION,
     ROUTING,
     SCANNER_ADAPTERS,
     SERVICES,
@@ -51,6 +52,7 @@ from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
 from moorage.metadata.lifecycle.pull_store import PullStore
+from moorage.metadata.lifecycle.retention_store import RetentionStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -71,6 +73,7 @@ from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.lifecycle.pull_tracking import PullTracker
+from moorage.services.lifecycle.retention import RetentionService
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -330,6 +333,17 @@ def build_app(
     )
     events.subscribe(replication.on_event)
     app[REPLICATION] = replication
+    retention_service = RetentionService(
+        RetentionStore(engine),
+        pull_store,
+        metadata,
+        registry,
+        immutability,
+        policies,
+        threads,
+        events,
+    )
+    app[RETENTION] = retention_service
     # Names without a project (mirror mode) and virtual projects, routed before authorization.
     virtual_store = VirtualStore(engine)
     virtual_projects = VirtualProjectService(virtual_store, proxies, events)
@@ -421,6 +435,16 @@ def build_app(
                         _every(_AUDIT_PRUNE_SECONDS, prune_audit, coordination, "audit-prune")
                     )
                 )
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        settings.retention_check_seconds,
+                        retention_service.run_due,
+                        coordination,
+                        "retention-schedule",
+                    )
+                )
+            )
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
         # Every process records push events for replication; one runs the queue.
