@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from moorage.domain.events import Actor, EventKind, RegistryEvent
@@ -14,7 +16,10 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.lifecycle.pull_store import PullStore, PullSummary
 from moorage.services.lifecycle.pull_tracking import PullTracker
 from moorage.services.threads import Threads
-from tests.support.backends import query_database
+from tests.support.auth import RegistryAuth
+from tests.support.backends import query_database, server_database_url
+from tests.support.oci import push_image
+from tests.support.server import RegistryProcess
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -136,3 +141,33 @@ def test_tracker_flushes_on_its_interval(store: PullStore) -> None:
     finally:
         threads.shutdown()
     assert store.last_pulled("team/app", [A]) == {A: T0}
+
+
+def test_a_server_with_two_workers_records_every_pull_by_shutdown(tmp_path: Path) -> None:
+    """Each worker buffers its own pulls (the interval here is longer than the test) and writes
+    them when it stops; the counts of both add up and the time is the latest."""
+    server = RegistryProcess(
+        tmp_path / "data", workers=2, env={"MOORAGE_PULL_FLUSH_SECONDS": "300"}
+    ).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, auth=RegistryAuth()) as v2:
+            image = push_image(v2, "team/app", "v1")
+        for _ in range(20):
+            # A new connection each time, so the kernel spreads them over the workers.
+            with httpx.Client(base_url=server.url, timeout=30, auth=RegistryAuth()) as fresh:
+                pulled = fresh.get(
+                    "/v2/team/app/manifests/v1", headers={"Accept": image.media_type}
+                )
+                assert pulled.status_code == 200
+        # A HEAD request is not a pull.
+        with httpx.Client(base_url=server.url, timeout=30, auth=RegistryAuth()) as fresh:
+            assert fresh.head("/v2/team/app/manifests/v1").status_code == 200
+    finally:
+        assert server.stop() == 0
+    rows = query_database(
+        server_database_url(server.data_dir),
+        "SELECT p.digest, p.pull_count FROM manifest_pulls p"
+        " JOIN repositories r ON r.id = p.repository_id WHERE r.name = ?",
+        "team/app",
+    )
+    assert rows == [(image.digest, 20)]
