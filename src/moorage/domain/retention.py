@@ -294,11 +294,11 @@ def evaluate(
         return RepositoryPlan(repository, kept)
 
     # Referrers follow their subject when it is here; everything else is ranked by the rules.
-    follows = {
-        a.digest: a.referred
-        for a in artifacts
-        if a.referred is not None and a.referred in by_digest and a.referred != a.digest
-    }
+    follows = {}
+    for a in artifacts:
+        subject = a.referred
+        if subject is not None and subject in by_digest and subject != a.digest:
+            follows[a.digest] = subject
     ranked = [a for a in artifacts if a.digest not in follows]
     reasons: dict[str, tuple[str, int | None]] = {}
 
@@ -313,7 +313,11 @@ def evaluate(
     for artifact in artifacts:
         if artifact.digest in reasons or artifact.digest in unprotected:
             continue
-        immutable = protected_tags(immutable_rules, repository, artifact.tags)
+        immutable = (
+            protected_tags(immutable_rules, repository, artifact.tags)
+            if immutable_rules and artifact.tags
+            else []
+        )
         if immutable:
             tag, immutable_rule = immutable[0]
             reasons[artifact.digest] = (

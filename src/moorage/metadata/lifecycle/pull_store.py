@@ -109,14 +109,22 @@ class PullStore:
             ).scalar()
             if repository_id is None:
                 return found
-            for start in range(0, len(wanted), _NAMES_PER_QUERY):
-                chunk = wanted[start : start + _NAMES_PER_QUERY]
+            if len(wanted) > _NAMES_PER_QUERY:
+                # Most of a repository: one scan of its rows beats many IN lists.
+                wanted_set = set(wanted)
                 rows = connection.execute(
                     select(_pulls.c.digest, _pulls.c.last_pulled_at).where(
-                        _pulls.c.repository_id == repository_id, _pulls.c.digest.in_(chunk)
+                        _pulls.c.repository_id == repository_id
                     )
                 )
-                found.update({digest: aware(at) for digest, at in rows})
+                found.update({d: aware(at) for d, at in rows if d in wanted_set})
+                return found
+            rows = connection.execute(
+                select(_pulls.c.digest, _pulls.c.last_pulled_at).where(
+                    _pulls.c.repository_id == repository_id, _pulls.c.digest.in_(wanted)
+                )
+            )
+            found.update({digest: aware(at) for digest, at in rows})
         return found
 
     def pull_counts(self, repository: str) -> dict[str, int]:
