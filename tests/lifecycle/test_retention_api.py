@@ -165,6 +165,14 @@ def test_unknown_project_and_run(admin: httpx.Client) -> None:
     project = create_project(admin, "retrun")
     assert_problem(admin.get(f"/projects/{project}/retention-runs/999999"), 404)
     assert_problem(admin.get(f"/projects/{project}/retention-runs/99999999999999999999"), 404)
+    # A run is found only under its own project (permissions are per project).
+    assert put_policy(admin, project, {"criterion": "always"}).status_code == 201
+    own = run(admin, project, dry_run=True)
+    other = create_project(admin, "retrun")
+    assert_problem(admin.get(f"/projects/{other}/retention-runs/{own['id']}"), 404)
+    assert_problem(admin.get(f"/projects/{other}/retention-runs/{own['id']}/decisions"), 404)
+    assert admin.get(f"/projects/{other}/retention-runs").json() == []
+    assert admin.get(f"/projects/{project}/retention-runs/{own['id']}").json() == own
 
 
 # -- runs
