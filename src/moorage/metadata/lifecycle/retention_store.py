@@ -337,7 +337,8 @@ class RetentionStore:
                 )
             )
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> RunRecord:
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> RunRecord | None:
+        """The finished run; None when it no longer exists (its project was deleted)."""
         with write_transaction(
             self._engine, serialise_on=[f"retention-run:{run_id}"]
         ) as connection:
@@ -350,9 +351,7 @@ class RetentionStore:
                     finished_at=utcnow(),
                 )
             )
-        found = self.run(run_id)
-        assert found is not None
-        return found
+        return self.run(run_id)
 
     def run(self, run_id: int) -> RunRecord | None:
         with read_transaction(self._engine) as connection:

@@ -281,6 +281,8 @@ class RetentionService:
             log.exception("retention run %s of %s failed", run.id, project)
             status, error = FAILED, f"{type(failure).__name__}: {failure}"
         finished = await self._threads.run(self._store.finish_run, run.id, status, error)
+        if finished is None:
+            raise ProjectNotFoundError(project)  # deleted while the run was in progress
         self._events.publish(
             AccessEvent(
                 "retention:run",
