@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM, AccessEvent, Actor
 from moorage.domain.names import Reference
-from moorage.domain.policy import DecisionPoint, PolicyContext, PolicySet
+from moorage.domain.policy import (
+    Allow,
+    Decision,
+    DecisionPoint,
+    Deny,
+    PolicyContext,
+    PolicySet,
+)
 from moorage.domain.replication import RuleError as ScheduleError
 from moorage.domain.replication import parse_cron
 from moorage.domain.retention import (
@@ -132,6 +140,22 @@ def parse_rules(specs: Sequence[Mapping[str, Any]]) -> tuple[RetentionRule, ...]
         raise PolicyError(str(error)) from None
 
 
+@dataclass(slots=True)
+class _Deleting:
+    """The artifact a run is deleting (or checking, in a dry run) and the tags it was evaluated
+    with; `changed` is set when the delete check found other tags."""
+
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+    changed: list[str] | None = field(default=None)
+
+
+# Set around each of a run's deletions; read by the delete:manifest check (same task, and the
+# registry's worker threads copy the context).
+_DELETING: ContextVar[_Deleting | None] = ContextVar("retention_deleting", default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     """The decisions of one repository and the order in which to delete."""
@@ -162,6 +186,30 @@ class RetentionService:
         self._policies = policies
         self._threads = threads
         self._events = events
+        policies.register(DecisionPoint.DELETE_MANIFEST, self.check_unchanged)
+
+    async def check_unchanged(self, context: PolicyContext) -> Decision:
+        """At delete:manifest, for a retention deletion: the manifest still has exactly the tags
+        it was evaluated with. The registry's delete insists that the tags this check read
+        still hold when it writes (else it checks again), so a tag pushed at any moment of a
+        run is never deleted with an old digest."""
+        deleting = _DELETING.get()
+        if (
+            deleting is None
+            or context.state is None
+            or context.repository != deleting.repository
+            or context.digest != deleting.digest
+        ):
+            return Allow()
+        tags = sorted(await context.state.manifest_tags())
+        if tags == sorted(deleting.tags):
+            return Allow()
+        deleting.changed = tags
+        return Deny(
+            f"{context.repository}@{context.digest} was tagged {tags} after retention evaluated"
+            " it; it stays",
+            "retention",
+        )
 
     # -- policies
 
@@ -370,6 +418,20 @@ class RetentionService:
             return "skipped", "no longer in the repository"
         if sorted(now_tags) != sorted(decision.tags):
             return "skipped", f"tagged {sorted(now_tags)} since it was evaluated"
+        deleting = _Deleting(repository, digest, tuple(decision.tags))
+        token = _DELETING.set(deleting)
+        try:
+            outcome, reason = await self._delete(actor, repository, decision, dry_run)
+        finally:
+            _DELETING.reset(token)
+        if deleting.changed is not None:
+            return "skipped", f"tagged {deleting.changed} since it was evaluated"
+        return outcome, reason
+
+    async def _delete(
+        self, actor: Actor, repository: str, decision: DecisionRecord, dry_run: bool
+    ) -> tuple[str, str]:
+        digest = decision.digest
         if dry_run:
             denials = await self._policies.evaluate(
                 PolicyContext(
