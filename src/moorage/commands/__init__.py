@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "approvals": "moorage.commands.staging:approvals",
     "promotions": "moorage.commands.staging:promotions",
     "replication": "moorage.commands.replication:replication",
+    "retention": "moorage.commands.retention:retention",
     "proxy": "moorage.commands.routing:proxy",
     "virtual": "moorage.commands.routing:virtual",
     "mirror": "moorage.commands.routing:mirror",

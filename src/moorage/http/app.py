@@ -37,6 +37,7 @@ from moorage.http.state import (
     IAM,
     LIFECYCLE,
     REPLICATION,
+    RETENTION,
     ROUTING,
     SCANNER_ADAPTERS,
     SERVICES,
@@ -54,6 +55,8 @@ from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
 from moorage.metadata.lifecycle.gc_runs_store import GcRunsStore
 from moorage.metadata.lifecycle.gc_store import GcStore
+from moorage.metadata.lifecycle.pull_store import PullStore
+from moorage.metadata.lifecycle.retention_store import RetentionStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -74,6 +77,8 @@ from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.lifecycle.gc_runner import GcRunner, build_collector, gc_options_from
+from moorage.services.lifecycle.pull_tracking import PullTracker
+from moorage.services.lifecycle.retention import RetentionService
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -190,6 +195,10 @@ def build_app(
     app[COORDINATION] = coordination
     audit = AuditLog(iam_store)
     events.subscribe(audit)
+    # Last-pull times, buffered per process and written in batches (never once per pull).
+    pull_store = PullStore(engine)
+    pull_tracker = PullTracker(pull_store, threads, settings.pull_flush_seconds)
+    events.subscribe(pull_tracker.on_event)
     identity = IdentityService(iam_store, events, policy_from(settings))
     tokens = TokenService(
         iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
@@ -329,6 +338,17 @@ def build_app(
     )
     events.subscribe(replication.on_event)
     app[REPLICATION] = replication
+    retention_service = RetentionService(
+        RetentionStore(engine),
+        pull_store,
+        metadata,
+        registry,
+        immutability,
+        policies,
+        threads,
+        events,
+    )
+    app[RETENTION] = retention_service
     # Names without a project (mirror mode) and virtual projects, routed before authorization.
     virtual_store = VirtualStore(engine)
     virtual_projects = VirtualProjectService(virtual_store, proxies, events)
@@ -402,7 +422,10 @@ def build_app(
         await threads.run(uploads.ids.load)
         await coordination.start(invalidated)
         announce_invalidations(coordination.invalidate)
-        tasks = [asyncio.create_task(audit.run(threads.run))]
+        tasks = [
+            asyncio.create_task(audit.run(threads.run)),
+            asyncio.create_task(pull_tracker.run()),
+        ]
         if run_jobs:
             tasks.append(
                 asyncio.create_task(
@@ -426,6 +449,16 @@ def build_app(
                         _every(_AUDIT_PRUNE_SECONDS, prune_audit, coordination, "audit-prune")
                     )
                 )
+            tasks.append(
+                asyncio.create_task(
+                    _every(
+                        settings.retention_check_seconds,
+                        retention_service.run_due,
+                        coordination,
+                        "retention-schedule",
+                    )
+                )
+            )
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
             if settings.gc_schedule:

@@ -18,6 +18,7 @@ from moorage.services.distribution.proxy import ProxyCache, ProxyService
 from moorage.services.distribution.replication import ReplicationService
 from moorage.services.events import EventBus
 from moorage.services.lifecycle.gc_runner import GcRunner
+from moorage.services.lifecycle.retention import RetentionService
 from moorage.services.registry.immutability import ImmutabilityService
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -92,5 +93,6 @@ IAM = web.AppKey("iam", IamServices)
 SCANNER_ADAPTERS = web.AppKey("scanner_adapters", ScannerAdapterService)
 REPLICATION = web.AppKey("replication", ReplicationService)
 ROUTING = web.AppKey("routing", Routing)
+RETENTION = web.AppKey("retention", RetentionService)
 # Cross-node coordination; `await app[COORDINATION].ping(within=seconds)` is its readiness.
 COORDINATION = web.AppKey("coordination", Coordination)

@@ -58,6 +58,7 @@ PATH_PARAMETERS: Final[Mapping[str, Mapping[str, Any]]] = {
     "entry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     "registry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     "execution": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "run": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     # a repository (it may contain slashes) and a manifest digest, as /v2 spells them
     "name": {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 255},
     "digest": {"type": "string", "pattern": DIGEST_PATTERN, "maxLength": 135},

@@ -1,0 +1,1 @@
+"""SQL access for lifecycle: pull tracking, retention policies and their runs."""

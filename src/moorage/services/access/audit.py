@@ -141,6 +141,12 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     ),
     "replication:rule-delete": frozenset(),
     "replication:run": frozenset({"name", "execution"}),
+    "retention:policy-create": frozenset({"rules", "cron", "enabled"}),
+    "retention:policy-update": frozenset({"rules", "cron", "enabled"}),
+    "retention:policy-delete": frozenset(),
+    "retention:run": frozenset(
+        {"run", "dry_run", "trigger", "artifacts", "removed", "kept", "failed"}
+    ),
     "virtual:configure": frozenset({"members", "push_member"}),
     "virtual:remove": frozenset(),
     "mirror:configure": frozenset({"project", "previous"}),
