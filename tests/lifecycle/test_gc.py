@@ -15,6 +15,7 @@ import pytest
 from tests.lifecycle.gc_support import plant_blob, run_gc, stored_blobs
 from tests.support.api import PASSWORD, api_client, create_user, eventually
 from tests.support.auth import RegistryAuth
+from tests.support.backends import query_database, server_database_url
 from tests.support.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -36,7 +37,7 @@ from tests.support.wait import wait_until
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     data = tmp_path_factory.mktemp("gc") / "data"
-    with RegistryProcess(data).start() as started:
+    with RegistryProcess(data, env={"MOORAGE_PULL_FLUSH_SECONDS": "0.2"}).start() as started:
         yield started
 
 
@@ -355,3 +356,22 @@ def test_a_schedule_that_is_not_cron_is_refused_at_start(tmp_path: Path) -> None
     )
     assert result.returncode != 0
     assert "gc_schedule" in result.stderr
+
+
+def test_the_pull_times_of_a_deleted_manifest_go(
+    server: RegistryProcess, admin: httpx.Client, v2: httpx.Client, repo: str
+) -> None:
+    pulled = push_image(v2, repo, "v1")
+    response = v2.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert response.status_code == 200
+    database = server_database_url(server.data_dir)
+    query = "SELECT count(*) FROM manifest_pulls WHERE digest = ?"
+
+    def recorded() -> bool:
+        return query_database(database, query, pulled.digest)[0][0] == 1
+
+    wait_until(recorded, 30, lambda: "the pull to be recorded")
+    assert v2.delete(f"/v2/{repo}/manifests/{pulled.digest}").status_code == 202
+    run = run_gc(admin, graceSeconds=0)
+    assert run["counts"]["pull_rows"] >= 1
+    assert query_database(database, query, pulled.digest)[0][0] == 0

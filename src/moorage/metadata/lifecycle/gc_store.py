@@ -25,11 +25,13 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from moorage.metadata.database import single_read, write_transaction
+from moorage.metadata.lifecycle.pull_models import ManifestPullRow
 from moorage.metadata.registry.models import BLOB_DELETING, BLOB_LIVE, utcnow
 from moorage.metadata.registry.registry_base import repository_key
 from moorage.metadata.registry.registry_records import (
@@ -50,6 +52,7 @@ from moorage.metadata.supply_chain.scan_models import (
 from moorage.metadata.supply_chain.vulndb_models import VulndbGenerationRow
 
 _generations: Table = VulndbGenerationRow.__table__  # type: ignore[assignment]
+_pulls: Table = ManifestPullRow.__table__  # type: ignore[assignment]
 # Rows kept per manifest digest: what a scan left behind for a manifest that is gone.
 _PER_MANIFEST: tuple[Table, ...] = (
     ScanJobRow.__table__,  # type: ignore[assignment]
@@ -435,6 +438,30 @@ class GcStore:
                 for table in _PER_MANIFEST:
                     connection.execute(delete(table).where(table.c.digest.in_(deleted)))
             return deleted
+
+    def forget_stale_pulls(self, limit: int) -> int:
+        """Drop the pull times of manifests no longer in their repository (a later push of
+        the same digest starts a fresh history)."""
+        stale = not_(
+            exists().where(
+                repository_manifests_table.c.repository_id == _pulls.c.repository_id,
+                repository_manifests_table.c.digest == _pulls.c.digest,
+            )
+        )
+        with write_transaction(self._engine, serialise_on=[GC_KEY]) as connection:
+            rows = connection.execute(
+                select(_pulls.c.repository_id, _pulls.c.digest).where(stale).limit(limit)
+            ).all()
+            if not rows:
+                return 0
+            return connection.execute(
+                delete(_pulls).where(
+                    tuple_(_pulls.c.repository_id, _pulls.c.digest).in_(
+                        [(row.repository_id, row.digest) for row in rows]
+                    ),
+                    stale,
+                )
+            ).rowcount
 
     def scan_rows_without_manifest(self, limit: int) -> list[str]:
         """Digests of scan jobs, reports and inventories whose manifest is gone (left by

@@ -8,7 +8,8 @@ conditions in the transaction that acts on them (see `moorage.metadata.lifecycle
                child of an index or a referrer of a subject still in their repository; always:
                the SBOMs this registry attached whose subject is gone
 3. records     promotion records that record no promotion (left by a crash of old versions)
-4. manifests   manifest rows no repository holds any more, with their scan reports
+4. manifests   manifest rows no repository holds any more, with their scan reports; the
+               pull times of manifests no longer in their repository
 5. links       repository blob links no manifest of the repository needs, older than grace
 6. blobs       blobs nothing links or references, untouched for the grace period: marked
                'deleting' (from then on nothing can reference them), deleted from storage in
@@ -253,6 +254,9 @@ class GarbageCollector:
             self._beat(state, on_progress)
             if not forgotten:
                 return  # each was taken back by a push meanwhile
+        if not state.options.dry_run:
+            while pulls := self._store.forget_stale_pulls(state.options.batch_size):
+                self._add(state, "pull_rows", pulls)
         while stale := self._store.scan_rows_without_manifest(state.options.batch_size):
             if state.options.dry_run:
                 self._add(state, "scan_rows", len(stale))
