@@ -50,6 +50,7 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
+from moorage.metadata.lifecycle.deletion_store import DeletionStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -69,6 +70,7 @@ from moorage.services.distribution.replication import ReplicationOptions, Replic
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.lifecycle.deletion import DeletionService
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -337,9 +339,10 @@ def build_app(
         ),
         pulls=PullService(registry, proxy_cache),
     )
+    projects = ProjectService(iam_store, identity, events)
     app[IAM] = IamServices(
         identity=identity,
-        projects=ProjectService(iam_store, identity, events),
+        projects=projects,
         immutability=immutability,
         vulnerability_policy=vulnerability_policy,
         vulnerability_gate=vulnerability_gate,
@@ -368,6 +371,14 @@ def build_app(
         stages=stages,
         promotions=promotions,
         stage_order=list(settings.stages),
+        deletion=DeletionService(
+            DeletionStore(engine),
+            projects,
+            stages,
+            identity,
+            events,
+            break_glass=settings.promotion_break_glass,
+        ),
     )
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
