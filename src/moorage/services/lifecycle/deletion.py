@@ -23,6 +23,7 @@ from moorage.metadata.lifecycle.deletion_store import DeletedRepository, Deletio
 from moorage.services.access.credentials import Subject
 from moorage.services.access.identity import IdentityService
 from moorage.services.access.projects import ProjectService
+from moorage.services.cache import clear_all_caches
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
 from moorage.services.staging.stages import StageService
@@ -74,6 +75,8 @@ class DeletionService:
         self._allow_in(actor, subject, name, f"project:{name}")
         deleted = self._delete_repositories(actor, name)
         self._projects.delete(actor, name)
+        # Its virtual or proxy-cache configuration, stage and rules are cached per worker.
+        clear_all_caches()
         # A push authorized before the project went may have re-created a repository since
         # the sweep: sweep once more, unless the project has been created anew meanwhile.
         if not self._project_exists(name):
