@@ -229,6 +229,36 @@ def test_a_virtual_project_holds_nothing_to_delete(admin: httpx.Client, v2: http
     pull_verified(v2, f"{member}/app", "v1")
 
 
+# -- immutable tags
+
+
+def test_a_repository_holding_an_immutable_tag_is_not_deleted(
+    admin: httpx.Client, v2: httpx.Client
+) -> None:
+    """Its manifests could not be deleted one by one either; the rule's own project admin can
+    remove the rule first, or delete the whole project (rules included)."""
+    project = create_project(admin)
+    repository, free = f"{project}/app", f"{project}/tools"
+    push_with_layer(v2, repository, "v1.0", random_bytes(64))
+    push_with_layer(v2, repository, "latest", random_bytes(64))
+    push_with_layer(v2, free, "latest", random_bytes(64))
+    rules = {"rules": [{"repositories": "app", "tags": "v*"}]}
+    assert admin.put(f"/projects/{project}/immutable-tag-rules", json=rules).status_code == 200
+
+    body = assert_problem(admin.delete(delete_path(repository)), 409)
+
+    assert "v1.0" in body["detail"]
+    assert "immutable" in body["detail"]
+    pull_verified(v2, repository, "v1.0")
+    pull_verified(v2, repository, "latest")
+    (denied,) = audit_entries(admin, project, "policy:denied")
+    assert denied["details"]["policy"] == "immutable-tags"
+    assert denied["details"]["point"] == "delete:repository"
+    assert admin.delete(delete_path(free)).status_code == 200  # no rule covers it
+    assert admin.delete(f"/projects/{project}").status_code == 204
+    assert v2.get(f"/v2/{repository}/tags/list").status_code == 404
+
+
 # -- promotion-only projects
 
 

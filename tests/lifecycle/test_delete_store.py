@@ -282,3 +282,26 @@ def test_a_manifest_push_racing_the_deletion_lands_wholly_before_or_after(stores
             assert count(stores, "repository_manifests") == 0
         assert stores.metadata.manifests_with_missing_blobs() == []
         stores.deletion.delete_repository("team/app")
+
+
+def test_a_check_that_refuses_undoes_the_whole_deletion(stores: Stores) -> None:
+    """The check sees the tags as the deletion's own transaction reads them; what it raises
+    leaves everything in place."""
+    push(stores, "team/app", "v1", "a")
+    push(stores, "team/app", "latest", "b")
+    before = names_it(stores, "team/app")
+    seen: list[list[str]] = []
+
+    def refuse(tags: list[str]) -> None:
+        seen.append(sorted(tags))
+        raise PermissionError("immutable")
+
+    with pytest.raises(PermissionError):
+        stores.deletion.delete_repository("team/app", check=refuse)
+
+    assert seen == [["latest", "v1"]]
+    assert names_it(stores, "team/app") == before
+    assert stores.metadata.resolve_tag("team/app", "v1") is not None
+    deleted = stores.deletion.delete_repository("team/app", check=lambda tags: None)
+    assert deleted is not None
+    assert deleted.tags == 2

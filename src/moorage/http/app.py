@@ -376,6 +376,7 @@ def build_app(
             projects,
             stages,
             identity,
+            immutability,
             events,
             break_glass=settings.promotion_break_glass,
         ),

@@ -10,6 +10,7 @@ rows no repository holds are left to garbage collection too (as after a manifest
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,13 +92,29 @@ class DeletionStore(RegistryStoreBase):
             ).scalars()
             return [n for n in names if n == project or n.startswith(f"{project}/")]
 
-    def delete_repository(self, name: str) -> DeletedRepository | None:
+    def delete_repository(
+        self, name: str, *, check: Callable[[list[str]], None] | None = None
+    ) -> DeletedRepository | None:
         """Delete the repository and everything that names it; None: there is no such
-        repository (any more)."""
+        repository (any more).
+
+        `check(tags)` runs inside the transaction with the repository's tags as they are
+        then, before anything is deleted: whatever it raises undoes the deletion.
+        """
         with write_transaction(self._engine, serialise_on=[repository_key(name)]) as connection:
             repository_id = self._repository_id(connection, name, create=False)
             if repository_id is None:
                 return None
+            if check is not None:
+                check(
+                    list(
+                        connection.execute(
+                            select(tags_table.c.name).where(
+                                tags_table.c.repository_id == repository_id
+                            )
+                        ).scalars()
+                    )
+                )
             return self._delete_in(connection, name, repository_id)
 
     def _delete_in(

@@ -8,6 +8,11 @@ A promotion-only project only changes through promotions, so deleting in it is r
 `promotion_break_glass` is on and a system administrator (or the host's operator, on the command
 line) asks; that deletion is audited as `promotion:break-glass` first.
 
+A repository holding an immutable tag is not deleted (409, audited as `policy:denied`), as its
+manifests could not be one by one; the tags are read in the deletion's own transaction. A
+project's deletion removes its immutable-tag rules with it: whoever may delete the project
+administers those rules anyway.
+
 Blocking: call from a worker thread.
 """
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 
 from moorage.domain.access import SystemAction, decide_system
 from moorage.domain.errors import RegistryError
-from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent
+from moorage.domain.events import AccessEvent, Actor, EventKind, RegistryEvent, policy_denied
+from moorage.domain.immutability import protected_tags
 from moorage.domain.names import project_of, validate_repository_name
 from moorage.metadata.lifecycle.deletion_store import DeletedRepository, DeletionStore
 from moorage.services.access.credentials import Subject
@@ -26,6 +32,8 @@ from moorage.services.access.projects import ProjectService
 from moorage.services.cache import clear_all_caches
 from moorage.services.errors import IdentityError
 from moorage.services.events import EventBus
+from moorage.services.registry.immutability import POLICY_NAME as IMMUTABLE_TAGS_POLICY
+from moorage.services.registry.immutability import ImmutabilityService
 from moorage.services.staging.stages import StageService
 
 
@@ -42,6 +50,7 @@ class DeletionService:
         projects: ProjectService,
         stages: StageService,
         identity: IdentityService,
+        immutability: ImmutabilityService,
         events: EventBus,
         *,
         break_glass: bool,
@@ -50,6 +59,7 @@ class DeletionService:
         self._projects = projects
         self._stages = stages
         self._identity = identity
+        self._immutability = immutability
         self._events = events
         self._break_glass = break_glass
 
@@ -61,8 +71,33 @@ class DeletionService:
             validate_repository_name(name)
         except RegistryError:
             raise IdentityError(f"repository {name[:300]} not found", 404) from None
-        self._allow_in(actor, subject, project_of(name), name)
-        deleted = self._store.delete_repository(name)
+        project = project_of(name)
+        self._allow_in(actor, subject, project, name)
+        rules = self._immutability.rules_of(project)
+
+        def refuse_immutable(tags: list[str]) -> None:
+            protected = protected_tags(rules, name, tags)
+            if not protected:
+                return
+            tag, rule = protected[0]
+            more = f" (and {len(protected) - 1} more)" if len(protected) > 1 else ""
+            reason = (
+                f"tag {tag}{more} of {name} is immutable ({rule.describe()}); the repository"
+                " cannot be deleted while it holds immutable tags"
+            )
+            self._events.publish(
+                policy_denied(
+                    actor,
+                    project,
+                    name,
+                    point="delete:repository",
+                    policy=IMMUTABLE_TAGS_POLICY,
+                    reason=reason,
+                )
+            )
+            raise IdentityError(reason, 409)
+
+        deleted = self._store.delete_repository(name, check=refuse_immutable if rules else None)
         if deleted is None:
             raise IdentityError(f"repository {name} not found", 404)
         self._announce(actor, deleted)
