@@ -37,6 +37,12 @@ from moorage.services.registry.immutability import ImmutabilityService
 from moorage.services.staging.stages import StageService
 
 
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class ProjectDeletion:
     name: str
@@ -77,14 +83,18 @@ class DeletionService:
 
         def refuse_immutable(tags: list[str]) -> None:
             protected = protected_tags(rules, name, tags)
-            if not protected:
-                return
-            tag, rule = protected[0]
-            more = f" (and {len(protected) - 1} more)" if len(protected) > 1 else ""
-            reason = (
-                f"tag {tag}{more} of {name} is immutable ({rule.describe()}); the repository"
-                " cannot be deleted while it holds immutable tags"
-            )
+            if protected:
+                tag, rule = protected[0]
+                more = f" (and {len(protected) - 1} more)" if len(protected) > 1 else ""
+                raise _Refused(
+                    f"tag {tag}{more} of {name} is immutable ({rule.describe()}); the"
+                    " repository cannot be deleted while it holds immutable tags"
+                )
+
+        try:
+            deleted = self._store.delete_repository(name, check=refuse_immutable if rules else None)
+        except _Refused as refused:
+            # Published once the transaction is undone, as every event is after its change.
             self._events.publish(
                 policy_denied(
                     actor,
@@ -92,12 +102,10 @@ class DeletionService:
                     name,
                     point="delete:repository",
                     policy=IMMUTABLE_TAGS_POLICY,
-                    reason=reason,
+                    reason=refused.reason,
                 )
             )
-            raise IdentityError(reason, 409)
-
-        deleted = self._store.delete_repository(name, check=refuse_immutable if rules else None)
+            raise IdentityError(refused.reason, 409) from None
         if deleted is None:
             raise IdentityError(f"repository {name} not found", 404)
         self._announce(actor, deleted)
