@@ -27,9 +27,11 @@ from tests.support.api import (
     PASSWORD,
     api_client,
     assert_problem,
+    bearer_client,
     create_project,
     create_user,
     set_role,
+    unique,
 )
 from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.oci import random_bytes
@@ -101,8 +103,27 @@ def test_only_project_administrators_may_delete_a_project(
     set_role(admin, project, maintainer, "maintainer")
     set_role(admin, project, owner, "project-admin")
 
+    every_action = ["pull", "push", "delete", "delete-repository"]
+    robot = admin.post(
+        f"/projects/{project}/robots",
+        json={"name": "ci", "permissions": [{"project": project, "actions": every_action}]},
+    )
+    assert robot.status_code == 201, robot.text
+    # A system administrator's token scoped to the project's repositories.
+    scoped = admin.post(
+        "/users/me/tokens",
+        json={"name": unique("t"), "scopes": [{"project": project, "actions": every_action}]},
+    )
+    assert scoped.status_code == 201, scoped.text
+
     with api_client(server, maintainer, PASSWORD) as caller:
         assert_problem(caller.delete(f"/projects/{project}"), 403)
+    with api_client(server, robot.json()["name"], robot.json()["secret"]) as caller:
+        assert_problem(caller.delete(f"/projects/{project}"), 403)
+    with bearer_client(server, scoped.json()["token"]) as caller:
+        assert_problem(caller.delete(f"/projects/{project}"), 403)
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as anonymous:
+        assert_problem(anonymous.delete(f"/projects/{project}"), 401)
     pull_verified(v2, f"{project}/app", "v1")
     with api_client(server, owner, PASSWORD) as caller:
         assert caller.delete(f"/projects/{project}").status_code == 204
