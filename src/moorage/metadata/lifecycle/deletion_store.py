@@ -43,9 +43,6 @@ _jobs: Table = ScanJobRow.__table__  # type: ignore[assignment]
 _inventories: Table = ImageInventoryRow.__table__  # type: ignore[assignment]
 _inventory_keys: Table = InventoryKeyRow.__table__  # type: ignore[assignment]
 
-# Digests per IN list: well under SQLite's and PostgreSQL's bound-parameter limits.
-_CHUNK = 500
-
 
 @dataclass(frozen=True, slots=True)
 class DeletedRepository:
@@ -59,19 +56,18 @@ class DeletedRepository:
     unshared_manifests: int
 
 
-def _chunks(items: list[str]) -> list[list[str]]:
-    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-
-
-def _holder_of(digest: Any) -> Any:
-    """A repository that holds the manifest `digest` (correlated: one per row updated)."""
+def _holder_of(digest: Any, deleted_id: int) -> Any:
+    """Another repository that holds the manifest `digest` (correlated: per row updated)."""
     return (
         select(func.min(repositories_table.c.name))
         .join(
             repository_manifests_table,
             repository_manifests_table.c.repository_id == repositories_table.c.id,
         )
-        .where(repository_manifests_table.c.digest == digest)
+        .where(
+            repository_manifests_table.c.digest == digest,
+            repository_manifests_table.c.repository_id != deleted_id,
+        )
         .scalar_subquery()
     )
 
@@ -120,24 +116,19 @@ class DeletionStore(RegistryStoreBase):
     def _delete_in(
         self, connection: Connection, name: str, repository_id: int
     ) -> DeletedRepository:
-        manifests = list(
-            connection.execute(
-                select(repository_manifests_table.c.digest).where(
-                    repository_manifests_table.c.repository_id == repository_id
-                )
-            ).scalars()
-        )
+        # First, while the repository still holds its manifests: their scan state.
+        unshared = self._forget_unshared(connection, name, repository_id)
         tags = connection.execute(
             delete(tags_table).where(tags_table.c.repository_id == repository_id)
         ).rowcount
         connection.execute(
             delete(tag_checks_table).where(tag_checks_table.c.repository_id == repository_id)
         )
-        connection.execute(
+        manifests = connection.execute(
             delete(repository_manifests_table).where(
                 repository_manifests_table.c.repository_id == repository_id
             )
-        )
+        ).rowcount
         blobs = connection.execute(
             delete(repository_blobs_table).where(
                 repository_blobs_table.c.repository_id == repository_id
@@ -154,38 +145,32 @@ class DeletionStore(RegistryStoreBase):
         connection.execute(
             delete(repositories_table).where(repositories_table.c.id == repository_id)
         )
-        unshared = self._forget_unshared(connection, name, manifests)
-        return DeletedRepository(name, tags, len(manifests), blobs, len(unshared))
+        return DeletedRepository(name, tags, manifests, blobs, unshared)
 
-    def _forget_unshared(
-        self, connection: Connection, name: str, manifests: list[str]
-    ) -> list[str]:
-        """Drop the scan state of the manifests no other repository holds; re-point queued
-        scans of the others at a repository that still holds them."""
-        unshared: list[str] = []
-        for chunk in _chunks(manifests):
-            holders = set(
-                connection.execute(
-                    select(repository_manifests_table.c.digest)
-                    .where(repository_manifests_table.c.digest.in_(chunk))
-                    .distinct()
-                ).scalars()
+    def _forget_unshared(self, connection: Connection, name: str, repository_id: int) -> int:
+        """Drop the scan state of the repository's manifests no other repository holds, and
+        re-point the reports and queued scans of the others at a repository that holds them
+        (set-based: a few statements whatever the repository's size). How many were
+        unshared."""
+        own = repository_manifests_table.alias("own")
+        other = repository_manifests_table.alias("other")
+        elsewhere = (
+            select(other.c.digest)
+            .where(other.c.digest == own.c.digest, other.c.repository_id != repository_id)
+            .exists()
+        )
+        unshared = select(own.c.digest).where(own.c.repository_id == repository_id, ~elsewhere)
+        shared = select(own.c.digest).where(own.c.repository_id == repository_id, elsewhere)
+        count = int(
+            connection.execute(select(func.count()).select_from(unshared.subquery())).scalar_one()
+        )
+        if count:
+            for table in (_jobs, _reports, _inventory_keys, _inventories):
+                connection.execute(delete(table).where(table.c.digest.in_(unshared)))
+        for table in (_jobs, _reports):
+            connection.execute(
+                update(table)
+                .where(table.c.repository == name, table.c.digest.in_(shared))
+                .values(repository=_holder_of(table.c.digest, repository_id))
             )
-            gone = [digest for digest in chunk if digest not in holders]
-            unshared += gone
-            if gone:
-                connection.execute(delete(_jobs).where(_jobs.c.digest.in_(gone)))
-                connection.execute(delete(_reports).where(_reports.c.digest.in_(gone)))
-                connection.execute(
-                    delete(_inventory_keys).where(_inventory_keys.c.digest.in_(gone))
-                )
-                connection.execute(delete(_inventories).where(_inventories.c.digest.in_(gone)))
-            held = list(holders)
-            if held:
-                for table in (_jobs, _reports):
-                    connection.execute(
-                        update(table)
-                        .where(table.c.repository == name, table.c.digest.in_(held))
-                        .values(repository=_holder_of(table.c.digest))
-                    )
-        return unshared
+        return count
