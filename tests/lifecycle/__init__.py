@@ -1,0 +1,1 @@
+"""Lifecycle: retention, garbage collection, quotas, deleting repositories and projects."""

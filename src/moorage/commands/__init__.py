@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "group": "moorage.commands.accounts:group",
     "token": "moorage.commands.accounts:token",
     "project": "moorage.commands.projects:project",
+    "repository": "moorage.commands.repositories:repository",
     "member": "moorage.commands.projects:member",
     "robot": "moorage.commands.projects:robot",
     "audit": "moorage.commands.audit:audit",

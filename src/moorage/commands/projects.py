@@ -90,12 +90,15 @@ def set_public(settings: Settings, name: str, public: bool) -> None:
 
 @project.command("delete")
 @click.argument("name")
-@click.confirmation_option(prompt="Delete this project with its members, grants and robots?")
+@click.confirmation_option(
+    prompt="Delete this project with every repository in it, its members, grants and robots?"
+    " (garbage collection frees the bytes)"
+)
 @with_settings
 def delete_project(settings: Settings, name: str) -> None:
-    """Delete a project's members, grants and robots (its repositories stay in storage)."""
-    with services(settings) as s:
-        s.projects.delete(cli_actor(), name)
+    """Delete a project with every repository in it (tags, manifests, links), its members,
+    grants, robots and policies; the next garbage collection frees the bytes."""
+    execute("text", settings, "DELETE", "/api/v1/projects/{project}", {"project": name})
     click.echo(f"deleted project {name}")
 
 

@@ -24,6 +24,8 @@ class EventKind(StrEnum):
     TAG_REVALIDATED = "tag:revalidated"  # the upstream confirmed a cached tag (not audited)
     MANIFEST_DELETED = "manifest:deleted"
     TAG_DELETED = "tag:deleted"
+    # A repository and everything in it (its bytes are freed by garbage collection).
+    REPOSITORY_DELETED = "repository:deleted"
     UPLOAD_CANCELLED = "upload:cancelled"
     SCAN_COMPLETED = "scan:completed"  # a report reached Success or Error
 

@@ -10,6 +10,7 @@ which asks the same authorizer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -128,9 +129,16 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     return await handler(request)
 
 
+def repository_in_path(params: Mapping[str, str]) -> str:
+    """The repository a route names: `{name}`, relative to `{project}` when the path has one
+    (/api/v1/projects/{project}/repositories/{name})."""
+    project = params.get("project")
+    return params["name"] if project is None else f"{project}/{params['name']}"
+
+
 def _resource(request: web.Request, permission: Permission) -> str | None:
     if permission.scope is Scope.REPOSITORY:
-        name = validate_repository_name(request.match_info["name"])
+        name = validate_repository_name(repository_in_path(request.match_info))
         request[REPOSITORY] = name
         request[PROJECT] = project_of(name)
         return name

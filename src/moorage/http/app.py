@@ -53,6 +53,7 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
+from moorage.metadata.lifecycle.deletion_store import DeletionStore
 from moorage.metadata.lifecycle.gc_runs_store import GcRunsStore
 from moorage.metadata.lifecycle.gc_store import GcStore
 from moorage.metadata.lifecycle.pull_store import PullStore
@@ -76,6 +77,7 @@ from moorage.services.distribution.replication import ReplicationOptions, Replic
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.lifecycle.deletion import DeletionService
 from moorage.services.lifecycle.gc_runner import GcRunner, build_collector, gc_options_from
 from moorage.services.lifecycle.pull_tracking import PullTracker
 from moorage.services.lifecycle.retention import RetentionService
@@ -362,9 +364,10 @@ def build_app(
         ),
         pulls=PullService(registry, proxy_cache),
     )
+    projects = ProjectService(iam_store, identity, events)
     app[IAM] = IamServices(
         identity=identity,
-        projects=ProjectService(iam_store, identity, events),
+        projects=projects,
         immutability=immutability,
         vulnerability_policy=vulnerability_policy,
         vulnerability_gate=vulnerability_gate,
@@ -393,6 +396,15 @@ def build_app(
         stages=stages,
         promotions=promotions,
         stage_order=list(settings.stages),
+        deletion=DeletionService(
+            DeletionStore(engine),
+            projects,
+            stages,
+            identity,
+            immutability,
+            events,
+            break_glass=settings.promotion_break_glass,
+        ),
     )
     gc_runs = GcRunsStore(engine, timedelta(seconds=settings.gc_lease_seconds))
     gc = GcRunner(

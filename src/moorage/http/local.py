@@ -27,7 +27,7 @@ from moorage.domain.access import Action
 from moorage.domain.errors import RegistryError
 from moorage.domain.events import Actor
 from moorage.domain.names import project_of, validate_repository_name
-from moorage.http.access import ACTOR, CALLER, PROJECT, REPOSITORY, Scope
+from moorage.http.access import ACTOR, CALLER, PROJECT, REPOSITORY, Scope, repository_in_path
 from moorage.http.api import RESOURCE_ROUTES
 from moorage.http.api.framework import (
     ApiModel,
@@ -158,7 +158,7 @@ class LocalApi:
         elif scope is Scope.PROJECT_QUERY:
             request[PROJECT] = query.get("project") or None
         elif scope is Scope.REPOSITORY:
-            name = validate_repository_name(params["name"])
+            name = validate_repository_name(repository_in_path(params))
             action = declared.permission.action
             if action is not Action.PULL and isinstance(action, Action):
                 # A write into a virtual project lands on its push member, as over HTTP.

@@ -17,6 +17,7 @@ from moorage.services.distribution.mirror import NameRouter
 from moorage.services.distribution.proxy import ProxyCache, ProxyService
 from moorage.services.distribution.replication import ReplicationService
 from moorage.services.events import EventBus
+from moorage.services.lifecycle.deletion import DeletionService
 from moorage.services.lifecycle.gc_runner import GcRunner
 from moorage.services.lifecycle.retention import RetentionService
 from moorage.services.registry.immutability import ImmutabilityService
@@ -70,6 +71,7 @@ class IamServices:
     stages: StageService  # stage labels, promotion-only flags, gates, approvals
     promotions: PromotionService
     stage_order: list[str]
+    deletion: DeletionService  # repositories and projects with everything in them
 
 
 @dataclass(frozen=True, slots=True)

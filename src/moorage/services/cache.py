@@ -46,6 +46,15 @@ def invalidated(name: str) -> None:
         cache.forget()
 
 
+def clear_all_caches() -> None:
+    """After a change that many caches may hold facts of (a project deleted, with its
+    configuration): forget everything here, and tell the other processes and nodes."""
+    invalidated(ALL_CACHES)
+    announce = _announce
+    if announce is not None:
+        announce(ALL_CACHES)
+
+
 class DigestCache:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes

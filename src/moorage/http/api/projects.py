@@ -77,7 +77,8 @@ async def update_project(call: Call) -> Project:
 
 
 async def delete_project(call: Call) -> None:
-    await call.run(call.iam.projects.delete, call.actor, call.project)
+    # The operator's command line has no subject (None): it acts as the host's operator.
+    await call.run(call.iam.deletion.delete_project, call.actor, call.subject, call.project)
 
 
 ROUTES: tuple[ApiRoute, ...] = (
@@ -129,8 +130,11 @@ ROUTES: tuple[ApiRoute, ...] = (
         PROJECT,
         delete_project,
         project_permission(Action.MANAGE_PROJECT),
-        "Delete a project with its members, grants and robots",
+        "Delete a project with every repository in it, its members, grants, robots and"
+        " policies; garbage collection frees the bytes (refused in promotion-only projects"
+        " unless break-glass)",
         PROJECTS,
         status=204,
+        errors=(409,),
     ),
 )

@@ -378,6 +378,17 @@ class ReplicationQueueStore:
             ).all()
         return [CopyRecord(r.rule_id, r.source, r.destination, r.tag, r.digest) for r in rows]
 
+    def copies_from(self, rule_id: int, source: str, limit: int) -> list[CopyRecord]:
+        """What the rule copied from the local repository `source`."""
+        with read_transaction(self._engine) as connection:
+            rows = connection.execute(
+                select(_copies)
+                .where(_copies.c.rule_id == rule_id, _copies.c.source == source)
+                .order_by(_copies.c.id)
+                .limit(limit)
+            ).all()
+        return [CopyRecord(r.rule_id, r.source, r.destination, r.tag, r.digest) for r in rows]
+
     def forget_copy(self, rule_id: int, destination: str, tag: str) -> None:
         with write_transaction(self._engine) as connection:
             connection.execute(

@@ -101,8 +101,9 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "promotion:create": frozenset(
         {"source", "destination", "digest", "gates", "promotion", "record", "reason"}
     ),
-    # a system administrator's push into a promotion-only project, let through by break-glass
-    "promotion:break-glass": frozenset({"digest", "tag"}),
+    # a system administrator's push into (or deletion in) a promotion-only project, let
+    # through by break-glass
+    "promotion:break-glass": frozenset({"digest", "tag", "operation"}),
     # replication: the kind of credential only, never the credential (not in the event either)
     "replication:endpoint-create": frozenset(
         {"name", "url", "kind", "username", "credential", "tls", "allow_private_network"}
@@ -194,6 +195,7 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "manifest:cached": frozenset({"tag", "media_type", "size"}),
     "manifest:deleted": frozenset(),
     "tag:deleted": frozenset({"tag"}),
+    "repository:deleted": frozenset(),
     "access:denied": frozenset({"action", "reason"}),
     # a PolicySet check refused (immutable tags, and later gates): which point, policy, why
     "policy:denied": frozenset({"point", "policy", "reason"}),

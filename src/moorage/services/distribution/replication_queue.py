@@ -104,6 +104,7 @@ class ReplicationQueue:
             EventKind.MANIFEST_PUSHED,
             EventKind.TAG_DELETED,
             EventKind.MANIFEST_DELETED,
+            EventKind.REPOSITORY_DELETED,
         ):
             return
         self._pending.append(event)
@@ -129,6 +130,10 @@ class ReplicationQueue:
         for event in events:
             images: list[tuple[str, str]] | None = None
             for rule in rules:
+                if event.kind is EventKind.REPOSITORY_DELETED:
+                    if _replicates_deletion(rule, event) and self._delete_copies(rule, event):
+                        queued += 1
+                    continue
                 spec = _event_task(rule, event)
                 specs = [spec] if spec is not None else []
                 if spec is None and _carries_supply_chain(rule, event):
@@ -149,6 +154,18 @@ class ReplicationQueue:
                     )
                     queued += 1
         return queued
+
+    def _delete_copies(self, rule: RuleRecord, event: RegistryEvent) -> bool:
+        """A deleted repository: delete at the target what the rule copied from it (each tag
+        only while it still points at what was copied). Whether anything was queued."""
+        copies = self._store.copies_from(rule.id, event.repository, self._options.max_tasks)
+        specs = [
+            TaskSpec("delete", copy.source, copy.destination, copy.tag, copy.digest)
+            for copy in copies
+        ]
+        if specs:
+            self._store.create_execution(rule.id, str(Trigger.EVENT), event.actor.name, specs)
+        return bool(specs)
 
     def _images_of(self, event: RegistryEvent) -> list[tuple[str, str]]:
         """(tag, digest) of the tagged manifests that a referrer pushed by digest, or a cosign
@@ -455,6 +472,15 @@ def _carries_supply_chain(rule: RuleRecord, event: RegistryEvent) -> bool:
     except RuleError:
         return False
     return event.tag is None or subject_of_tag(event.tag) is not None
+
+
+def _replicates_deletion(rule: RuleRecord, event: RegistryEvent) -> bool:
+    """Whether the push rule sends `event`'s repository deletion to its target."""
+    if not rule.replicate_deletions:
+        return False
+    if event.actor.name == replication_actor(rule.endpoint_id).name:
+        return False
+    return rule_filters(rule).repository_matches(event.repository)
 
 
 def _event_task(rule: RuleRecord, event: RegistryEvent) -> TaskSpec | None:
