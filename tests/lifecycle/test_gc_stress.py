@@ -1,0 +1,350 @@
+"""Online garbage collection under load (issue 13): GC runs in a loop while eight clients push,
+re-push, mount, tag, delete and pull (tests/support/workload.py), on the filesystem, on S3 and
+on two nodes; afterwards every manifest pulls with every blob digest-verified, nothing the
+ledger holds is missing, and a final GC leaves no orphan in storage
+(tests/support/invariants.py). Repeated with `kill -9` of the node running GC mid-sweep.
+
+The harness is proven without a collector too: on a healthy registry it reports nothing, and
+it reports a blob file removed behind the registry's back, a stray blob, a lost tag.
+
+Bounded in time and in operations, never timed: GC_STRESS_SECONDS (default 120) and
+GC_STRESS_OPERATIONS bound the GC runs; GC_STRESS_HARNESS_SECONDS the runs without GC.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.auth import RegistryAuth
+from tests.support.cluster import Cluster
+from tests.support.gc import (
+    RUN_TIMEOUT,
+    SUCCEEDED,
+    UNSUCCESSFUL,
+    GcLoop,
+    RunGc,
+    gc_available,
+    gc_environment,
+    get_run,
+    is_sweeping,
+    run_gc,
+    run_state,
+    start_gc,
+)
+from tests.support.invariants import BlobListing, Report, blob_listing, check_registry
+from tests.support.server import RegistryProcess, storage_environment_for
+from tests.support.services import PostgresServer, RedisServer, S3Server
+from tests.support.tools import require_tool
+from tests.support.wait import wait_until
+from tests.support.workload import Ledger, Workload, WorkloadResult
+
+STRESS_SECONDS = float(os.environ.get("GC_STRESS_SECONDS", "120"))
+STRESS_OPERATIONS = int(os.environ.get("GC_STRESS_OPERATIONS", "4000"))
+HARNESS_SECONDS = float(os.environ.get("GC_STRESS_HARNESS_SECONDS", "20"))
+HARNESS_OPERATIONS = int(os.environ.get("GC_STRESS_HARNESS_OPERATIONS", "480"))
+# Short, so what the workload drops is collected within the run, yet long enough that the
+# final "no orphan" GC is not waiting on it for long.
+GRACE_SECONDS = 2.0
+SEED = 13
+TARGETS = ("filesystem", "s3", "two-nodes")
+
+# The one switch for the integrator: GC-dependent tests run once this build has a collector.
+requires_gc = pytest.mark.skipif(not gc_available(), reason="no garbage collector in this build")
+
+_runs = itertools.count()
+
+
+@dataclass
+class Target:
+    """A registry under test: its address, its storage read directly, its nodes."""
+
+    url: str
+    storage: BlobListing
+    nodes: list[RegistryProcess]
+    cluster: Cluster | None = None
+
+
+class Services:
+    """PostgreSQL, Redis and S3 for the module, each started on first use."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._postgres: PostgresServer | None = None
+        self._redis: RedisServer | None = None
+        self._s3: S3Server | None = None
+
+    @property
+    def postgres(self) -> PostgresServer:
+        if self._postgres is None:
+            self._postgres = self._stack.enter_context(PostgresServer())
+        return self._postgres
+
+    @property
+    def redis(self) -> RedisServer:
+        if self._redis is None:
+            self._redis = self._stack.enter_context(RedisServer())
+        return self._redis
+
+    @property
+    def s3(self) -> S3Server:
+        if self._s3 is None:
+            self._s3 = self._stack.enter_context(S3Server())
+        return self._s3
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[Services]:
+    with ExitStack() as stack:
+        yield Services(stack)
+
+
+def start_target(kind: str, root: Path, services: Services) -> Target:
+    """A fresh registry of `kind` (so the orphan check sees only this test's content), with
+    the collector's settings when this build has one."""
+    env = gc_environment(GRACE_SECONDS)
+    if kind == "two-nodes":
+        require_tool("haproxy", "redis-server")
+        cluster = Cluster(root, services.postgres, services.redis, services.s3, extra_env=env)
+        cluster.start()
+        # Without the S3 driver each node's data/storage is the one shared directory.
+        listing = blob_listing(cluster.env, root / "nodea" / "data")
+        return Target(cluster.url, listing, cluster.nodes, cluster)
+    data_dir = root / "data"
+    environment = dict(env)
+    if kind == "s3":
+        s3 = services.s3
+        environment.update(
+            {
+                "MOORAGE_STORAGE": "s3",
+                "MOORAGE_S3_BUCKET": s3.create_bucket(f"stress-{os.getpid()}-{next(_runs)}"),
+                "MOORAGE_S3_ENDPOINT": s3.endpoint,
+                "MOORAGE_S3_REGION": s3.region,
+                "MOORAGE_S3_ACCESS_KEY": s3.access_key,
+                "MOORAGE_S3_SECRET_KEY": s3.secret_key,
+            }
+        )
+    else:
+        environment["MOORAGE_STORAGE"] = "filesystem"
+    server = RegistryProcess(data_dir, workers=2, env=environment).start()
+    effective = {**storage_environment_for(data_dir), **environment}
+    return Target(server.url, blob_listing(effective, data_dir), [server])
+
+
+def stop_target(target: Target) -> None:
+    if target.cluster is not None:
+        target.cluster.stop()
+    for node in target.nodes:
+        node.kill()
+
+
+@pytest.fixture(params=TARGETS)
+def target(request: pytest.FixtureRequest, tmp_path: Path, services: Services) -> Iterator[Target]:
+    made = start_target(str(request.param), tmp_path, services)
+    try:
+        yield made
+    finally:
+        stop_target(made)
+
+
+@pytest.fixture
+def gc() -> RunGc:
+    """How a test runs one complete garbage collection on a registry address."""
+    return run_gc
+
+
+def workload(target: Target, seconds: float, operations: int) -> Workload:
+    return Workload(
+        target.url, seconds, operations, seed=SEED, run_id=f"{os.getpid()}x{next(_runs)}"
+    )
+
+
+def assert_clean(result: WorkloadResult, *, interruptions_allowed: bool = False) -> None:
+    assert result.failures == [], "\n".join(result.failures[:50])
+    assert result.ledger.manifests, result.stats
+    if not interruptions_allowed:
+        assert result.stats["interruptions"] == 0, result.stats
+
+
+def assert_holds(report: Report) -> None:
+    assert report.problems == [], "\n".join(report.problems[:50])
+
+
+# -- the harness on a healthy registry, and that its checks bite
+
+
+def test_workload_and_invariants_hold_without_gc(target: Target) -> None:
+    result = workload(target, HARNESS_SECONDS, HARNESS_OPERATIONS).run()
+    assert_clean(result)
+    report = check_registry(target.url, result.ledger, target.storage)
+    assert_holds(report)
+    # Without a collector, storage holds what manifests reference plus what the workload
+    # dropped (deleted manifests' blobs), and nothing it never uploaded.
+    assert report.orphans <= result.ledger.uploaded
+    print(
+        f"{target.url}: {result.operations} operations in {result.seconds:.1f}s,"
+        f" {dict(result.stats)}; checked {report.manifests_checked} manifests,"
+        f" {report.blobs_checked} blobs; {len(report.orphans)} dropped blobs"
+    )
+
+
+@pytest.fixture
+def small_run(target: Target) -> tuple[Target, Ledger]:
+    result = workload(target, HARNESS_SECONDS, 80).run()
+    assert_clean(result)
+    return target, result.ledger
+
+
+def test_checker_reports_a_blob_file_removed_from_storage(small_run: tuple[Target, Ledger]) -> None:
+    target, ledger = small_run
+    before = check_registry(target.url, ledger, target.storage)
+    assert_holds(before)
+    victim = sorted(before.referenced)[0]
+    target.storage.remove(victim)
+
+    after = check_registry(target.url, ledger, target.storage)
+    assert any(victim in problem and "not in storage" in problem for problem in after.problems)
+    assert any(victim in problem and "does not pull" in problem for problem in after.problems)
+
+
+def test_checker_reports_a_stray_blob_as_an_orphan(small_run: tuple[Target, Ledger]) -> None:
+    target, ledger = small_run
+    stray = target.storage.add(f"stray blob {os.getpid()}/{next(_runs)}".encode())
+
+    report = check_registry(target.url, ledger, target.storage)
+    assert_holds(report)
+    assert stray in report.orphans
+    assert stray not in ledger.uploaded
+
+
+def test_checker_reports_what_the_ledger_holds_and_the_registry_lost(
+    small_run: tuple[Target, Ledger],
+) -> None:
+    target, ledger = small_run
+    (repository, tag), digest = sorted(ledger.tags.items())[0]
+    untagged = Ledger(manifests=dict(ledger.manifests), uploaded=set(ledger.uploaded))
+    # A ledger that remembers a tag the registry never had, and a deletion that did not happen.
+    lost = {**ledger.tags, (repository, "never-pushed"): digest}
+    undeleted = (repository, digest)
+    claims = Ledger(ledger.manifests, lost, {*ledger.deleted, undeleted}, ledger.uploaded)
+
+    report = check_registry(target.url, claims, target.storage)
+    assert f"tag {repository}:never-pushed is missing" in report.problems
+    assert any(
+        problem.startswith(f"deleted manifest {repository}@{digest}") for problem in report.problems
+    )
+    # And a registry tag the ledger does not know of.
+    report = check_registry(target.url, untagged, target.storage)
+    assert f"tag {repository}:{tag} exists but the ledger has none" in report.problems
+
+
+# -- online GC under load
+
+
+def final_gc_leaves_no_orphan(url: str, storage: BlobListing, ledger: Ledger, gc: RunGc) -> Report:
+    """After the workload: GC until what the workload dropped is past the grace period and
+    collected (each run must succeed); then every invariant, and no orphan."""
+
+    def collected() -> Report | None:
+        gc(url)
+        report = check_registry(url, ledger, storage)
+        return report if report.problems or not report.orphans else None
+
+    report = wait_until(collected, 600, "a final GC to leave no orphan", interval=GRACE_SECONDS)
+    assert_holds(report)
+    assert report.orphans == set()
+    return report
+
+
+def stress(target: Target, gc: RunGc, gc_url: str | None = None) -> WorkloadResult:
+    with GcLoop(gc_url or target.url, gc) as loop:
+        result = workload(target, STRESS_SECONDS, STRESS_OPERATIONS).run()
+    assert loop.errors == [], loop.errors
+    assert loop.runs, "no GC run completed during the workload"
+    return result
+
+
+@requires_gc
+def test_online_gc_under_concurrent_clients(target: Target, gc: RunGc) -> None:
+    result = stress(target, gc)
+    assert_clean(result)
+    final_gc_leaves_no_orphan(target.url, target.storage, result.ledger, gc)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, services: Services) -> Iterator[Target]:
+    made = start_target("two-nodes", tmp_path, services)
+    try:
+        yield made
+    finally:
+        stop_target(made)
+
+
+def delete_all(url: str, ledger: Ledger) -> None:
+    with httpx.Client(base_url=url, auth=RegistryAuth(), timeout=60) as http:
+        for repository, digest in sorted(ledger.manifests):
+            response = http.delete(f"/v2/{repository}/manifests/{digest}")
+            assert response.status_code == 202, response.text
+
+
+@requires_gc
+@pytest.mark.tools("haproxy", "redis-server")
+def test_gc_node_killed_mid_sweep(two_nodes: Target, gc: RunGc) -> None:
+    """Node a runs GC and is killed with SIGKILL while it sweeps; clients (through haproxy)
+    carry on with node b, GC carries on there, node a comes back, and a final GC still leaves
+    every manifest whole and no orphan."""
+    target = two_nodes
+    assert target.cluster is not None
+    gc_node, other = target.cluster.a, target.cluster.b
+    # Garbage to sweep: images pushed and deleted before the clients start.
+    garbage = workload(target, STRESS_SECONDS, 400).run()
+    assert_clean(garbage)
+    delete_all(target.url, garbage.ledger)
+
+    clients = workload(target, STRESS_SECONDS, STRESS_OPERATIONS)
+    outcome: list[WorkloadResult] = []
+    runner = threading.Thread(target=lambda: outcome.append(clients.run()), name="stress-workload")
+    runner.start()
+    try:
+        kill_when_sweeping(gc_node)
+        # GC goes on on the surviving node while the clients are still running.
+        while runner.is_alive():
+            gc(other.url)
+    finally:
+        clients.stop.set()  # only matters when this test failed early
+        runner.join()
+    gc_node.start()
+    [result] = outcome
+    assert_clean(result, interruptions_allowed=True)
+    ledger = Ledger()
+    ledger.merge(result.ledger)
+    ledger.deleted |= set(garbage.ledger.manifests) - set(ledger.manifests)
+    final_gc_leaves_no_orphan(target.url, target.storage, ledger, gc)
+
+
+def kill_when_sweeping(node: RegistryProcess) -> None:
+    """Start GC runs on `node` until one is seen sweeping, then kill -9 the node."""
+
+    def killed() -> bool:
+        run_id = start_gc(node.url)
+
+        def seen() -> str | None:
+            run = get_run(node.url, run_id)
+            if is_sweeping(run):
+                return "sweeping"
+            return "ended" if run_state(run) in SUCCEEDED | UNSUCCESSFUL else None
+
+        if wait_until(seen, RUN_TIMEOUT, f"GC run {run_id} to sweep or end") == "sweeping":
+            node.kill()
+            return True
+        return False
+
+    wait_until(killed, RUN_TIMEOUT, "a GC run seen sweeping", interval=0)
