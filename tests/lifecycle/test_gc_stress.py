@@ -246,6 +246,31 @@ def test_checker_reports_what_the_ledger_holds_and_the_registry_lost(
     assert f"tag {repository}:{tag} exists but the ledger has none" in report.problems
 
 
+@pytest.mark.tools("haproxy", "redis-server")
+def test_clients_ride_out_a_node_killed_mid_run(two_nodes: Target) -> None:
+    """The client side of the kill -9 variant, without GC: node a dies with SIGKILL while the
+    clients work through haproxy; requests it cut are retried, and afterwards (node a back)
+    everything the ledger holds is whole."""
+    assert two_nodes.cluster is not None
+    victim = two_nodes.cluster.a
+    clients = workload(two_nodes, HARNESS_SECONDS * 3, HARNESS_OPERATIONS)
+    outcome: list[WorkloadResult] = []
+    runner = threading.Thread(target=lambda: outcome.append(clients.run()), name="stress-workload")
+    runner.start()
+    try:
+        wait_until(lambda: clients.completed >= HARNESS_OPERATIONS // 4, 300, "clients at work")
+        victim.kill()
+    finally:
+        runner.join()
+    victim.start()
+    [result] = outcome
+    assert_clean(result, interruptions_allowed=True)
+    report = check_registry(two_nodes.url, result.ledger, two_nodes.storage)
+    assert_holds(report)
+    assert report.orphans <= result.ledger.uploaded
+    print(f"{result.operations} operations, {dict(result.stats)}")
+
+
 # -- online GC under load
 
 

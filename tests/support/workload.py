@@ -136,6 +136,13 @@ class Workload:
     # Repositories in two projects, so mounts also cross projects.
     repositories: tuple[str, ...] = ()
     stop: threading.Event = field(default_factory=threading.Event)
+    # Operations finished so far by all clients (for a test that acts in the middle of a run).
+    completed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_operation(self) -> None:
+        with self._lock:
+            self.completed += 1
 
     def __post_init__(self) -> None:
         if not self.repositories:
@@ -203,6 +210,7 @@ class _Client:
                     self.actions[kind]()
                 except (Unexpected, httpx.HTTPError) as error:
                     self.failures.append(f"client {self.number} {kind}: {error!r}")
+                self.workload.count_operation()
         finally:
             self.http.close()
 
