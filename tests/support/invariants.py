@@ -234,7 +234,7 @@ class _Checker:
             return f"blob {digest} of {repository} has content {_hex_digest(response.content)}"
         return None
 
-    def run(self, storage: BlobListing) -> Report:
+    def run(self, storage: BlobListing, pull_blobs: bool) -> Report:
         blobs: set[tuple[str, str]] = set()
         registry_tags: dict[tuple[str, str], str] = {}
         pulled: set[tuple[str, str]] = set()
@@ -262,10 +262,11 @@ class _Checker:
                 self.report.problems.append(
                     f"deleted manifest {repository}@{digest} answers {response.status_code}"
                 )
-        with ThreadPoolExecutor(8) as pool:
-            for problem in pool.map(self.verify_blob, sorted(blobs)):
-                if problem is not None:
-                    self.report.problems.append(problem)
+        if pull_blobs:
+            with ThreadPoolExecutor(8) as pool:
+                for problem in pool.map(self.verify_blob, sorted(blobs)):
+                    if problem is not None:
+                        self.report.problems.append(problem)
         self.report.blobs_checked = len(blobs)
         self.report.referenced = {digest for _, digest in blobs}
         self.report.stored = storage.digests()
@@ -287,12 +288,15 @@ class _Checker:
             self.report.problems.append(f"tag {key[0]}:{key[1]} exists but the ledger has none")
 
 
-def check_registry(url: str, ledger: Ledger, storage: BlobListing) -> Report:
+def check_registry(
+    url: str, ledger: Ledger, storage: BlobListing, *, pull_blobs: bool = True
+) -> Report:
     """Check everything the module describes; the report lists problems (empty: all holds)
-    and the orphans for the caller."""
+    and the orphans for the caller. `pull_blobs=False` skips pulling every blob (the storage
+    is still compared with what the manifests reference), for a quick look at the orphans."""
     checker = _Checker(url, ledger)
     try:
-        return checker.run(storage)
+        return checker.run(storage, pull_blobs)
     finally:
         checker.http.close()
         for http in checker.pulling:
