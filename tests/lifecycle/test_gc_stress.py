@@ -45,7 +45,7 @@ from tests.support.server import RegistryProcess, storage_environment_for
 from tests.support.services import PostgresServer, RedisServer, S3Server
 from tests.support.tools import require_tool
 from tests.support.wait import wait_until
-from tests.support.workload import Ledger, Workload, WorkloadResult
+from tests.support.workload import Image, Ledger, Workload, WorkloadResult
 
 STRESS_SECONDS = float(os.environ.get("GC_STRESS_SECONDS", "120"))
 STRESS_OPERATIONS = int(os.environ.get("GC_STRESS_OPERATIONS", "12000"))
@@ -240,6 +240,20 @@ def test_checker_reports_what_the_ledger_holds_and_the_registry_lost(
     assert f"tag {repository}:never-pushed is missing" in report.problems
     assert any(
         problem.startswith(f"deleted manifest {repository}@{digest}") for problem in report.problems
+    )
+    # A referrer the registry never had, of an image it has.
+    subject = next(
+        key
+        for key, image in sorted(ledger.manifests.items())
+        if not image.children and not image.subject
+    )
+    phantom = Image(f"phantom of {subject[1]}".encode(), (), subject=subject[1])
+    claims = Ledger({**ledger.manifests, (subject[0], phantom.digest): phantom}, dict(ledger.tags))
+    report = check_registry(target.url, claims, target.storage)
+    assert any(p.startswith(f"referrers of {subject[0]}@{subject[1]}") for p in report.problems)
+    assert any(
+        p.startswith(f"manifest {subject[0]}:{phantom.digest} does not pull")
+        for p in report.problems
     )
     # And a registry tag the ledger does not know of.
     report = check_registry(target.url, untagged, target.storage)

@@ -158,7 +158,7 @@ class Report:
         return self.stored - self.referenced
 
 
-def _pages(http: httpx.Client, path: str, key: str) -> Iterator[str]:
+def _pages(http: httpx.Client, path: str, key: str) -> Iterator[Any]:
     url: str | None = f"{path}?n={PAGE}"
     while url is not None:
         response = http.get(url)
@@ -254,6 +254,7 @@ class _Checker:
             if image.digest != digest:
                 self.report.problems.append(f"ledger: {repository}@{digest} holds another body")
         self.compare_tags(registry_tags)
+        self.compare_referrers()
         for repository, digest in sorted(self.ledger.deleted):
             response = self.http.head(
                 f"/v2/{repository}/manifests/{digest}", headers={"Accept": ACCEPT}
@@ -273,6 +274,23 @@ class _Checker:
         for digest in sorted(self.report.referenced - self.report.stored):
             self.report.problems.append(f"blob {digest} is referenced but not in storage")
         return self.report
+
+    def compare_referrers(self) -> None:
+        """The referrers API of every subject the ledger holds lists exactly its referrers."""
+        for (repository, digest), image in sorted(self.ledger.manifests.items()):
+            if image.children or image.subject is not None:
+                continue
+            listed = {
+                descriptor["digest"]
+                for descriptor in _pages(
+                    self.http, f"/v2/{repository}/referrers/{digest}", "manifests"
+                )
+            }
+            expected = self.ledger.referrers(repository, digest)
+            if listed != expected:
+                self.report.problems.append(
+                    f"referrers of {repository}@{digest}: {sorted(listed)}, not {sorted(expected)}"
+                )
 
     def compare_tags(self, registry_tags: dict[tuple[str, str], str]) -> None:
         ours = self.ledger.repositories

@@ -37,6 +37,11 @@ CLIENTS = 8
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+# The empty config of every artifact: one blob that every referrer of every client shares.
+EMPTY_CONFIG = b"{}"
+SIGNATURE_TYPE = "application/vnd.example.stress.signature"
 SHARED_LAYERS = 12
 # A manifest push is tried this often when its blobs keep disappearing before the PUT.
 PUSH_ATTEMPTS = 6
@@ -53,6 +58,8 @@ OPERATIONS = {
     "push": 26,
     "repush": 8,
     "mount": 10,
+    "index": 5,
+    "referrer": 5,
     "tag": 8,
     "retag": 6,
     "untag": 6,
@@ -71,10 +78,14 @@ class Unexpected(Exception):
 
 @dataclass(frozen=True)
 class Image:
-    """A manifest with the content of every blob it references (config first)."""
+    """A manifest with the content of every blob it references (config first); an index
+    names its child manifests, a referrer (an artifact) its subject."""
 
     body: bytes
     blobs: tuple[tuple[str, bytes], ...]
+    media_type: str = OCI_MANIFEST
+    children: tuple[str, ...] = ()
+    subject: str | None = None
 
     @property
     def digest(self) -> str:
@@ -98,6 +109,21 @@ class Ledger:
     @property
     def repositories(self) -> set[str]:
         return {repository for repository, _ in (*self.manifests, *self.deleted)}
+
+    def referrers(self, repository: str, subject: str) -> set[str]:
+        return {
+            digest
+            for (repo, digest), image in self.manifests.items()
+            if repo == repository and image.subject == subject
+        }
+
+    def parents(self, repository: str, child: str) -> set[str]:
+        """Indexes of the repository that list `child` (the registry refuses to delete it)."""
+        return {
+            digest
+            for (repo, digest), image in self.manifests.items()
+            if repo == repository and child in image.children
+        }
 
     def untagged(self) -> set[tuple[str, str]]:
         tagged = {(repository, digest) for (repository, _), digest in self.tags.items()}
@@ -191,6 +217,8 @@ class _Client:
             "push": self.push_new,
             "repush": self.repush,
             "mount": self.mount_copy,
+            "index": self.push_index,
+            "referrer": self.push_referrer,
             "tag": self.tag,
             "retag": self.retag,
             "untag": self.untag,
@@ -244,9 +272,50 @@ class _Client:
         body = json.dumps(document, separators=(",", ":")).encode()
         return Image(body, ((sha256(config), config), *layers))
 
-    def pick_own(self, repository: str | None = None) -> tuple[str, str] | None:
-        keys = sorted(k for k in self.ledger.manifests if repository in (None, k[0]))
+    def pick_own(
+        self, repository: str | None = None, *, plain: bool = False
+    ) -> tuple[str, str] | None:
+        """One of this client's manifests (`plain`: an image, neither index nor referrer)."""
+        keys = sorted(
+            key
+            for key, image in self.ledger.manifests.items()
+            if repository in (None, key[0])
+            and not (plain and (image.media_type != OCI_MANIFEST or image.subject))
+        )
         return self.rng.choice(keys) if keys else None
+
+    def descriptor(self, image: Image) -> dict[str, Any]:
+        return {"mediaType": image.media_type, "digest": image.digest, "size": len(image.body)}
+
+    def new_index(self, children: list[Image]) -> Image:
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {**self.descriptor(child), "platform": {"os": "linux", "architecture": arch}}
+                for child, arch in zip(children, ("amd64", "arm64"), strict=False)
+            ],
+            "annotations": {"stress": self.unique("index").decode()},
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        return Image(body, (), OCI_INDEX, tuple(child.digest for child in children))
+
+    def new_referrer(self, subject: Image) -> Image:
+        """A signature-like artifact: the shared empty config, one unique small layer."""
+        payload = self.unique("signature") + self.rng.randbytes(64)
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SIGNATURE_TYPE,
+            "config": {"mediaType": OCI_EMPTY, "digest": sha256(EMPTY_CONFIG), "size": 2},
+            "layers": [
+                {"mediaType": SIGNATURE_TYPE, "digest": sha256(payload), "size": len(payload)}
+            ],
+            "subject": self.descriptor(subject),
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        blobs = ((sha256(EMPTY_CONFIG), EMPTY_CONFIG), (sha256(payload), payload))
+        return Image(body, blobs, subject=subject.digest)
 
     def new_tag(self) -> str:
         self.counter += 1
@@ -344,7 +413,7 @@ class _Client:
                 "PUT",
                 f"/v2/{repository}/manifests/{tag or image.digest}",
                 content=image.body,
-                headers={"Content-Type": OCI_MANIFEST},
+                headers={"Content-Type": image.media_type},
             )
             if response.status_code == 201:
                 returned = response.headers.get("Docker-Content-Digest")
@@ -374,11 +443,29 @@ class _Client:
         self.push(key[0], self.ledger.manifests[key], self.rng.choice(sorted(tags) or [None]))
 
     def mount_copy(self) -> None:
-        key = self.pick_own()
-        assert key is not None
+        key = self.pick_own(plain=True)
+        if key is None:
+            return self.push_new()
         source = key[0]
         target = self.rng.choice([r for r in self.workload.repositories if r != source])
         self.push(target, self.ledger.manifests[key], self.new_tag(), mount_from=source)
+
+    def push_index(self) -> None:
+        key = self.pick_own(plain=True)
+        if key is None:
+            return self.push_new()
+        repository = key[0]
+        others = [k for k in [self.pick_own(repository, plain=True)] if k and k != key]
+        children = [self.ledger.manifests[k] for k in (key, *others)]
+        tag = self.new_tag() if self.rng.random() < 0.75 else None
+        self.push(repository, self.new_index(children), tag)
+
+    def push_referrer(self) -> None:
+        key = self.pick_own(plain=True)
+        if key is None:
+            return self.push_new()
+        repository, _ = key
+        self.push(repository, self.new_referrer(self.ledger.manifests[key]), None)
 
     def tag(self) -> None:
         key = self.pick_own()
@@ -405,9 +492,18 @@ class _Client:
         del self.ledger.tags[(repository, tag)]
 
     def delete_manifest(self) -> None:
-        key = self.pick_own()
-        assert key is not None
-        repository, digest = key
+        """Delete one manifest that no index of its repository lists (the registry refuses
+        those), with its referrers first, as a client deleting an image with its signatures."""
+        keys = sorted(k for k in self.ledger.manifests if not self.ledger.parents(*k))
+        if not keys:
+            return self.push_new()
+        repository, digest = self.rng.choice(keys)
+        for referrer in sorted(self.ledger.referrers(repository, digest)):
+            self.delete(repository, referrer)
+        self.delete(repository, digest)
+
+    def delete(self, repository: str, digest: str) -> None:
+        key = (repository, digest)
         response, interrupted = self.send("DELETE", f"/v2/{repository}/manifests/{digest}")
         if not (response.status_code == 202 or (interrupted and response.status_code == 404)):
             raise Unexpected(f"DELETE manifest {repository}@{digest}: {_describe(response)}")
@@ -423,7 +519,9 @@ class _Client:
         tags = sorted(t for (r, t), d in self.ledger.tags.items() if (r, d) == key)
         reference = self.rng.choice(tags) if tags and self.rng.random() < 0.5 else digest
         response, _ = self.send(
-            "GET", f"/v2/{repository}/manifests/{reference}", headers={"Accept": OCI_MANIFEST}
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"},
         )
         if response.status_code != 200 or sha256(response.content) != digest:
             raise Unexpected(f"pull {repository}:{reference}: {_describe(response)}")
