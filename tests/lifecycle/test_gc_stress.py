@@ -5,7 +5,7 @@ ledger holds is missing, and a final GC leaves no orphan in storage
 (tests/support/invariants.py). Repeated with `kill -9` of the node running GC mid-sweep.
 
 The harness is proven without a collector too: on a healthy registry it reports nothing, and
-it reports a blob file removed behind the registry's back, a stray blob, a lost tag.
+it reports a blob file removed behind the registry's back, a stray blob, a lost tag or referrer.
 
 Bounded in time and in operations, never timed: GC_STRESS_SECONDS (default 120) and
 GC_STRESS_OPERATIONS bound the GC runs; GC_STRESS_HARNESS_SECONDS the runs without GC.
@@ -196,67 +196,66 @@ def test_workload_and_invariants_hold_without_gc(target: Target) -> None:
     )
 
 
-@pytest.fixture
-def small_run(target: Target) -> tuple[Target, Ledger]:
+def test_checker_reports_what_went_wrong(target: Target) -> None:
+    """The checks bite: on one small healthy run, each kind of damage is reported (the
+    ledger's claims first, then storage changed behind the registry's back)."""
     result = workload(target, HARNESS_SECONDS, 80).run()
     assert_clean(result)
-    return target, result.ledger
+    ledger = result.ledger
+    assert_holds(check_registry(target.url, ledger, target.storage))
+    lost_tag_and_undeleted_manifest(target, ledger)
+    phantom_referrer(target, ledger)
+    unknown_tag(target, ledger)
 
-
-def test_checker_reports_a_blob_file_removed_from_storage(small_run: tuple[Target, Ledger]) -> None:
-    target, ledger = small_run
-    before = check_registry(target.url, ledger, target.storage)
-    assert_holds(before)
-    victim = sorted(before.referenced)[0]
-    target.storage.remove(victim)
-
-    after = check_registry(target.url, ledger, target.storage)
-    assert any(victim in problem and "not in storage" in problem for problem in after.problems)
-    assert any(victim in problem and "does not pull" in problem for problem in after.problems)
-
-
-def test_checker_reports_a_stray_blob_as_an_orphan(small_run: tuple[Target, Ledger]) -> None:
-    target, ledger = small_run
     stray = target.storage.add(f"stray blob {os.getpid()}/{next(_runs)}".encode())
-
     report = check_registry(target.url, ledger, target.storage)
     assert_holds(report)
     assert stray in report.orphans
     assert stray not in ledger.uploaded
 
+    victim = sorted(report.referenced)[0]
+    target.storage.remove(victim)
+    report = check_registry(target.url, ledger, target.storage)
+    assert any(victim in problem and "not in storage" in problem for problem in report.problems)
+    assert any(victim in problem and "does not pull" in problem for problem in report.problems)
 
-def test_checker_reports_what_the_ledger_holds_and_the_registry_lost(
-    small_run: tuple[Target, Ledger],
-) -> None:
-    target, ledger = small_run
-    (repository, tag), digest = sorted(ledger.tags.items())[0]
-    untagged = Ledger(manifests=dict(ledger.manifests), uploaded=set(ledger.uploaded))
-    # A ledger that remembers a tag the registry never had, and a deletion that did not happen.
+
+def lost_tag_and_undeleted_manifest(target: Target, ledger: Ledger) -> None:
+    """A ledger that remembers a tag the registry never had, and a deletion that did not
+    happen."""
+    (repository, _), digest = sorted(ledger.tags.items())[0]
     lost = {**ledger.tags, (repository, "never-pushed"): digest}
     undeleted = (repository, digest)
     claims = Ledger(ledger.manifests, lost, {*ledger.deleted, undeleted}, ledger.uploaded)
-
-    report = check_registry(target.url, claims, target.storage)
+    report = check_registry(target.url, claims, target.storage, pull_blobs=False)
     assert f"tag {repository}:never-pushed is missing" in report.problems
-    assert any(
-        problem.startswith(f"deleted manifest {repository}@{digest}") for problem in report.problems
-    )
-    # A referrer the registry never had, of an image it has.
-    subject = next(
+    assert any(p.startswith(f"deleted manifest {repository}@{digest}") for p in report.problems)
+
+
+def phantom_referrer(target: Target, ledger: Ledger) -> None:
+    """A referrer the registry never had, of an image it has."""
+    repository, subject = next(
         key
         for key, image in sorted(ledger.manifests.items())
         if not image.children and not image.subject
     )
-    phantom = Image(f"phantom of {subject[1]}".encode(), (), subject=subject[1])
-    claims = Ledger({**ledger.manifests, (subject[0], phantom.digest): phantom}, dict(ledger.tags))
-    report = check_registry(target.url, claims, target.storage)
-    assert any(p.startswith(f"referrers of {subject[0]}@{subject[1]}") for p in report.problems)
+    phantom = Image(f"phantom of {subject}".encode(), (), subject=subject)
+    manifests = {**ledger.manifests, (repository, phantom.digest): phantom}
+    report = check_registry(
+        target.url, Ledger(manifests, dict(ledger.tags)), target.storage, pull_blobs=False
+    )
+    assert any(p.startswith(f"referrers of {repository}@{subject}") for p in report.problems)
     assert any(
-        p.startswith(f"manifest {subject[0]}:{phantom.digest} does not pull")
+        p.startswith(f"manifest {repository}:{phantom.digest} does not pull")
         for p in report.problems
     )
-    # And a registry tag the ledger does not know of.
-    report = check_registry(target.url, untagged, target.storage)
+
+
+def unknown_tag(target: Target, ledger: Ledger) -> None:
+    """A registry tag the ledger does not know of."""
+    repository, tag = sorted(ledger.tags)[0]
+    untagged = Ledger(manifests=dict(ledger.manifests), uploaded=set(ledger.uploaded))
+    report = check_registry(target.url, untagged, target.storage, pull_blobs=False)
     assert f"tag {repository}:{tag} exists but the ledger has none" in report.problems
 
 
