@@ -329,8 +329,10 @@ def two_nodes(tmp_path: Path, services: Services) -> Iterator[Target]:
 
 
 def delete_all(url: str, ledger: Ledger) -> None:
+    """Delete every manifest of the ledger, indexes before the children they list."""
+    order = sorted(ledger.manifests, key=lambda key: (not ledger.manifests[key].children, key))
     with httpx.Client(base_url=url, auth=RegistryAuth(), timeout=60) as http:
-        for repository, digest in sorted(ledger.manifests):
+        for repository, digest in order:
             response = http.delete(f"/v2/{repository}/manifests/{digest}")
             assert response.status_code == 202, response.text
 
