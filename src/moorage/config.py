@@ -223,6 +223,40 @@ class Settings(BaseModel):
     s3_redirect: bool = Field(False, description="answer blob GETs with 307 to presigned URLs")
     s3_presign_seconds: int = Field(300, ge=10, le=7 * 24 * 3600)
 
+    # garbage collection (docs/lifecycle.md)
+    gc_grace_seconds: int = Field(
+        3600,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="blobs, links and untagged manifests younger than this are never collected;"
+        " keep it above the longest push (upload to manifest) your clients make",
+    )
+    gc_schedule: str | None = Field(
+        None,
+        max_length=100,
+        description="cron (UTC, 5 fields) at which garbage collection runs; unset: only on request",
+    )
+    gc_delete_untagged: bool = Field(
+        False, description="scheduled runs also delete untagged manifests older than the grace"
+    )
+    gc_batch_size: int = Field(1000, ge=1, le=10_000)
+    gc_delete_workers: int = Field(4, ge=1, le=64)
+    gc_lease_seconds: int = Field(
+        60, ge=5, le=3600, description="a run whose node stops beating this long is taken over"
+    )
+
+    @field_validator("gc_schedule")
+    @classmethod
+    def _check_gc_schedule(cls, value: str | None) -> str | None:
+        if value:
+            from moorage.domain.replication import RuleError, parse_cron
+
+            try:
+                parse_cron(value)
+            except RuleError as error:
+                raise ValueError(str(error)) from None
+        return value or None
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:

@@ -6,13 +6,16 @@ at once instead of in batches: a command may exit right after its change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from moorage.config import Settings
+from moorage.domain.events import DomainEvent
 from moorage.metadata.access.iam_store import IamStore
 from moorage.metadata.database import make_engine, migrate, startup_lock
+from moorage.metadata.lifecycle.gc_runs_store import GcRunsStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.services.access.audit import AuditLog, AuditService
 from moorage.services.access.identity import IdentityService, policy_from
@@ -20,6 +23,7 @@ from moorage.services.access.projects import ProjectService
 from moorage.services.access.tokens import TokenService, ensure_signing_key
 from moorage.services.distribution.proxy import ProxyService
 from moorage.services.events import EventBus
+from moorage.services.lifecycle.gc import GarbageCollector
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,5 +63,37 @@ def management_services(settings: Settings) -> Iterator[ManagementServices]:
             audit=AuditService(store, tokens, events),
             events=events,
         )
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def gc_collector(
+    settings: Settings,
+) -> Iterator[tuple[GarbageCollector, GcRunsStore, Callable[[DomainEvent], None]]]:
+    """The garbage collector on the registry's database and storage, with the audit log."""
+    from moorage.metadata.lifecycle.gc_store import GcStore
+    from moorage.metadata.staging.promotion_store import PromotionStore
+    from moorage.services.lifecycle.gc_runner import build_collector
+    from moorage.storage.factory import make_storage
+
+    engine = make_engine(
+        settings.resolved_database_url, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous
+    )
+    try:
+        with startup_lock(engine):
+            migrate(engine)
+        events = EventBus()
+        events.subscribe(AuditLog(IamStore(engine), immediate=True))
+        metadata = MetadataStore(engine)
+        runs = GcRunsStore(engine, timedelta(seconds=settings.gc_lease_seconds))
+        collector = build_collector(
+            GcStore(engine),
+            runs,
+            make_storage(settings),
+            metadata,
+            PromotionStore(engine, metadata),
+        )
+        yield collector, runs, events.publish
     finally:
         engine.dispose()

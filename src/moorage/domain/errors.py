@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     DENIED = "DENIED"
     UNSUPPORTED = "UNSUPPORTED"
     TOOMANYREQUESTS = "TOOMANYREQUESTS"
+    # Not in the OCI list; Distribution answers it (503) when a request should be retried.
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 # Default HTTP status and message for each code; a raise site may override the status
@@ -46,6 +48,7 @@ ERROR_STATUS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.DENIED: (403, "requested access to the resource is denied"),
     ErrorCode.UNSUPPORTED: (405, "the operation is unsupported"),
     ErrorCode.TOOMANYREQUESTS: (429, "too many requests"),
+    ErrorCode.UNAVAILABLE: (503, "service unavailable"),
 }
 
 

@@ -35,11 +35,13 @@ from moorage.http.scanner_client import scanner_adapters
 from moorage.http.state import (
     COORDINATION,
     IAM,
+    LIFECYCLE,
     REPLICATION,
     ROUTING,
     SCANNER_ADAPTERS,
     SERVICES,
     IamServices,
+    Lifecycle,
     Routing,
     Services,
 )
@@ -50,6 +52,8 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
+from moorage.metadata.lifecycle.gc_runs_store import GcRunsStore
+from moorage.metadata.lifecycle.gc_store import GcStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -69,6 +73,7 @@ from moorage.services.distribution.replication import ReplicationOptions, Replic
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.lifecycle.gc_runner import GcRunner, build_collector, gc_options_from
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -369,6 +374,15 @@ def build_app(
         promotions=promotions,
         stage_order=list(settings.stages),
     )
+    gc_runs = GcRunsStore(engine, timedelta(seconds=settings.gc_lease_seconds))
+    gc = GcRunner(
+        build_collector(GcStore(engine), gc_runs, storage, metadata, promotion_store),
+        gc_runs,
+        gc_options_from(settings),
+        threads,
+        events,
+    )
+    app[LIFECYCLE] = Lifecycle(gc=gc)
     app[BUILTIN_SCANNER_ENDPOINT] = builtin_scanner_endpoint(
         settings, scans, vulnerability_database
     )
@@ -414,6 +428,8 @@ def build_app(
                 )
             tasks.append(asyncio.create_task(scans.run()))
             tasks.append(asyncio.create_task(sboms.run()))
+            if settings.gc_schedule:
+                tasks.append(asyncio.create_task(gc.scheduled(settings.gc_schedule, coordination)))
         # Every process records push events for replication; one runs the queue.
         tasks.append(asyncio.create_task(replication.run(engine=run_jobs)))
         yield
@@ -421,6 +437,7 @@ def build_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await gc.close()
         announce_invalidations(None)
         await coordination.close()
         await upstreams.close()

@@ -17,6 +17,7 @@ from moorage.services.distribution.mirror import NameRouter
 from moorage.services.distribution.proxy import ProxyCache, ProxyService
 from moorage.services.distribution.replication import ReplicationService
 from moorage.services.events import EventBus
+from moorage.services.lifecycle.gc_runner import GcRunner
 from moorage.services.registry.immutability import ImmutabilityService
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -78,7 +79,15 @@ class Routing:
     pulls: PullService
 
 
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """What keeps the registry's storage in bounds: garbage collection."""
+
+    gc: GcRunner
+
+
 SERVICES = web.AppKey("services", Services)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 IAM = web.AppKey("iam", IamServices)
 SCANNER_ADAPTERS = web.AppKey("scanner_adapters", ScannerAdapterService)
 REPLICATION = web.AppKey("replication", ReplicationService)

@@ -2,6 +2,7 @@
 
 from moorage.metadata.access import iam_models
 from moorage.metadata.distribution import replication_models, virtual_models
+from moorage.metadata.lifecycle import gc_models
 from moorage.metadata.registry import models
 from moorage.metadata.registry.models import Base
 from moorage.metadata.staging import promotion_models
@@ -15,6 +16,7 @@ from moorage.metadata.supply_chain import (
 
 __all__ = [
     "Base",
+    "gc_models",
     "iam_models",
     "models",
     "policy_models",

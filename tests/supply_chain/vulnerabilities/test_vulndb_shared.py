@@ -28,6 +28,7 @@ import pytest
 
 from moorage.metadata.database import make_engine, sqlite_url
 from moorage.metadata.supply_chain.vulndb_store import VulndbStore
+from tests.lifecycle.gc_support import run_gc
 from tests.support.api import api_client, assert_problem, create_project
 from tests.support.auth import RegistryAuth
 from tests.support.images import push_image
@@ -219,9 +220,13 @@ def test_an_import_on_one_node_is_what_the_other_scans_with_and_a_rollback_goes_
     assert_oracle(back, "alpine", 1)
     assert b.report(repository, digest) == back
 
-    # The dropped generation is gone from the table and from storage; GC finds the rest there.
+    # The dropped generation is gone from the table; its file is garbage the next collection
+    # removes, while the kept generation's stays.
     stored_after = stored_generations(a.database)
     assert list(stored_after) == [first]
+    assert blob_path(data_dir, both[second]).exists()
+    collected = run_gc(a.api, graceSeconds=0)
+    assert collected["status"] == "finished"
     assert not blob_path(data_dir, both[second]).exists()
     assert blob_path(data_dir, both[first]).is_file()
     assert_problem(a.api.post("/vulnerability-database/rollback"), 409)

@@ -7,6 +7,7 @@ import itertools
 import shutil
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import Engine
 
 from moorage.domain.digest import Digest
 from moorage.metadata.database import make_engine, migrate, sqlite_url
+from moorage.metadata.lifecycle.gc_store import GcStore
 from moorage.metadata.supply_chain.vulndb_store import LockLostError, StoredGeneration, VulndbStore
 from moorage.services.supply_chain.vulndb_sharing import SharedGenerationStore
 from moorage.storage.filesystem import FilesystemStorage
@@ -144,7 +146,7 @@ def test_two_nodes_share_imports_and_rollbacks_through_the_database(
         a.rollback()
 
 
-def test_an_import_whose_lease_was_taken_over_changes_nothing_and_leaves_no_blob(
+def test_an_import_whose_lease_was_taken_over_changes_nothing_and_leaves_only_garbage(
     engine: Engine, tmp_path: Path
 ) -> None:
     storage = FilesystemStorage(tmp_path / "storage")
@@ -165,7 +167,12 @@ def test_an_import_whose_lease_was_taken_over_changes_nothing_and_leaves_no_blob
             store.publish(file, made, 4)
     assert VulndbStore(engine).pointer().current is None
     assert VulndbStore(engine).generation(made) is None
-    assert list(storage.list_blobs()) == []
+    # Its file stays in storage until garbage collection, which finds nothing referencing it.
+    stored = [str(digest) for digest in storage.list_blobs()]
+    assert len(stored) == 1
+    later = datetime.now(UTC) + timedelta(hours=1)
+    garbage, _ = GcStore(engine).garbage_blobs("", 10, later)
+    assert [blob.digest for blob in garbage] == stored
 
 
 def test_a_generation_missing_from_storage_means_no_database_on_a_node_without_a_copy(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from moorage.http.api import (
     audit,
+    gc,
     grants,
     groups,
     immutable_tags,
@@ -48,5 +49,6 @@ RESOURCE_ROUTES: tuple[ApiRoute, ...] = (
     *settings.ROUTES,
     *audit.ROUTES,
     *vulndb.ROUTES,
+    *gc.ROUTES,
 )
 API_ROUTES: tuple[ApiRoute, ...] = (*RESOURCE_ROUTES, document_route(RESOURCE_ROUTES))

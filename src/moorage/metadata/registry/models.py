@@ -28,6 +28,9 @@ NameString = String(255).with_variant(String(255, collation="C"), "postgresql")
 DigestString = String(200)
 MediaTypeString = String(255)
 
+BLOB_LIVE = "live"
+BLOB_DELETING = "deleting"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -46,13 +49,26 @@ class Repository(Base):
 
 
 class Blob(Base):
-    """A committed blob, global and content-addressed (shared by every repository)."""
+    """A blob, global and content-addressed (shared by every repository).
+
+    The row exists before the bytes are committed to storage (a claim) and until after they
+    are deleted from it. `state` is 'live', or 'deleting' while garbage collection removes the
+    bytes; whatever makes the blob referenced updates the row on the condition that it is
+    live, and moves `touched_at`, so a collection and a new reference never both succeed.
+    """
 
     __tablename__ = "blobs"
 
     digest: Mapped[str] = mapped_column(DigestString, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default=BLOB_LIVE, server_default=BLOB_LIVE)
+    touched_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, default=utcnow
+    )
+    marked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the gc run
+
+    __table_args__ = (Index("ix_blobs_state", "state"),)
 
 
 class RepositoryBlob(Base):
@@ -114,7 +130,11 @@ class ManifestChild(Base):
 
 
 class RepositoryManifest(Base):
-    """A manifest is part of a repository (pullable by digest there)."""
+    """A manifest is part of a repository (pullable by digest there).
+
+    `touched_at` moves whenever the manifest is pushed into the repository again, so deleting
+    untagged manifests never takes one that was just pushed.
+    """
 
     __tablename__ = "repository_manifests"
 
@@ -123,6 +143,9 @@ class RepositoryManifest(Base):
     )
     digest: Mapped[str] = mapped_column(ForeignKey("manifests.digest"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    touched_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, default=utcnow
+    )
 
     __table_args__ = (Index("ix_repository_manifests_digest", "digest"),)
 

@@ -7,16 +7,22 @@ writes and proxy-cache bookkeeping set; the other parts are mixins on top of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from moorage.metadata.database import read_transaction, single_read
 from moorage.metadata.registry.listing import page_query, read_page
-from moorage.metadata.registry.models import utcnow
-from moorage.metadata.registry.registry_records import repositories_table, tag_checks_table
+from moorage.metadata.registry.models import BLOB_LIVE, utcnow
+from moorage.metadata.registry.registry_records import (
+    blobs_table,
+    repositories_table,
+    repository_blobs_table,
+    tag_checks_table,
+)
 
 _REPOSITORIES_FIRST_PAGE = page_query(repositories_table.c.name, after=False)
 _REPOSITORIES_PAGE_AFTER = page_query(repositories_table.c.name, after=True)
@@ -26,6 +32,33 @@ def repository_key(name: str) -> str:
     """The advisory lock a repository's writers serialise on (PostgreSQL): its manifests,
     tags and blob links change one writer at a time, while other repositories' writers go on."""
     return f"repository:{name}"
+
+
+def claim_blob_in(connection: Connection, digest: str, size: int, now: datetime) -> bool:
+    """Create the blob's row, or touch it if it is live; False while it is being deleted.
+
+    The conditional upsert takes the row's lock, so it and a collection's conditional mark of
+    the same row are serial on every backend: after this commits, the collection sees a fresh
+    `touched_at` and leaves the blob; after the mark commits, this finds it 'deleting' and
+    changes nothing.
+    """
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(blobs_table)
+        .values(digest=digest, size=size, created_at=now, state=BLOB_LIVE, touched_at=now)
+        .on_conflict_do_update(
+            index_elements=[blobs_table.c.digest],
+            set_={"touched_at": now},
+            where=blobs_table.c.state == BLOB_LIVE,
+        )
+        .returning(blobs_table.c.digest)
+    )
+    return connection.execute(statement).first() is not None
+
+
+def blob_key(digest: str) -> str:
+    """The advisory lock a blob's claim takes (PostgreSQL) when no repository is involved."""
+    return f"blob:{digest}"
 
 
 class RegistryStoreBase:
@@ -61,6 +94,49 @@ class RegistryStoreBase:
             connection.execute(
                 select(repositories_table.c.id).where(repositories_table.c.name == name)
             ).scalar_one()
+        )
+
+    # -- blob claims: what keeps garbage collection off a blob that is being referenced
+
+    def _claim_blob_in(self, connection: Connection, digest: str, size: int, now: datetime) -> bool:
+        return claim_blob_in(connection, digest, size, now)
+
+    def _touch_blobs_in(
+        self, connection: Connection, digests: Iterable[str], now: datetime
+    ) -> set[str]:
+        """Touch the live rows among `digests` (see `_claim_blob_in`); the digests touched."""
+        wanted = sorted(set(digests))
+        if not wanted:
+            return set()
+        touched = connection.execute(
+            update(blobs_table)
+            .where(blobs_table.c.digest.in_(wanted), blobs_table.c.state == BLOB_LIVE)
+            .values(touched_at=now)
+            .returning(blobs_table.c.digest)
+        ).scalars()
+        return set(touched)
+
+    def _link_in(
+        self, connection: Connection, repository_id: int, digests: list[str], now: datetime
+    ) -> None:
+        """Link blobs to a repository, or renew the links' time (a fresh link is not garbage
+        during the grace period, even when it existed before)."""
+        if not digests:
+            return
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = insert(repository_blobs_table)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[
+                    repository_blobs_table.c.repository_id,
+                    repository_blobs_table.c.digest,
+                ],
+                set_={"created_at": statement.excluded.created_at},
+            ),
+            [
+                {"repository_id": repository_id, "digest": digest, "created_at": now}
+                for digest in dict.fromkeys(digests)
+            ],
         )
 
     # -- repositories

@@ -1,7 +1,10 @@
 """Blobs in the metadata store: which blobs exist, their sizes, and their repository links.
 
 Linking, mounting and unlinking are one write transaction each; unlinking is refused while
-a manifest of the repository still needs the blob.
+a manifest of the repository still needs the blob. Whatever links a blob first claims its row
+(see `RegistryStoreBase._claim_blob_in`), which garbage collection respects: a blob being
+deleted from storage cannot be linked (`BlobBeingCollectedError`), and a blob just linked is
+never deleted.
 """
 
 from __future__ import annotations
@@ -10,8 +13,13 @@ from sqlalchemy import bindparam, delete, select
 
 from moorage.metadata.database import read_transaction, single_read, write_transaction
 from moorage.metadata.registry.models import utcnow
-from moorage.metadata.registry.registry_base import RegistryStoreBase, repository_key
+from moorage.metadata.registry.registry_base import (
+    RegistryStoreBase,
+    blob_key,
+    repository_key,
+)
 from moorage.metadata.registry.registry_records import (
+    BlobBeingCollectedError,
     StillReferencedError,
     blobs_table,
     manifest_blobs_table,
@@ -50,21 +58,34 @@ class BlobQueries(RegistryStoreBase):
                 select(blobs_table.c.size).where(blobs_table.c.digest == digest)
             ).scalar()
 
+    def claim_blob(self, digest: str, size: int) -> bool:
+        """Before committing a blob's bytes to storage: make sure garbage collection leaves the
+        digest alone (its row is created, or touched). False while a collection is deleting
+        this very blob from storage: the caller waits and claims again."""
+        with write_transaction(self._engine, serialise_on=[blob_key(digest)]) as connection:
+            return self._claim_blob_in(connection, digest, size, utcnow())
+
+    def blob_state(self, digest: str) -> str | None:
+        with single_read(self._engine) as connection:
+            return connection.execute(
+                select(blobs_table.c.state).where(blobs_table.c.digest == digest)
+            ).scalar()
+
     def link_blob(self, repository: str, digest: str, size: int) -> None:
-        """Record a committed blob and make it readable through `repository`."""
+        """Record a committed blob and make it readable through `repository`.
+
+        BlobBeingCollectedError when a collection took the blob since it was claimed (the
+        claim's grace period ran out before the bytes were committed).
+        """
         now = utcnow()
         with write_transaction(
             self._engine, serialise_on=[repository_key(repository)]
         ) as connection:
+            if not self._claim_blob_in(connection, digest, size, now):
+                raise BlobBeingCollectedError(digest)
             repository_id = self._repository_id(connection, repository, create=True)
-            self._insert_ignore(
-                connection, blobs_table, [{"digest": digest, "size": size, "created_at": now}]
-            )
-            self._insert_ignore(
-                connection,
-                repository_blobs_table,
-                [{"repository_id": repository_id, "digest": digest, "created_at": now}],
-            )
+            assert repository_id is not None
+            self._link_in(connection, repository_id, [digest], now)
 
     def mount_blob(self, source: str, target: str, digest: str) -> int | None:
         """Link a blob of `source` into `target` without copying; its size, or None."""
@@ -85,12 +106,12 @@ class BlobQueries(RegistryStoreBase):
             ).scalar()
             if size is None:
                 return None
+            now = utcnow()
+            if not self._touch_blobs_in(connection, [digest], now):
+                return None  # being collected: the client uploads it instead
             target_id = self._repository_id(connection, target, create=True)
-            self._insert_ignore(
-                connection,
-                repository_blobs_table,
-                [{"repository_id": target_id, "digest": digest, "created_at": utcnow()}],
-            )
+            assert target_id is not None
+            self._link_in(connection, target_id, [digest], now)
             return int(size)
 
     def unlink_blob(self, repository: str, digest: str) -> bool:

@@ -185,6 +185,10 @@ class ManifestQueries(RegistryStoreBase):
             missing_blobs = self._missing(
                 connection, repository_blobs_table, repository_id, required_blobs
             )
+            if not missing_blobs:
+                # Linked, and live: a blob a collection is deleting is as good as missing.
+                touched = self._touch_blobs_in(connection, required_blobs, now)
+                missing_blobs = [blob for blob in required_blobs if blob not in touched]
             if missing_blobs or missing_children:
                 raise MissingReferencesError(missing_blobs, missing_children)
         self._insert_ignore(
@@ -218,11 +222,7 @@ class ManifestQueries(RegistryStoreBase):
             manifest_children_table,
             [{"parent_digest": digest, "child_digest": child} for child in children],
         )
-        self._insert_ignore(
-            connection,
-            repository_manifests_table,
-            [{"repository_id": repository_id, "digest": digest, "created_at": now}],
-        )
+        self._add_to_repository(connection, repository_id, [digest], now)
         if tag is not None:
             self._set_tag(connection, repository_id, tag, digest, now)
             if cached_at is not None:
@@ -270,24 +270,13 @@ class ManifestQueries(RegistryStoreBase):
             connection, repository_manifests_table, source_id, links.manifests
         )
         missing_blobs = self._missing(connection, repository_blobs_table, source_id, links.blobs)
+        if not missing_blobs:
+            touched = self._touch_blobs_in(connection, links.blobs, now)
+            missing_blobs = [blob for blob in links.blobs if blob not in touched]
         if missing_manifests or missing_blobs:
             raise MissingReferencesError(missing_blobs, missing_manifests)
-        self._insert_ignore(
-            connection,
-            repository_blobs_table,
-            [
-                {"repository_id": target_id, "digest": digest, "created_at": now}
-                for digest in dict.fromkeys(links.blobs)
-            ],
-        )
-        self._insert_ignore(
-            connection,
-            repository_manifests_table,
-            [
-                {"repository_id": target_id, "digest": digest, "created_at": now}
-                for digest in dict.fromkeys(links.manifests)
-            ],
-        )
+        self._link_in(connection, target_id, list(links.blobs), now)
+        self._add_to_repository(connection, target_id, list(links.manifests), now)
         existing = set(
             connection.execute(
                 select(tags_table.c.name).where(
@@ -320,6 +309,34 @@ class ManifestQueries(RegistryStoreBase):
         if added is not None and added.tzinfo is None:
             added = added.replace(tzinfo=UTC)
         return added
+
+    def _add_to_repository(
+        self, connection: Connection, repository_id: int, digests: list[str], now: datetime
+    ) -> None:
+        """Make manifests part of a repository; for those already in it, a push again moves
+        `touched_at` (what deleting untagged manifests goes by), never `created_at`."""
+        if not digests:
+            return
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = insert(repository_manifests_table)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[
+                    repository_manifests_table.c.repository_id,
+                    repository_manifests_table.c.digest,
+                ],
+                set_={"touched_at": statement.excluded.touched_at},
+            ),
+            [
+                {
+                    "repository_id": repository_id,
+                    "digest": digest,
+                    "created_at": now,
+                    "touched_at": now,
+                }
+                for digest in dict.fromkeys(digests)
+            ],
+        )
 
     def _set_tag(
         self, connection: Connection, repository_id: int, tag: str, digest: str, now: datetime

@@ -49,6 +49,15 @@ class MissingReferencesError(Exception):
         super().__init__(f"missing blobs {self.blobs}, missing manifests {self.manifests}")
 
 
+class BlobBeingCollectedError(Exception):
+    """Garbage collection is deleting this blob from storage right now: it cannot be linked,
+    mounted or referenced until the deletion is over (then it can be pushed again)."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+        super().__init__(f"blob {digest} is being garbage-collected")
+
+
 class StillReferencedError(Exception):
     def __init__(self, by: Sequence[str]) -> None:
         self.by = list(by)

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, delete, o
 
 from moorage.metadata.database import single_read, write_transaction
 from moorage.metadata.registry.models import Blob, utcnow
+from moorage.metadata.registry.registry_base import blob_key, claim_blob_in
 from moorage.metadata.supply_chain.vulndb_models import (
     POINTER_ROW,
     VulndbGenerationRow,
@@ -97,19 +98,12 @@ class VulndbStore:
             ).all()
         return [StoredGeneration(row.id, row.digest, row.size, row.info) for row in rows]
 
-    def digest_referenced(self, digest: str) -> bool:
-        """Whether a kept generation or the registry's blobs still name `digest`."""
-        with single_read(self._engine) as connection:
-            return (
-                connection.execute(
-                    select(_generations.c.id).where(_generations.c.digest == digest).limit(1)
-                ).first()
-                is not None
-                or connection.execute(
-                    select(_blobs.c.digest).where(_blobs.c.digest == digest)
-                ).first()
-                is not None
-            )
+    def claim_blob(self, digest: str, size: int) -> bool:
+        """Before a generation's file is committed to storage as a blob: its blob row, so
+        garbage collection leaves it alone (see `claim_blob_in`); False while a collection
+        deletes that very blob."""
+        with write_transaction(self._engine, serialise_on=[blob_key(digest)]) as connection:
+            return claim_blob_in(connection, digest, size, utcnow())
 
     # -- the lock
 

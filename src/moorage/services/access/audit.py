@@ -92,6 +92,8 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "proxy:remove": frozenset(),
+    # garbage collection: what a run removed (counts only)
+    "gc:run": frozenset({"run", "status", "dry_run", "delete_untagged", "counts"}),
     # stages and promotion: what moved where, and which gates said what (never key material)
     "promotion-stage:update": frozenset({"stage", "promotion_only", "previous"}),
     "promotion-gates:update": frozenset({"gates", "previous"}),

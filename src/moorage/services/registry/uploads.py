@@ -36,6 +36,7 @@ from moorage.domain.ranges import ByteRange
 from moorage.hashing import ResumableHasher, new_resumable, resume
 from moorage.metadata.registry.store import MetadataStore
 from moorage.services.events import EventBus
+from moorage.services.registry.blob_claims import claim_blob, link_blob
 from moorage.services.threads import Threads
 from moorage.storage.base import StorageDriver, UploadBusyError, UploadMissingError, UploadWriter
 
@@ -202,7 +203,7 @@ class UploadService:
             raise
         finally:
             await self._threads.run(writer.close)
-        await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
+        await link_blob(self._metadata, self._threads, repository, str(digest), size)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
         )
@@ -232,7 +233,7 @@ class UploadService:
             await self._threads.run(writer.close)
             if not committed:
                 await self._threads.run(self._storage.delete_upload, upload_id)
-        await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
+        await link_blob(self._metadata, self._threads, repository, str(digest), size)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
         )
@@ -345,6 +346,7 @@ class UploadService:
                 detail={"expected": str(digest), "actual": str(actual)},
             )
         size = writer.size
+        await claim_blob(self._metadata, self._threads, str(digest), size)
         await self._threads.run(writer.commit, digest)
         return size
 

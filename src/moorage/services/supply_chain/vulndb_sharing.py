@@ -71,6 +71,8 @@ ADOPTED: Final = f"{POINTER}.adopted"
 _LOCK_POLL_SECONDS: Final = 0.2
 _CHUNK: Final = 1 << 20
 _ADOPT_WAIT_SECONDS: Final = 120.0
+# A garbage collection deletes a batch of blobs in seconds: a re-import of the same file waits.
+_CLAIM_WAIT_SECONDS: Final = 30.0
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -202,6 +204,7 @@ class SharedGenerationStore:
         log.info("fetched vulnerability database generation %s into the cache", stored.id)
 
     def _upload(self, path: Path, digest: str) -> None:
+        self._claim(digest, path.stat().st_size)
         upload_id = f"vulndb-{secrets.token_hex(16)}"
         self._storage.create_upload(upload_id)
         try:
@@ -216,6 +219,16 @@ class SharedGenerationStore:
         except BaseException:
             self._storage.delete_upload(upload_id)
             raise
+
+    def _claim(self, digest: str, size: int) -> None:
+        """Keep garbage collection off the generation's blob; wait out a deletion of it."""
+        deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
+        while not self._catalog.claim_blob(digest, size):
+            if time.monotonic() >= deadline:
+                raise VulnerabilityDatabaseError(
+                    f"blob {digest} is being garbage-collected; import again shortly"
+                )
+            time.sleep(0.2)
 
     def _stored(self, path: Path, generation_id: str) -> StoredGeneration:
         """Upload a finished generation file; its row, to be inserted."""
@@ -259,14 +272,11 @@ class SharedGenerationStore:
             raise VulnerabilityDatabaseError(str(error)) from None
 
     def _forget(self, dropped: list[StoredGeneration], kept: tuple[str, ...] | None) -> None:
-        """Delete the blobs of `dropped` that nothing references any more; then, unless `kept`
-        is None, the cached files of generations outside `kept`."""
-        for generation in dropped:
-            try:
-                if not self._catalog.digest_referenced(generation.digest):
-                    self._storage.delete_blob(Digest.parse(generation.digest))
-            except Exception:  # a blob left behind is only space; the pointer has moved
-                log.exception("deleting generation %s from storage failed", generation.id)
+        """Unless `kept` is None, delete the cached files of generations outside `kept`. The
+        blobs of `dropped` stay in storage until garbage collection finds nothing referencing
+        them (a generation being published may reference the same file again meanwhile)."""
+        if dropped:
+            log.info("generations %s left to garbage collection", [g.id for g in dropped])
         if kept is not None:
             self.prune_cache(kept)
 

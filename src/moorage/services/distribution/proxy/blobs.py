@@ -26,6 +26,7 @@ from moorage.domain.events import SYSTEM, Actor, EventKind, RegistryEvent
 from moorage.domain.manifest import parse_manifest
 from moorage.domain.names import project_of
 from moorage.hashing import new_resumable
+from moorage.metadata.registry.registry_records import BlobBeingCollectedError
 from moorage.services.distribution.proxy.config import ProxyConfig
 from moorage.services.distribution.proxy.fetching import FetchContext, MayFetch
 from moorage.services.distribution.proxy.upstream import (
@@ -33,6 +34,7 @@ from moorage.services.distribution.proxy.upstream import (
     UpstreamError,
     upstream_failure,
 )
+from moorage.services.registry.blob_claims import claim_blob, link_blob
 from moorage.storage.base import StorageDriver
 
 log = logging.getLogger("moorage.proxy")
@@ -182,7 +184,10 @@ class BlobCache:
         )
         if size is None:
             return False
-        await self._threads.run(self._metadata.link_blob, repository, digest, size)
+        try:
+            await self._threads.run(self._metadata.link_blob, repository, digest, size)
+        except BlobBeingCollectedError:
+            return False  # fetched from the upstream instead, once the deletion is over
         self.stats.count("blob-linked")
         await self._images_completed(repository, digest, None)
         return True
@@ -327,11 +332,12 @@ class BlobCache:
                         f"the upstream's blob does not match {digest}; nothing was stored",
                         status=502,
                     )
+                await claim_blob(self._metadata, self._threads, str(digest), size)
                 await self._threads.run(writer.commit, digest)
                 committed = True
             finally:
                 writer.close()
-            await self._threads.run(self._metadata.link_blob, repository, str(digest), size)
+            await link_blob(self._metadata, self._threads, repository, str(digest), size)
             self._events.publish(
                 RegistryEvent(
                     EventKind.BLOB_CACHED, repository, str(digest), size=size, actor=actor
