@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ HARNESS_SECONDS = float(os.environ.get("GC_STRESS_HARNESS_SECONDS", "20"))
 HARNESS_OPERATIONS = int(os.environ.get("GC_STRESS_HARNESS_OPERATIONS", "480"))
 # Short, so what the workload drops becomes garbage during the run (and the final GC does not
 # wait long for it), while a blob just uploaded or mounted is still protected by it.
-GRACE_SECONDS = 2.0
+GRACE_SECONDS = 2
 SEED = 13
 TARGETS = ("filesystem", "s3", "two-nodes")
 
@@ -171,7 +172,7 @@ def assert_clean(result: WorkloadResult, *, interruptions_allowed: bool = False)
     assert result.failures == [], "\n".join(result.failures[:50])
     assert result.ledger.manifests, result.stats
     if not interruptions_allowed:
-        assert result.stats["interruptions"] == 0, result.stats
+        assert result.stats["interruptions"] == 0, (result.stats, result.interruptions)
 
 
 def assert_holds(report: Report) -> None:
@@ -308,6 +309,13 @@ def stress(target: Target, gc: RunGc, gc_url: str | None = None) -> WorkloadResu
         result = workload(target, STRESS_SECONDS, STRESS_OPERATIONS).run()
     assert loop.errors == [], loop.errors
     assert loop.runs, "no GC run completed during the workload"
+    freed = Counter[str]()
+    for run in loop.runs:
+        freed.update(run.get("counts", {}))
+    print(
+        f"{target.url}: {result.operations} operations in {result.seconds:.1f}s with"
+        f" {len(loop.runs)} GC runs; clients {dict(result.stats)}; GC {dict(freed)}"
+    )
     return result
 
 

@@ -18,9 +18,11 @@ from tests.support.auth import ADMIN_PASSWORD, ADMIN_USER
 from tests.support.wait import wait_until
 
 GC_PATH = "/api/v1/system/gc"
-# What a finished run reports in `status` (or `state`); anything else is still running.
-SUCCEEDED = frozenset({"succeeded", "completed", "finished", "done"})
-UNSUCCESSFUL = frozenset({"failed", "stopped", "interrupted", "aborted", "cancelled"})
+# A run's `status`: running until one of these.
+SUCCEEDED = frozenset({"finished"})
+UNSUCCESSFUL = frozenset({"failed", "stopped", "interrupted"})
+# The phase that deletes blobs from storage (the sweep), and the one after it.
+SWEEP_PHASES = frozenset({"blobs", "orphans"})
 # A run that takes longer than this is a hang, not a slow machine.
 RUN_TIMEOUT = 600.0
 
@@ -33,12 +35,18 @@ def gc_available() -> bool:
     return "gc_grace_seconds" in Settings.model_fields
 
 
-def gc_environment(grace_seconds: float) -> dict[str, str]:
+def gc_environment(grace_seconds: int) -> dict[str, str]:
     """Server settings for a collector under stress: a short grace period, so blobs a
-    workload drops become garbage within the run (and fresh ones are still protected)."""
+    workload drops become garbage within the run (and fresh ones are still protected); small
+    batches, so a run interleaves with the clients' pushes (and a sweep lasts long enough to
+    be caught mid-way); a short lease, so a run whose node was killed is taken over soon."""
     if not gc_available():
         return {}
-    return {"MOORAGE_GC_GRACE_SECONDS": f"{grace_seconds:g}"}
+    return {
+        "MOORAGE_GC_GRACE_SECONDS": str(grace_seconds),
+        "MOORAGE_GC_BATCH_SIZE": "10",
+        "MOORAGE_GC_LEASE_SECONDS": "5",
+    }
 
 
 def _api(url: str) -> httpx.Client:
@@ -46,7 +54,7 @@ def _api(url: str) -> httpx.Client:
 
 
 def run_state(run: dict[str, Any]) -> str:
-    return str(run.get("status", run.get("state", ""))).lower()
+    return str(run["status"])
 
 
 def start_gc(url: str, *, delete_untagged: bool = False) -> str:
@@ -87,11 +95,10 @@ def run_gc(url: str) -> dict[str, Any]:
 
 
 def is_sweeping(run: dict[str, Any]) -> bool:
-    """Whether a run is past marking and deleting (for killing its node mid-sweep)."""
-    if run_state(run) in SUCCEEDED | UNSUCCESSFUL:
+    """Whether a running run is deleting blobs (for killing its node mid-sweep)."""
+    if run_state(run) != "running":
         return False
-    phase = str(run.get("phase", "")).lower()
-    return "sweep" in phase or "delet" in phase or int(run.get("blobsDeleted", 0) or 0) > 0
+    return run["phase"] in SWEEP_PHASES or int(run["counts"].get("blobs", 0)) > 0
 
 
 @dataclass

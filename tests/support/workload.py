@@ -143,6 +143,8 @@ class WorkloadResult:
     # Retries and refusals by kind, operations done by kind, interruptions (see the module).
     stats: Counter[str]
     seconds: float
+    # The first few interrupted requests of each client, for the report of a failed test.
+    interruptions: list[str] = field(default_factory=list)
 
     @property
     def operations(self) -> int:
@@ -191,12 +193,13 @@ class Workload:
         with ThreadPoolExecutor(self.clients, thread_name_prefix="stress-client") as pool:
             for future in [pool.submit(worker.run) for worker in workers]:
                 future.result()
-        ledger, failures, stats = Ledger(), [], Counter[str]()
+        ledger, failures, interruptions, stats = Ledger(), [], [], Counter[str]()
         for worker in workers:
             ledger.merge(worker.ledger)
             failures.extend(worker.failures)
+            interruptions.extend(worker.interruption_samples)
             stats.update(worker.stats)
-        return WorkloadResult(ledger, failures, stats, time.monotonic() - started)
+        return WorkloadResult(ledger, failures, stats, time.monotonic() - started, interruptions)
 
 
 class _Client:
@@ -209,6 +212,7 @@ class _Client:
         self.ledger = Ledger()
         self.failures: list[str] = []
         self.stats: Counter[str] = Counter()
+        self.interruption_samples: list[str] = []
         self.counter = 0
         self.http = httpx.Client(
             base_url=workload.url, auth=RegistryAuth(), timeout=120, follow_redirects=True
@@ -329,17 +333,22 @@ class _Client:
         for _ in range(INTERRUPTION_RETRIES):
             try:
                 response = self.http.request(method, url, **kwargs)
-            except httpx.TransportError:
+            except httpx.TransportError as error:
                 interrupted = True
-                self.stats["interruptions"] += 1
+                self.interrupted(f"{method} {type(error).__name__}")
                 continue
             # 401 here: the token service sat on a node that went away mid-challenge.
             if response.status_code in PROXY_OUTAGE_STATUSES or response.status_code == 401:
                 interrupted = True
-                self.stats["interruptions"] += 1
+                self.interrupted(f"{method} {response.status_code} {response.text[:200]!r}")
                 continue
             return response, interrupted
         raise Unexpected(f"{method} {url}: no answer after {INTERRUPTION_RETRIES} attempts")
+
+    def interrupted(self, what: str) -> None:
+        self.stats["interruptions"] += 1
+        if len(self.interruption_samples) < 5:
+            self.interruption_samples.append(what)
 
     # -- blobs
 
