@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -168,11 +169,18 @@ def workload(target: Target, seconds: float, operations: int) -> Workload:
     )
 
 
-def assert_clean(result: WorkloadResult, *, interruptions_allowed: bool = False) -> None:
+def assert_clean(result: WorkloadResult, target: Target, *, node_killed: bool = False) -> None:
+    """No failure. No interrupted request either, except that on two nodes haproxy may find
+    no node passing its health check for a moment on a busy machine (503); and anything,
+    when a node was killed."""
     assert result.failures == [], "\n".join(result.failures[:50])
     assert result.ledger.manifests, result.stats
-    if not interruptions_allowed:
-        assert result.stats["interruptions"] == 0, (result.stats, result.interruptions)
+    if node_killed:
+        return
+    interruptions = {k: n for k, n in result.stats.items() if k.startswith("interrupted:")}
+    if target.cluster is not None:
+        interruptions.pop("interrupted:proxy-503", None)
+    assert interruptions == {}, (result.stats, result.interruptions)
 
 
 def assert_holds(report: Report) -> None:
@@ -184,7 +192,7 @@ def assert_holds(report: Report) -> None:
 
 def test_workload_and_invariants_hold_without_gc(target: Target) -> None:
     result = workload(target, HARNESS_SECONDS, HARNESS_OPERATIONS).run()
-    assert_clean(result)
+    assert_clean(result, target)
     report = check_registry(target.url, result.ledger, target.storage)
     assert_holds(report)
     # Without a collector, storage holds what manifests reference plus what the workload
@@ -201,7 +209,7 @@ def test_checker_reports_what_went_wrong(target: Target) -> None:
     """The checks bite: on one small healthy run, each kind of damage is reported (the
     ledger's claims first, then storage changed behind the registry's back)."""
     result = workload(target, HARNESS_SECONDS, 80).run()
-    assert_clean(result)
+    assert_clean(result, target)
     ledger = result.ledger
     assert_holds(check_registry(target.url, ledger, target.storage))
     lost_tag_and_undeleted_manifest(target, ledger)
@@ -278,7 +286,7 @@ def test_clients_ride_out_a_node_killed_mid_run(two_nodes: Target) -> None:
         runner.join()
     victim.start()
     [result] = outcome
-    assert_clean(result, interruptions_allowed=True)
+    assert_clean(result, two_nodes, node_killed=True)
     report = check_registry(two_nodes.url, result.ledger, two_nodes.storage)
     assert_holds(report)
     assert report.orphans <= result.ledger.uploaded
@@ -323,7 +331,7 @@ def stress(target: Target, gc: RunGc, gc_url: str | None = None) -> WorkloadResu
 @pytest.mark.slow
 def test_online_gc_under_concurrent_clients(target: Target, gc: RunGc) -> None:
     result = stress(target, gc)
-    assert_clean(result)
+    assert_clean(result, target)
     final_gc_leaves_no_orphan(target.url, target.storage, result.ledger, gc)
 
 
@@ -356,35 +364,44 @@ def test_gc_node_killed_mid_sweep(two_nodes: Target, gc: RunGc) -> None:
     assert target.cluster is not None
     gc_node, other = target.cluster.a, target.cluster.b
     # Garbage to sweep: images pushed and deleted before the clients start.
-    garbage = workload(target, STRESS_SECONDS, 400).run()
-    assert_clean(garbage)
+    garbage = workload(target, HARNESS_SECONDS, 400).run()
+    assert_clean(garbage, target)
     delete_all(target.url, garbage.ledger)
 
     clients = workload(target, STRESS_SECONDS, STRESS_OPERATIONS)
     outcome: list[WorkloadResult] = []
     runner = threading.Thread(target=lambda: outcome.append(clients.run()), name="stress-workload")
     runner.start()
+    after_kill: list[dict[str, Any]] = []
     try:
-        kill_when_sweeping(gc_node)
+        killed = kill_when_sweeping(gc_node)
         # GC goes on on the surviving node while the clients are still running.
         while runner.is_alive():
-            gc(other.url)
+            after_kill.append(gc(other.url))
     finally:
         clients.stop.set()  # only matters when this test failed early
         runner.join()
     gc_node.start()
     [result] = outcome
-    assert_clean(result, interruptions_allowed=True)
+    assert_clean(result, two_nodes, node_killed=True)
     ledger = Ledger()
     ledger.merge(result.ledger)
     ledger.deleted |= set(garbage.ledger.manifests) - set(ledger.manifests)
     final_gc_leaves_no_orphan(target.url, target.storage, ledger, gc)
+    # The run that died with its node does not count as running any more.
+    assert run_state(get_run(target.url, killed)) != "running"
+    print(
+        f"killed {killed} mid-sweep; {len(after_kill)} runs on the other node meanwhile;"
+        f" clients {dict(result.stats)}; samples {result.interruptions[:3]}"
+    )
 
 
-def kill_when_sweeping(node: RegistryProcess) -> None:
-    """Start GC runs on `node` until one is seen sweeping, then kill -9 the node."""
+def kill_when_sweeping(node: RegistryProcess) -> str:
+    """Start GC runs on `node` until one is seen sweeping, then kill -9 the node; that run's
+    id."""
+    killed: list[str] = []
 
-    def killed() -> bool:
+    def sweeping_run_killed() -> bool:
         run_id = start_gc(node.url)
 
         def seen() -> str | None:
@@ -395,7 +412,9 @@ def kill_when_sweeping(node: RegistryProcess) -> None:
 
         if wait_until(seen, RUN_TIMEOUT, f"GC run {run_id} to sweep or end") == "sweeping":
             node.kill()
+            killed.append(run_id)
             return True
         return False
 
-    wait_until(killed, RUN_TIMEOUT, "a GC run seen sweeping", interval=0)
+    wait_until(sweeping_run_killed, RUN_TIMEOUT, "a GC run seen sweeping", interval=0)
+    return killed[0]

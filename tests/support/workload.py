@@ -45,8 +45,10 @@ SIGNATURE_TYPE = "application/vnd.example.stress.signature"
 SHARED_LAYERS = 12
 # A manifest push is tried this often when its blobs keep disappearing before the PUT.
 PUSH_ATTEMPTS = 6
-# A request cut by a dying node is sent again this often.
-INTERRUPTION_RETRIES = 20
+# A request cut by a dying node (or refused by haproxy while no node passes its health
+# check) is sent again after a pause, for this long.
+INTERRUPTION_WINDOW = 120.0
+INTERRUPTION_PAUSE = 0.25
 # What a blob upload may answer while a concurrent GC deletes the same blob (the commit-time
 # state check of the contract refuses it); the client uploads again.
 RETRYABLE_UPLOAD_STATUSES = frozenset({409, 503})
@@ -328,25 +330,32 @@ class _Client:
     # -- HTTP with retries for requests cut by a dying node
 
     def send(self, method: str, url: str, **kwargs: Any) -> tuple[httpx.Response, bool]:
-        """The response, and whether an earlier attempt was cut off (so it may have acted)."""
+        """The response, and whether an earlier attempt was cut off (so it may have acted).
+        Cut-off attempts are sent again, with a pause, for up to INTERRUPTION_WINDOW."""
         interrupted = False
-        for _ in range(INTERRUPTION_RETRIES):
+        deadline = time.monotonic() + INTERRUPTION_WINDOW
+        while True:
             try:
                 response = self.http.request(method, url, **kwargs)
             except httpx.TransportError as error:
-                interrupted = True
-                self.interrupted(f"{method} {type(error).__name__}")
-                continue
-            # 401 here: the token service sat on a node that went away mid-challenge.
-            if response.status_code in PROXY_OUTAGE_STATUSES or response.status_code == 401:
-                interrupted = True
-                self.interrupted(f"{method} {response.status_code} {response.text[:200]!r}")
-                continue
-            return response, interrupted
-        raise Unexpected(f"{method} {url}: no answer after {INTERRUPTION_RETRIES} attempts")
+                kind, what = "connection", type(error).__name__
+            else:
+                if _from_proxy(response):
+                    kind, what = f"proxy-{response.status_code}", response.text[:100]
+                elif response.status_code == 401:
+                    # The token service sat on a node that went away mid-challenge.
+                    kind, what = "401", response.text[:100]
+                else:
+                    return response, interrupted
+            interrupted = True
+            self.interrupted(kind, f"{method} {url}: {what}")
+            if time.monotonic() > deadline:
+                raise Unexpected(f"{method} {url}: interrupted for {INTERRUPTION_WINDOW:g}s")
+            time.sleep(INTERRUPTION_PAUSE)
 
-    def interrupted(self, what: str) -> None:
+    def interrupted(self, kind: str, what: str) -> None:
         self.stats["interruptions"] += 1
+        self.stats[f"interrupted:{kind}"] += 1
         if len(self.interruption_samples) < 5:
             self.interruption_samples.append(what)
 
@@ -538,6 +547,14 @@ class _Client:
             response, _ = self.send("GET", f"/v2/{repository}/blobs/{blob}")
             if response.status_code != 200 or sha256(response.content) != blob:
                 raise Unexpected(f"pull blob {blob} of {repository}: {_describe(response)}")
+
+
+def _from_proxy(response: httpx.Response) -> bool:
+    """haproxy's own answer (no node took the request): every Moorage response names it."""
+    return (
+        response.status_code in PROXY_OUTAGE_STATUSES
+        and response.headers.get("Server") != "moorage"
+    )
 
 
 def _error_code(response: httpx.Response) -> str | None:
