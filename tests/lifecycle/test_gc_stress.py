@@ -34,7 +34,6 @@ from tests.support.gc import (
     UNSUCCESSFUL,
     GcLoop,
     RunGc,
-    gc_available,
     gc_environment,
     get_run,
     is_sweeping,
@@ -58,9 +57,6 @@ HARNESS_OPERATIONS = int(os.environ.get("GC_STRESS_HARNESS_OPERATIONS", "480"))
 GRACE_SECONDS = 2
 SEED = 13
 TARGETS = ("filesystem", "s3", "two-nodes")
-
-# The one switch for the integrator: GC-dependent tests run once this build has a collector.
-requires_gc = pytest.mark.skipif(not gc_available(), reason="no garbage collector in this build")
 
 _runs = itertools.count()
 
@@ -327,7 +323,6 @@ def stress(target: Target, gc: RunGc, gc_url: str | None = None) -> WorkloadResu
     return result
 
 
-@requires_gc
 @pytest.mark.slow
 def test_online_gc_under_concurrent_clients(target: Target, gc: RunGc) -> None:
     result = stress(target, gc)
@@ -353,7 +348,6 @@ def delete_all(url: str, ledger: Ledger) -> None:
             assert response.status_code == 202, response.text
 
 
-@requires_gc
 @pytest.mark.slow
 @pytest.mark.tools("haproxy", "redis-server")
 def test_gc_node_killed_mid_sweep(two_nodes: Target, gc: RunGc) -> None:
