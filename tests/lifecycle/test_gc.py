@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.lifecycle.gc_support import plant_blob, run_gc, stored_blobs
+from moorage.domain.digest import Digest
+from tests.lifecycle.gc_support import plant_blob, run_gc, storage_of, stored_blobs
 from tests.support.api import PASSWORD, api_client, create_user, eventually
 from tests.support.auth import RegistryAuth
 from tests.support.backends import query_database, server_database_url
@@ -375,3 +376,17 @@ def test_the_pull_times_of_a_deleted_manifest_go(
     run = run_gc(admin, graceSeconds=0)
     assert run["counts"]["pull_rows"] >= 1
     assert query_database(database, query, pulled.digest)[0][0] == 0
+
+
+def test_a_blob_whose_bytes_went_between_lookup_and_read_answers_blob_unknown(
+    server: RegistryProcess, v2: httpx.Client, repo: str
+) -> None:
+    """What a pull of an unreferenced blob sees when a collection removes it meanwhile (here:
+    the bytes removed behind the registry's back): an OCI error, not a dropped connection."""
+    data = random_bytes(2048)
+    digest = push_blob(v2, repo, data)
+    storage_of(server.data_dir).delete_blob(Digest.parse(digest))
+    response = v2.get(f"/v2/{repo}/blobs/{digest}")
+    assert_oci_error(response, 404, "BLOB_UNKNOWN")
+    ranged = v2.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": "bytes=0-9"})
+    assert_oci_error(ranged, 404, "BLOB_UNKNOWN")

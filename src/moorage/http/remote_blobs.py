@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.ranges import ByteRange
 from moorage.services.registry.registry import BlobLocation
 from moorage.storage.base import BlobStore
@@ -70,6 +71,10 @@ class RemoteBlobs:
         if byte_range is not None:
             upstream_headers["Range"] = f"bytes={byte_range.start}-{byte_range.end}"
         async with self._http().get(url, headers=upstream_headers) as upstream:
+            if upstream.status == 404:  # collected since the lookup
+                raise RegistryError(
+                    ErrorCode.BLOB_UNKNOWN, f"blob {location.digest} is no longer stored"
+                )
             if upstream.status not in (200, 206):
                 raise web.HTTPBadGateway(text=f"blob storage answered {upstream.status}")
             streamed = web.StreamResponse(status=206 if byte_range else 200, headers=headers)

@@ -211,9 +211,14 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         remote = await request.app[REMOTE_BLOBS].respond(request, location, byte_range, headers)
         if remote is not None:
             return remote
+    # Opened here, not while the response is sent: bytes that are gone (collected since the
+    # lookup) are a BLOB_UNKNOWN answer, not a dropped connection.
+    opener = None
+    if request.method != "HEAD" and location.size > 0:
+        opener = await pulls.open_blob(location)
     return BlobResponse(
         path=location.path,
-        opener=await pulls.open_blob(location),
+        opener=opener,
         size=location.size,
         byte_range=byte_range,
         headers=headers,

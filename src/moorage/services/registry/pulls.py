@@ -207,11 +207,16 @@ class PullService:
             proxy, target, digest, access.actor, may_fetch, stream=want is BlobWant.STREAM
         )
 
-    async def open_blob(self, location: BlobLocation) -> BinaryIO | None:
-        """A reader for a stored blob that has no local file (None: send the file)."""
-        if location.path is not None:
-            return None
-        return await self._registry.open_blob(location.digest)
+    async def open_blob(self, location: BlobLocation) -> BinaryIO:
+        """A reader for a stored blob: its local file (sent with sendfile), or the driver's
+        stream. BLOB_UNKNOWN when its bytes are gone: the blob was unreferenced, and garbage
+        collection removed it between the lookup and this open."""
+        try:
+            return await self._registry.open_stored(location)
+        except FileNotFoundError:
+            raise RegistryError(
+                ErrorCode.BLOB_UNKNOWN, f"blob {location.digest} is no longer stored"
+            ) from None
 
     # -- listings
 

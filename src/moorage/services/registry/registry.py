@@ -166,6 +166,12 @@ class RegistryService:
     async def open_blob(self, digest: Digest) -> BinaryIO:
         return await self._threads.run(self._storage.open_blob, digest)
 
+    async def open_stored(self, location: BlobLocation) -> BinaryIO:
+        """The blob's local file when it has one, else the driver's stream of it."""
+        if location.path is not None:
+            return await self._threads.run(_open_file, location.path)
+        return await self.open_blob(location.digest)
+
     async def mount_blob(
         self, target: str, source: str, digest: Digest, actor: Actor
     ) -> int | None:
@@ -505,3 +511,7 @@ def referrers_index(records: list[ReferrerRecord]) -> dict[str, Any]:
             descriptor["annotations"] = record.annotations
         descriptors.append(descriptor)
     return {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
+
+
+def _open_file(path: Path) -> BinaryIO:
+    return path.open("rb")
