@@ -356,9 +356,9 @@ def collect(environ: dict[str, str], label: str, referenced: int, garbage: int) 
             phases,
             cpu,
             timings,
-            ended - started,
-            left,
-            ended_cpu - started_cpu,
+            total=ended - started,
+            total_cpu=ended_cpu - started_cpu,
+            left_in_storage=left,
         )
     finally:
         engine.dispose()
@@ -523,6 +523,12 @@ async def push_for(server: Server, clients: int, seconds: float, label: str) -> 
     return pushed, failed
 
 
+_VIA = {
+    "api": "through the API (a thread of a server worker)",
+    "cli": "with `moorage gc` (a process of its own)",
+}
+
+
 @dataclass
 class PushRound:
     gc: bool
@@ -533,8 +539,41 @@ class PushRound:
     gc_phase: str = ""
 
 
+def start_gc(
+    api: Api,
+    server: MoorageServer,
+    via: str,
+    resume: str | None,
+    processes: list[subprocess.Popen[bytes]],
+) -> Any:
+    """Start (or resume) a run through the API (in a server worker's thread), or with
+    `moorage gc` (a process of its own on the same data directory); its record."""
+    if via == "api":
+        body: dict[str, Any] = {"resume": resume} if resume else {"graceSeconds": 0}
+        return api.call("POST", "/system/gc", body)
+    command = [sys.executable, "-m", "moorage", "gc", "--json"]
+    command += ["--resume", resume] if resume else ["--grace-seconds", "0"]
+    command += ["--data-dir", str(server.workdir / "data")]
+    processes.append(
+        subprocess.Popen(
+            command,
+            env=server.environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = api.call("GET", "/system/gc/runs?limit=1")
+        if runs and runs[0]["status"] == "running" and runs[0]["id"] != resume:
+            return runs[0]
+        time.sleep(0.2)
+    raise RuntimeError("moorage gc did not start a run")
+
+
 async def bench_push(
-    workdir: Path, garbage: int, rounds: int, seconds: float, clients: int
+    workdir: Path, garbage: int, rounds: int, seconds: float, clients: int, via: str
 ) -> list[str]:
     server = MoorageServer(workdir / "moorage", workers=2)
     server.start()
@@ -550,6 +589,7 @@ async def bench_push(
     api = Api(server)
     results: list[PushRound] = []
     run_id: str | None = None
+    processes: list[subprocess.Popen[bytes]] = []
     try:
         await push_for(server, clients, 3, "warmup")
         for _ in range(rounds):
@@ -557,10 +597,7 @@ async def bench_push(
                 before = 0
                 phase = ""
                 if with_gc:
-                    body: dict[str, Any] = {"graceSeconds": 0}
-                    if run_id is not None:
-                        body = {"resume": run_id}
-                    run = api.call("POST", "/system/gc", body)
+                    run = start_gc(api, server, via, run_id, processes)
                     run_id = run["id"]
                     run = api.wait(
                         run["id"],
@@ -582,13 +619,16 @@ async def bench_push(
                     phase = run["phase"] if run["status"] == "running" else run["status"]
                     api.call("POST", f"/system/gc/runs/{run_id}/stop")
                     api.wait(run_id, lambda r: r["status"] != "running", 120)
+                    for process in processes:
+                        process.wait(120)
+                    processes.clear()
                 results.append(PushRound(with_gc, elapsed, images, failures, deleted, phase))
     finally:
         server.stop()
     lines = [
         f"Push throughput while GC runs (Moorage, filesystem, 2 workers; {clients} clients"
         f" pushing small images of 2 blobs + a tagged manifest; {seconds:.0f} s rounds"
-        f" alternating; GC started/resumed through the API, graceSeconds 0, {garbage:,}"
+        f" alternating; GC started/resumed {_VIA[via]}, graceSeconds 0, {garbage:,}"
         " garbage blobs)",
         f"{'round':8}{'GC':>5}{'images/s':>10}{'failures':>10}{'GC deletes/s':>14}"
         f"{'GC phase at end':>17}",
@@ -760,6 +800,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--push-rounds", type=int, default=3)
     parser.add_argument("--push-seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--push-gc", choices=("api", "cli"), default="api")
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--markdown", type=Path, help="also write the results here")
     return parser.parse_args(argv)
@@ -798,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.push_rounds,
                         args.push_seconds,
                         args.clients,
+                        args.push_gc,
                     )
                 ),
             ]
