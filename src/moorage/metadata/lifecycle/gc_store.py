@@ -83,7 +83,9 @@ def _unreferenced_blob(cutoff: datetime) -> ColumnElement[bool]:
     referenced by no stored manifest and by no vulnerability database generation."""
     digest = blobs_table.c.digest
     return and_(
-        blobs_table.c.state == BLOB_LIVE,
+        # `|| ''` keeps SQLite off ix_blobs_state (every blob is live: it would scan them all
+        # for each page); the page's digests are looked up by primary key instead.
+        blobs_table.c.state + "" == BLOB_LIVE,
         blobs_table.c.touched_at < cutoff,
         not_(exists().where(repository_blobs_table.c.digest == digest)),
         not_(exists().where(manifest_blobs_table.c.blob_digest == digest)),
@@ -241,7 +243,9 @@ class GcStore:
                 exists().where(
                     manifest_blobs_table.c.blob_digest == repository_blobs_table.c.digest,
                     repository_manifests_table.c.digest == manifest_blobs_table.c.manifest_digest,
-                    repository_manifests_table.c.repository_id == repository_id,
+                    # `+ 0`: look up the manifests that reference this blob, then check their
+                    # repository; not every manifest of the repository for every link.
+                    repository_manifests_table.c.repository_id + 0 == repository_id,
                 )
             ),
         )
