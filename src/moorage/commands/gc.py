@@ -18,6 +18,7 @@ from moorage.commands.common import cli_actor, table, with_settings
 from moorage.config import Settings
 from moorage.metadata.lifecycle.gc_runs_store import GcRun, RunBusyError
 from moorage.services.lifecycle.gc import PHASES, GcOptions
+from moorage.services.lifecycle.gc_runner import lower_priority
 
 
 @click.group(invoke_without_command=True)
@@ -83,6 +84,7 @@ def gc(
                     task, description=f"{phase} ({step}/{len(PHASES)}) {summary}".strip()
                 )
 
+            lower_priority()  # the registry's requests come first
             finished = collector.run(record, options, actor, publish, report)
     if as_json:
         click.echo(json.dumps(_summary(finished), sort_keys=True))
@@ -122,6 +124,20 @@ def runs_command(settings: Settings, limit: int) -> None:
             )
 
 
+@gc.command("show")
+@click.argument("run_id")
+@with_settings
+def show_command(settings: Settings, run_id: str) -> None:
+    """One run as JSON: status, phase, counts, error."""
+    from moorage.management import gc_collector
+
+    with gc_collector(settings) as (_collector, runs, _publish):
+        run = runs.run(run_id)
+    if run is None:
+        raise click.ClickException(f"no run {run_id}")
+    click.echo(json.dumps(_summary(run), sort_keys=True))
+
+
 @gc.command("stop")
 @click.argument("run_id")
 @with_settings
@@ -146,6 +162,10 @@ def _summary(run: GcRun) -> dict[str, object]:
     return {
         "id": run.id,
         "status": run.status,
+        "phase": run.phase,
+        "trigger": run.trigger,
+        "startedAt": run.started_at.isoformat(),
+        "finishedAt": run.finished_at.isoformat() if run.finished_at else None,
         "dryRun": run.dry_run,
         "deleteUntagged": run.delete_untagged,
         "counts": run.counts,

@@ -141,6 +141,17 @@ class GcRunsStore:
             ).scalar()
         return bool(stop)
 
+    def check(self, run_id: str) -> bool:
+        """Whether a stop was requested (a read: no write lock); RunLostError when the run no
+        longer counts as running (see `progress`)."""
+        with single_read(self._engine) as connection:
+            row = connection.execute(
+                select(_runs.c.status, _runs.c.stop_requested).where(_runs.c.id == run_id)
+            ).first()
+        if row is None or row.status != RUNNING:
+            raise RunLostError(run_id)
+        return bool(row.stop_requested)
+
     def finish(
         self, run_id: str, status: str, counts: dict[str, int], error: str | None = None
     ) -> None:

@@ -61,6 +61,7 @@ PHASES: Final = (
     "orphans",
     "uploads",
 )
+_RECORD_SECONDS: Final = 1.0  # progress is written this often; stops are read every batch
 _MAX_UNTAGGED_PASSES: Final = 32  # an index, its children, their referrers: a few passes
 Publish = Callable[[DomainEvent], None]
 Progress = Callable[[GcRun, str, dict[str, int]], None]
@@ -92,6 +93,8 @@ class _Run:
     counts: dict[str, int]
     phase: str
     cursor: str | None
+    recorded_phase: str = ""
+    recorded_at: float = 0.0
 
 
 class GarbageCollector:
@@ -187,7 +190,14 @@ class GarbageCollector:
         return finished
 
     def _beat(self, state: _Run, on_progress: Progress | None) -> None:
-        stop = self._runs.progress(state.record.id, state.phase, state.cursor, state.counts)
+        """Between batches: record progress (a write, at most once a second, or at a new
+        phase), else only read whether a stop was requested and the run is still ours."""
+        now = time.monotonic()
+        if state.phase != state.recorded_phase or now - state.recorded_at >= _RECORD_SECONDS:
+            stop = self._runs.progress(state.record.id, state.phase, state.cursor, state.counts)
+            state.recorded_phase, state.recorded_at = state.phase, now
+        else:
+            stop = self._runs.check(state.record.id)
         if on_progress is not None:
             on_progress(state.record, state.phase, dict(state.counts))
         if stop:
@@ -337,11 +347,12 @@ class GarbageCollector:
     ) -> None:
         """Delete marked blobs from storage (bulk requests, in parallel), then their rows.
 
-        The heart beats first: a run that lost its lease (another took over) deletes nothing.
+        The run's standing is read first: a run that lost its lease (another took over)
+        deletes nothing.
         """
         if not blobs:
             return
-        self._runs.progress(state.record.id, state.phase, state.cursor, state.counts)
+        self._runs.check(state.record.id)
         digests = [Digest.parse(blob.digest) for blob in blobs]
         chunks = list(_pages(iter(digests), max(1, len(digests) // state.options.delete_workers)))
         with ThreadPoolExecutor(max_workers=state.options.delete_workers) as pool:

@@ -4,9 +4,15 @@ thread of their own, stopped and resumed on request; one at a time across the de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from moorage.config import Settings
 from moorage.coordination.base import Coordination
@@ -31,10 +37,22 @@ from moorage.storage.base import StorageDriver
 log = logging.getLogger("moorage.gc")
 
 RESUMABLE = frozenset({STOPPED, INTERRUPTED, FAILED})
+_NICENESS: Final = 10
 
 
 class NotResumableError(Exception):
     pass
+
+
+def lower_priority() -> None:
+    """Make the calling thread nice (Linux schedules threads one by one); best effort."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICENESS)
+
+
+def _niced(work: Callable[..., GcRun], *arguments: Any) -> GcRun:
+    lower_priority()
+    return work(*arguments)
 
 
 class GcRunner:
@@ -51,7 +69,8 @@ class GcRunner:
         self._runs = runs
         self.defaults = defaults
         self._threads = threads
-        self._working: set[asyncio.Task[GcRun]] = set()
+        self._working: set[asyncio.Future[GcRun]] = set()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gc")
 
     async def start(
         self,
@@ -85,9 +104,12 @@ class GcRunner:
         def publish(event: DomainEvent) -> None:
             loop.call_soon_threadsafe(self._events.publish, event)
 
-        # Its own thread: a run takes minutes and must not hold one of the request threads.
-        task = asyncio.create_task(
-            asyncio.to_thread(self._collector.run, record, options, actor, publish)
+        # Its own thread, at a lower priority: a run takes minutes, and the requests this
+        # process serves meanwhile come first (for the CPU, and so for the interpreter lock).
+        task = asyncio.ensure_future(
+            loop.run_in_executor(
+                self._thread, _niced, self._collector.run, record, options, actor, publish
+            )
         )
         self._working.add(task)
         task.add_done_callback(self._working.discard)
@@ -124,6 +146,7 @@ class GcRunner:
             await self._threads.run(self._runs.request_stop, running.id)
         if self._working:
             await asyncio.wait(set(self._working), timeout=30)
+        self._thread.shutdown(wait=False)
 
 
 def gc_options_from(settings: Settings) -> GcOptions:
