@@ -245,7 +245,7 @@ class Settings(BaseModel):
     gc_delete_untagged: bool = Field(
         False, description="scheduled runs also delete untagged manifests older than the grace"
     )
-    gc_batch_size: int = Field(1000, ge=1, le=10_000)
+    gc_batch_size: int = Field(250, ge=1, le=10_000)
     gc_delete_workers: int = Field(4, ge=1, le=64)
     gc_lease_seconds: int = Field(
         60, ge=5, le=3600, description="a run whose node stops beating this long is taken over"

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from moorage.domain.digest import Digest
 from moorage.domain.events import AccessEvent, Actor, DomainEvent, EventKind, RegistryEvent
@@ -50,6 +50,7 @@ from moorage.metadata.lifecycle.gc_store import GcStore, StoredBlob
 from moorage.storage.base import StorageDriver
 
 log = logging.getLogger("moorage.gc")
+T = TypeVar("T")
 
 PHASES: Final = (
     "leftovers",
@@ -63,6 +64,7 @@ PHASES: Final = (
 )
 _RECORD_SECONDS: Final = 1.0  # progress is written this often; stops are read every batch
 _MAX_UNTAGGED_PASSES: Final = 32  # an index, its children, their referrers: a few passes
+_SCAN_PAGES_PER_BATCH: Final = 8  # blob rows looked at per page, in deletion batches
 Publish = Callable[[DomainEvent], None]
 Progress = Callable[[GcRun, str, dict[str, int]], None]
 DanglingRecords = Callable[[], list[tuple[str, str]]]
@@ -290,21 +292,34 @@ class GarbageCollector:
                     break
 
     def _phase_blobs(self, state: _Run, on_progress: Progress | None) -> None:
+        """Scan the blob table in pages; mark the garbage of each page at once (short write
+        transactions), and delete what is marked from storage once a full batch gathered, so
+        sparse garbage still goes in large bulk requests."""
         after = state.cursor or ""
-        while True:
-            garbage, last = self._store.garbage_blobs(after, state.options.batch_size, state.cutoff)
-            if not last:
-                return
-            if state.options.dry_run:
-                self._add(state, "blobs", len(garbage))
-                self._add(state, "bytes", sum(blob.size for blob in garbage))
-            elif garbage:
-                marked = self._store.mark_deleting(
-                    state.record.id, [blob.digest for blob in garbage], state.cutoff
-                )
-                self._delete_and_forget(state, marked, "blobs", "bytes")
-            after = state.cursor = last
-            self._beat(state, on_progress)
+        scan = state.options.batch_size * _SCAN_PAGES_PER_BATCH
+        pending: list[StoredBlob] = []
+        try:
+            while True:
+                garbage, last = self._store.garbage_blobs(after, scan, state.cutoff)
+                if not last:
+                    return
+                if state.options.dry_run:
+                    self._add(state, "blobs", len(garbage))
+                    self._add(state, "bytes", sum(blob.size for blob in garbage))
+                for batch in _pages(iter(garbage), state.options.batch_size):
+                    if not state.options.dry_run:
+                        pending += self._store.mark_deleting(
+                            state.record.id, [blob.digest for blob in batch], state.cutoff
+                        )
+                    if len(pending) >= state.options.batch_size:
+                        self._delete_and_forget(state, pending, "blobs", "bytes")
+                        pending = []
+                after = state.cursor = last
+                self._beat(state, on_progress)
+        finally:
+            # Stopped, failed or done: what this run marked does not wait for the next run.
+            if pending:
+                self._delete_and_forget(state, pending, "blobs", "bytes")
 
     def _phase_orphans(self, state: _Run, on_progress: Progress | None) -> None:
         for page in _pages(self._storage.list_blobs(), state.options.batch_size):
@@ -369,8 +384,8 @@ def _nowhere(_event: DomainEvent) -> None:
     return None
 
 
-def _pages(items: Iterator[Digest], size: int) -> Iterator[list[Digest]]:
-    page: list[Digest] = []
+def _pages(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    page: list[T] = []
     for item in items:
         page.append(item)
         if len(page) >= size:
