@@ -57,6 +57,7 @@ class BlobQueries(RegistryStoreBase):
             self._engine, serialise_on=[repository_key(repository)]
         ) as connection:
             repository_id = self._repository_id(connection, repository, create=True)
+            self._quota.before_blob_link(connection, repository, digest, size)
             self._insert_ignore(
                 connection, blobs_table, [{"digest": digest, "size": size, "created_at": now}]
             )
@@ -85,6 +86,7 @@ class BlobQueries(RegistryStoreBase):
             ).scalar()
             if size is None:
                 return None
+            self._quota.before_blob_link(connection, target, digest, int(size))
             target_id = self._repository_id(connection, target, create=True)
             self._insert_ignore(
                 connection,

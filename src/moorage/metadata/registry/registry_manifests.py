@@ -187,6 +187,7 @@ class ManifestQueries(RegistryStoreBase):
             )
             if missing_blobs or missing_children:
                 raise MissingReferencesError(missing_blobs, missing_children)
+        self._quota.before_manifest_links(connection, repository_id, repository, [digest])
         self._insert_ignore(
             connection,
             manifests_table,
@@ -272,6 +273,9 @@ class ManifestQueries(RegistryStoreBase):
         missing_blobs = self._missing(connection, repository_blobs_table, source_id, links.blobs)
         if missing_manifests or missing_blobs:
             raise MissingReferencesError(missing_blobs, missing_manifests)
+        self._quota.before_manifest_links(
+            connection, target_id, links.target, links.manifests, links.blobs
+        )
         self._insert_ignore(
             connection,
             repository_blobs_table,

@@ -1,0 +1,1 @@
+"""Stores of the lifecycle context: quotas, retention, garbage collection."""
