@@ -68,6 +68,9 @@ class Settings(BaseModel):
     )
     upload_expiry_seconds: int = Field(24 * 3600, ge=1)
     upload_purge_interval_seconds: int = Field(3600, ge=1)
+    pull_flush_seconds: float = Field(
+        5.0, ge=0.05, le=300, description="how often each process writes its pulls' times"
+    )
     manifest_cache_bytes: int = Field(32 * MiB, ge=0)
     db_threads: int = Field(8, ge=1, le=256)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)

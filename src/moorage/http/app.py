@@ -50,6 +50,7 @@ from moorage.metadata.database import make_engine
 from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
+from moorage.metadata.lifecycle.pull_store import PullStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -69,6 +70,7 @@ from moorage.services.distribution.replication import ReplicationOptions, Replic
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.lifecycle.pull_tracking import PullTracker
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -185,6 +187,10 @@ def build_app(
     app[COORDINATION] = coordination
     audit = AuditLog(iam_store)
     events.subscribe(audit)
+    # Last-pull times, buffered per process and written in batches (never once per pull).
+    pull_store = PullStore(engine)
+    pull_tracker = PullTracker(pull_store, threads, settings.pull_flush_seconds)
+    events.subscribe(pull_tracker.on_event)
     identity = IdentityService(iam_store, events, policy_from(settings))
     tokens = TokenService(
         iam_store, service=settings.auth_service, ttl_seconds=settings.token_ttl_seconds
@@ -388,7 +394,10 @@ def build_app(
         await threads.run(uploads.ids.load)
         await coordination.start(invalidated)
         announce_invalidations(coordination.invalidate)
-        tasks = [asyncio.create_task(audit.run(threads.run))]
+        tasks = [
+            asyncio.create_task(audit.run(threads.run)),
+            asyncio.create_task(pull_tracker.run()),
+        ]
         if run_jobs:
             tasks.append(
                 asyncio.create_task(

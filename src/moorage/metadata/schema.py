@@ -2,7 +2,7 @@
 
 from moorage.metadata.access import iam_models
 from moorage.metadata.distribution import replication_models, virtual_models
-from moorage.metadata.lifecycle import quota_models
+from moorage.metadata.lifecycle import pull_models, quota_models
 from moorage.metadata.registry import models
 from moorage.metadata.registry.models import Base
 from moorage.metadata.staging import promotion_models
@@ -20,7 +20,11 @@ __all__ = [
     "models",
     "policy_models",
     "promotion_models",
+<<<<<<< HEAD
     "quota_models",
+=======
+    "pull_models",
+>>>>>>> b0acadb
     "replication_models",
     "scan_models",
     "scanner_models",

@@ -1,1 +1,1 @@
-"""Stores of the lifecycle context: quotas, retention, garbage collection."""
+"""SQL access for lifecycle: pull tracking, retention policies and their runs."""

@@ -1,7 +1,7 @@
 """project quotas: limits per project and usage counters kept by triggers
 
 Revision ID: 0020
-Revises: 0017
+Revises: 0019 (0017 on its own branch; re-chained when merged)
 Create Date: 2026-12-08 02:40:00.000000
 
 - `project_quotas`: a project's own storage and artifact limits (NULL inherits the system
@@ -26,7 +26,7 @@ from alembic import op
 from moorage.metadata.lifecycle import quota_triggers
 
 revision: str = "0020"
-down_revision: str | None = "0017"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,1 @@
+"""Lifecycle: pull tracking, retention, garbage collection, quotas."""
