@@ -20,11 +20,8 @@ __all__ = [
     "models",
     "policy_models",
     "promotion_models",
-<<<<<<< HEAD
-    "quota_models",
-=======
     "pull_models",
->>>>>>> b0acadb
+    "quota_models",
     "replication_models",
     "scan_models",
     "scanner_models",
