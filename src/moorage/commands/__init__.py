@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "role": "moorage.commands.admin:role",
     "settings": "moorage.commands.admin:settings_group",
     "migrate-data": "moorage.commands.migrate_data:migrate_data",
+    "quota": "moorage.commands.quotas:quota",
 }
 
 

@@ -16,8 +16,10 @@ from moorage.coordination import Coordination, make_coordination
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
+from moorage.domain.quotas import QuotaLimits, from_setting
 from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
+from moorage.http.api.quotas import QUOTAS
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.forwarded import forwarded_middleware
@@ -51,6 +53,7 @@ from moorage.metadata.distribution.replication_store import ReplicationStore
 from moorage.metadata.distribution.virtual_store import VirtualStore
 from moorage.metadata.health import ping_database
 from moorage.metadata.lifecycle.pull_store import PullStore
+from moorage.metadata.lifecycle.quota_store import QuotaStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
 from moorage.metadata.supply_chain.scan_store import ScanStore
@@ -70,7 +73,9 @@ from moorage.services.distribution.replication import ReplicationOptions, Replic
 from moorage.services.distribution.virtual import VirtualProjectService
 from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
+from moorage.services.lifecycle.proxy_eviction import ProxyEviction
 from moorage.services.lifecycle.pull_tracking import PullTracker
+from moorage.services.lifecycle.quotas import QuotaService
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
 from moorage.services.registry.registry import RegistryService
@@ -159,6 +164,10 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
         response.headers.update(API_VERSION)
 
 
+async def _has_proxy_config(proxy_cache: ProxyCache, project: str) -> bool:
+    return await proxy_cache.config_for(project) is not None
+
+
 def build_app(
     settings: Settings,
     *,
@@ -178,7 +187,10 @@ def build_app(
         pool_size=settings.db_threads,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
-    metadata = MetadataStore(engine)
+    quota_defaults = QuotaLimits(
+        from_setting(settings.quota_default_bytes), from_setting(settings.quota_default_artifacts)
+    )
+    metadata = MetadataStore(engine, quota_defaults=quota_defaults)
     iam_store = IamStore(engine)
     storage = make_storage(settings)
     events = EventBus()
@@ -270,6 +282,19 @@ def build_app(
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
+    # Quotas: refused in the metadata store; announced, shown and set here.
+    quota_store = QuotaStore(engine)
+    quotas = QuotaService(
+        quota_store,
+        threads,
+        events,
+        defaults=quota_defaults,
+        warning_percent=settings.quota_warning_percent,
+        is_proxy=lambda project: _has_proxy_config(proxy_cache, project),
+        evict=ProxyEviction(metadata, quota_store, threads).evict,
+    )
+    events.subscribe(quotas.on_event)
+    app[QUOTAS] = quotas
     app[SERVICES] = Services(
         registry, uploads, settings.max_page_size, proxy_cache, settings.unpaged_listing_size
     )

@@ -39,10 +39,12 @@ from moorage.domain.quotas import (
 )
 from moorage.metadata.access.iam_models import Project, ProxyUpstreamRow
 from moorage.metadata.database import read_transaction, serialise, write_transaction
+from moorage.metadata.lifecycle.pull_models import ManifestPullRow
 from moorage.metadata.lifecycle.quota_models import ProjectQuota, QuotaProjectBlob, QuotaUsageRow
 from moorage.metadata.registry.models import utcnow
 from moorage.metadata.registry.registry_records import (
     blobs_table,
+    manifest_blobs_table,
     repositories_table,
     repository_blobs_table,
     repository_manifests_table,
@@ -53,6 +55,7 @@ usage_table: Table = QuotaUsageRow.__table__  # type: ignore[assignment]
 project_blobs_table: Table = QuotaProjectBlob.__table__  # type: ignore[assignment]
 _proxy_table: Table = ProxyUpstreamRow.__table__  # type: ignore[assignment]
 _projects_table: Table = Project.__table__  # type: ignore[assignment]
+_pulls_table: Table = ManifestPullRow.__table__  # type: ignore[assignment]
 
 
 def project_key(project: str) -> str:
@@ -364,3 +367,39 @@ class QuotaStore:
             if rows:
                 connection.execute(usage_table.insert(), rows)
             return drift
+
+    # -- proxy-cache eviction
+
+    def least_recently_pulled(self, project: str, limit: int) -> list[tuple[str, str]]:
+        """The project's artifacts (repository, digest), least recently pulled first; an
+        artifact never pulled counts from when it was cached."""
+        used = func.coalesce(_pulls_table.c.last_pulled_at, repository_manifests_table.c.created_at)
+        with read_transaction(self._engine) as connection:
+            rows = connection.execute(
+                select(repositories_table.c.name, repository_manifests_table.c.digest)
+                .join(
+                    repositories_table,
+                    repositories_table.c.id == repository_manifests_table.c.repository_id,
+                )
+                .outerjoin(
+                    _pulls_table,
+                    (_pulls_table.c.repository_id == repository_manifests_table.c.repository_id)
+                    & (_pulls_table.c.digest == repository_manifests_table.c.digest),
+                )
+                # Names of the project: "p/..." sort from "p/" up to (not including) "p0".
+                .where(repositories_table.c.name >= f"{project}/")
+                .where(repositories_table.c.name < f"{project}0")
+                .order_by(used, repository_manifests_table.c.created_at)
+                .limit(limit)
+            ).all()
+        return [(row[0], row[1]) for row in rows]
+
+    def blobs_of(self, manifest: str) -> list[str]:
+        with read_transaction(self._engine) as connection:
+            return list(
+                connection.execute(
+                    select(manifest_blobs_table.c.blob_digest).where(
+                        manifest_blobs_table.c.manifest_digest == manifest
+                    )
+                ).scalars()
+            )
