@@ -91,7 +91,9 @@ def _quotas(call: Call) -> QuotaService:
 
 
 async def project_usage(call: Call) -> ProjectUsage:
-    return usage_view(await _quotas(call).usage(call.project))
+    project = call.project
+    await call.run(call.iam.projects.project, project)  # 404 for an administrator too
+    return usage_view(await _quotas(call).usage(project))
 
 
 async def _existing_project(call: Call) -> str:
@@ -140,6 +142,7 @@ ROUTES: tuple[ApiRoute, ...] = (
         "The project's storage and artifact usage, its quotas and how full they are",
         QUOTA_TAG,
         response=ProjectUsage,
+        errors=(404,),
     ),
     ApiRoute(
         "PUT",
