@@ -229,6 +229,7 @@ def test_limits_are_set_by_administrators_and_checked(
     assert set_.json()["limits"] == {"storageBytes": None, "artifacts": 5}
     cleared = api.delete(f"/projects/{project}/quota")
     assert cleared.json()["projectLimits"] == {"storageBytes": None, "artifacts": None}
+    eventually(lambda: len(audit(api, project, "quota:clear")) == 1, what="the audit batch")
     assert [e["details"] for e in audit(api, project, "quota:set")] == [
         {"bytes": 0, "artifacts": 5}
     ]
