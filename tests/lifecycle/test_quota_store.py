@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, text
@@ -24,10 +26,14 @@ from moorage.domain.quotas import (
     QuotaOverride,
     QuotaUsage,
 )
-from moorage.metadata.database import make_engine, write_transaction
+from moorage.metadata.database import make_engine, migrate, sqlite_url, write_transaction
+from moorage.metadata.lifecycle.pull_store import PullStore, PullSummary
 from moorage.metadata.lifecycle.quota_store import QuotaStore
 from moorage.metadata.registry.registry_records import ManifestLinks, repositories_table
 from moorage.metadata.registry.store import MetadataStore
+from moorage.metadata.transfer import copy_tables
+from moorage.services.lifecycle.proxy_eviction import ProxyEviction
+from moorage.services.threads import Threads
 
 IMAGE = "application/vnd.oci.image.manifest.v1+json"
 
@@ -253,3 +259,95 @@ def test_proxy_cache_projects_are_never_refused(metadata_url: str) -> None:
         assert db.usage("hub") == QuotaUsage(1000, 0)
     finally:
         db.engine.dispose()
+
+
+def _make_proxy_project(db: Fixture, name: str) -> None:
+    with write_transaction(db.engine) as connection:
+        connection.execute(
+            text(
+                "INSERT INTO projects (id, name, public, created_at)"
+                " VALUES (77, :name, false, CURRENT_TIMESTAMP)"
+            ),
+            {"name": name},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO proxy_upstreams (project_id, url, flavor, credential_kind,"
+                " allow_private_network, tag_ttl_seconds, timeout_seconds, anonymous_fetch,"
+                " updated_at) VALUES (77, 'https://r.example', 'oci', 'none', false, 60, 30,"
+                " false, CURRENT_TIMESTAMP)"
+            )
+        )
+
+
+def test_a_proxy_cache_project_over_its_cap_loses_its_least_recently_pulled_artifacts(
+    metadata_url: str,
+) -> None:
+    db = Fixture(metadata_url)
+    try:
+        _make_proxy_project(db, "hub")
+        db.quotas.set_override("hub", QuotaOverride(bytes=3000), "admin")
+        shared = db.push_blob("hub/library/base", 100, 500)  # config shared by every image
+        images: dict[str, str] = {}
+        for n in range(4):
+            repository = f"hub/library/app{n % 2}"
+            db.push_blob(repository, 100, 500)
+            layer = db.push_blob(repository, n, 1000)
+            images[f"{repository}:{n}"] = db.push_manifest(repository, shared, [layer], f"v{n}")
+        assert db.usage("hub") == QuotaUsage(4500, 4)  # over the cap of 3000: never refused
+        # Pulled: image 2 long ago, 0 and 3 recently; image 1 never (cached first).
+        now = datetime.now(UTC)
+        PullStore(db.engine).record(
+            {
+                ("hub/library/app0", images["hub/library/app0:2"]): PullSummary(
+                    now - timedelta(days=3), 1
+                ),
+                ("hub/library/app0", images["hub/library/app0:0"]): PullSummary(now, 5),
+                ("hub/library/app1", images["hub/library/app1:3"]): PullSummary(now, 1),
+            }
+        )
+        removed, freed = ProxyEviction(db.store, db.quotas, Threads(1)).evict_now(
+            "hub", QuotaLimits(bytes=3000)
+        )
+        # Image 1 (never pulled, cached first) and image 2 (pulled long ago) go; their
+        # layers leave the project, the shared config stays.
+        assert (removed, freed) == (2, 2000)
+        assert db.store.resolve_tag("hub/library/app1", "v1") is None
+        assert db.store.resolve_tag("hub/library/app0", "v2") is None
+        assert db.store.resolve_tag("hub/library/app0", "v0") is not None
+        assert db.store.resolve_tag("hub/library/app1", "v3") is not None
+        assert db.usage("hub") == QuotaUsage(2500, 2)
+        db.assert_exact()
+        # Under the cap: nothing more goes.
+        assert ProxyEviction(db.store, db.quotas, Threads(1)).evict_now(
+            "hub", QuotaLimits(bytes=3000)
+        ) == (0, 0)
+    finally:
+        db.engine.dispose()
+
+
+def test_copying_into_another_database_rebuilds_the_counters(
+    metadata_url: str, tmp_path: Path
+) -> None:
+    source_url = sqlite_url(tmp_path / "source.db")
+    source = make_engine(source_url, pool_size=1)
+    migrate(source)
+    db = Fixture(source_url)
+    try:
+        config = db.push_blob("team/a", 1, 100)
+        layer = db.push_blob("team/a", 2, 200)
+        db.push_blob("team/b", 2, 200)
+        db.push_manifest("team/a", config, [layer], "1")
+        db.push_blob("gone/x", 3, 5)
+        db.store.unlink_blob("gone/x", blob(3))  # a project whose counters are zero
+        target = make_engine(metadata_url, pool_size=1)
+        try:
+            copy_tables(source, target)
+            copied = QuotaStore(target)
+            assert copied.drift() == []
+            assert copied.counted()["team"] == QuotaUsage(300, 1)
+        finally:
+            target.dispose()
+    finally:
+        db.engine.dispose()
+        source.dispose()

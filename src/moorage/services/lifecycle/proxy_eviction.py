@@ -33,9 +33,10 @@ class ProxyEviction:
 
     async def evict(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
         """Trim `project` under `limits`: (artifacts removed, bytes no longer counted)."""
-        return await self._threads.run(self._evict, project, limits)
+        return await self._threads.run(self.evict_now, project, limits)
 
-    def _evict(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
+    def evict_now(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
+        """`evict` on the calling thread."""
         before = self._store.record(project).usage
         removed = 0
         skipped: set[tuple[str, str]] = set()
