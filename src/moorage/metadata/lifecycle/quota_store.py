@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     case,
     delete,
     func,
@@ -63,21 +64,27 @@ def project_key(project: str) -> str:
     return f"project:{project}"
 
 
+# The statements of the check run on every upload: built once (constructing them per call
+# costs more than running them).
+_OVERRIDE = select(quotas_table.c.bytes_limit, quotas_table.c.artifacts_limit).where(
+    quotas_table.c.project == bindparam("project")
+)
+_USAGE = select(usage_table.c.bytes, usage_table.c.artifacts, usage_table.c.state).where(
+    usage_table.c.project == bindparam("project")
+)
+_HELD = select(project_blobs_table.c.links).where(
+    project_blobs_table.c.project == bindparam("project"),
+    project_blobs_table.c.digest == bindparam("digest"),
+)
+
+
 def _read_override(connection: Connection, project: str) -> QuotaOverride:
-    row = connection.execute(
-        select(quotas_table.c.bytes_limit, quotas_table.c.artifacts_limit).where(
-            quotas_table.c.project == project
-        )
-    ).first()
+    row = connection.execute(_OVERRIDE, {"project": project}).first()
     return QuotaOverride() if row is None else QuotaOverride(row[0], row[1])
 
 
 def _read_usage(connection: Connection, project: str) -> tuple[QuotaUsage, QuotaState]:
-    row = connection.execute(
-        select(usage_table.c.bytes, usage_table.c.artifacts, usage_table.c.state).where(
-            usage_table.c.project == project
-        )
-    ).first()
+    row = connection.execute(_USAGE, {"project": project}).first()
     if row is None:
         return QuotaUsage(), QuotaState.OK
     return QuotaUsage(int(row[0]), int(row[1])), QuotaState(row[2])
@@ -125,11 +132,7 @@ class QuotaGuard:
         limits = self._applicable(connection, project)
         if limits.bytes is None:
             return
-        held = connection.execute(
-            select(project_blobs_table.c.links).where(
-                project_blobs_table.c.project == project, project_blobs_table.c.digest == digest
-            )
-        ).scalar()
+        held = connection.execute(_HELD, {"project": project, "digest": digest}).scalar()
         if held:
             return
         self._decide(connection, project, limits, size, 0)
