@@ -397,6 +397,11 @@ class QuotaStore:
             ).all()
         return [(row[0], row[1]) for row in rows]
 
+    def holds(self, project: str, digest: str) -> bool:
+        """Whether any repository of `project` links the blob (by the counters)."""
+        with read_transaction(self._engine) as connection:
+            return bool(connection.execute(_HELD, {"project": project, "digest": digest}).scalar())
+
     def blobs_of(self, manifest: str) -> list[str]:
         with read_transaction(self._engine) as connection:
             return list(

@@ -37,8 +37,7 @@ class ProxyEviction:
 
     def evict_now(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
         """`evict` on the calling thread."""
-        before = self._store.record(project).usage
-        removed = 0
+        removed = freed = 0
         skipped: set[tuple[str, str]] = set()
         while over_cap(limits, self._store.record(project).usage):
             candidates = [
@@ -51,31 +50,37 @@ class ProxyEviction:
             for repository, digest in candidates:
                 if not over_cap(limits, self._store.record(project).usage):
                     break
-                if self._remove(repository, digest):
+                released = self._remove(project, repository, digest)
+                if released is not None:
                     removed += 1
+                    freed += released
                 else:
                     skipped.add((repository, digest))
             else:
                 if all(artifact in skipped for artifact in candidates):
                     break
-        after = self._store.record(project).usage
         if removed:
             log.info(
                 "proxy-cache project %s over its cap: evicted %d artifacts (%d bytes)",
                 project,
                 removed,
-                before.bytes - after.bytes,
+                freed,
             )
-        return removed, max(before.bytes - after.bytes, 0)
+        return removed, freed
 
-    def _remove(self, repository: str, digest: str) -> bool:
+    def _remove(self, project: str, repository: str, digest: str) -> int | None:
+        """Remove one artifact; the bytes the project no longer holds, None if it stays."""
         try:
             if self._metadata.delete_manifest(repository, digest) is None:
-                return False
+                return None
         except StillReferencedError:
-            return False  # a child of an index still cached: it goes after the index
+            return None  # a child of an index still cached: it goes after the index
+        released = 0
         for blob in self._store.blobs_of(digest):
             # Kept while another cached manifest of the repository needs it.
             with contextlib.suppress(StillReferencedError):
-                self._metadata.unlink_blob(repository, blob)
-        return True
+                if self._metadata.unlink_blob(repository, blob) and not self._store.holds(
+                    project, blob
+                ):
+                    released += self._metadata.blob_size(blob) or 0
+        return released
