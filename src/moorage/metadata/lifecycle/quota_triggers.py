@@ -4,8 +4,8 @@ Every insert or delete of a repository's blob link or manifest link, whoever mak
 `quota_project_blobs` (how many repositories of the project link the blob) and `quota_usage`
 (the project's distinct blob bytes and its manifest count) in the same transaction. Deleting a
 repository first deletes its links (a BEFORE trigger), so the counters see the repository's
-name while they are adjusted. On PostgreSQL each change takes the project's usage row first,
-so two transactions of one project never wait for each other's blob rows in a cycle.
+name while they are adjusted. On PostgreSQL each statement takes its projects' usage rows
+first (in name order), so two transactions never wait for each other's blob rows in a cycle.
 
 A migration that rebuilds one of these tables on SQLite (drop and rename) drops its triggers:
 it must call `install` again afterwards (`moorage quota recount` repairs the counts).
@@ -87,75 +87,94 @@ def _sqlite_statements() -> list[str]:
     ]
 
 
+# PostgreSQL: statement-level triggers over transition tables, so a statement that inserts or
+# deletes many links (a promotion, a repository deletion, garbage collection, migrate-data's
+# batches) updates each project's usage row once, not once per row: repeated updates of one
+# row in one transaction get slower with every version they leave behind.
+_PROJECT = "split_part(r.name, '/', 1)"
 _POSTGRESQL_STATEMENTS = [
-    """
-    CREATE FUNCTION quota_project_of(repository integer) RETURNS text
-    LANGUAGE sql STABLE AS $$
-        SELECT split_part(name, '/', 1) FROM repositories WHERE id = repository
-    $$
-    """,
-    # The usage row first: it is the project's one lock for every counter change.
-    """
-    CREATE FUNCTION quota_usage_row(p text) RETURNS void LANGUAGE sql AS $$
-        INSERT INTO quota_usage (project, bytes, artifacts, state) VALUES (p, 0, 0, 'ok')
-        ON CONFLICT (project) DO UPDATE SET bytes = quota_usage.bytes
-    $$
-    """,
-    """
-    CREATE FUNCTION quota_blob_linked() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        p text := quota_project_of(NEW.repository_id);
-        n integer;
+    f"""
+    CREATE FUNCTION quota_blobs_linked() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF p IS NULL THEN RETURN NULL; END IF;
-        PERFORM quota_usage_row(p);
-        INSERT INTO quota_project_blobs (project, digest, links) VALUES (p, NEW.digest, 1)
-        ON CONFLICT (project, digest) DO UPDATE SET links = quota_project_blobs.links + 1
-        RETURNING links INTO n;
-        IF n = 1 THEN
-            UPDATE quota_usage
-            SET bytes = bytes + (SELECT size FROM blobs WHERE digest = NEW.digest)
-            WHERE project = p;
-        END IF;
+        -- The usage rows first, in name order: the projects' locks for the counters.
+        INSERT INTO quota_usage (project, bytes, artifacts, state)
+        SELECT DISTINCT {_PROJECT}, 0::bigint, 0::bigint, 'ok'
+        FROM linked l JOIN repositories r ON r.id = l.repository_id ORDER BY 1
+        ON CONFLICT (project) DO UPDATE SET bytes = quota_usage.bytes;
+        WITH counted AS (
+            SELECT {_PROJECT} AS project, l.digest, COUNT(*) AS n
+            FROM linked l JOIN repositories r ON r.id = l.repository_id GROUP BY 1, 2
+        ), upserted AS (
+            INSERT INTO quota_project_blobs (project, digest, links)
+            SELECT project, digest, n FROM counted ORDER BY project, digest
+            ON CONFLICT (project, digest)
+            DO UPDATE SET links = quota_project_blobs.links + EXCLUDED.links
+            RETURNING project, digest, links
+        )
+        UPDATE quota_usage u SET bytes = u.bytes + added.total
+        FROM (
+            SELECT up.project, SUM(b.size) AS total
+            FROM upserted up
+            JOIN counted c ON c.project = up.project AND c.digest = up.digest
+            JOIN blobs b ON b.digest = up.digest
+            WHERE up.links = c.n
+            GROUP BY up.project
+        ) added
+        WHERE u.project = added.project;
         RETURN NULL;
     END $$
     """,
-    """
-    CREATE FUNCTION quota_blob_unlinked() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        p text := quota_project_of(OLD.repository_id);
-        n integer;
+    f"""
+    CREATE FUNCTION quota_blobs_unlinked() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF p IS NULL THEN RETURN NULL; END IF;
-        PERFORM quota_usage_row(p);
-        UPDATE quota_project_blobs SET links = links - 1
-        WHERE project = p AND digest = OLD.digest RETURNING links INTO n;
-        IF n IS NOT NULL AND n <= 0 THEN
-            DELETE FROM quota_project_blobs WHERE project = p AND digest = OLD.digest;
-            UPDATE quota_usage
-            SET bytes = bytes - (SELECT size FROM blobs WHERE digest = OLD.digest)
-            WHERE project = p;
-        END IF;
+        INSERT INTO quota_usage (project, bytes, artifacts, state)
+        SELECT DISTINCT {_PROJECT}, 0::bigint, 0::bigint, 'ok'
+        FROM unlinked l JOIN repositories r ON r.id = l.repository_id ORDER BY 1
+        ON CONFLICT (project) DO UPDATE SET bytes = quota_usage.bytes;
+        WITH counted AS (
+            SELECT {_PROJECT} AS project, l.digest, COUNT(*) AS n
+            FROM unlinked l JOIN repositories r ON r.id = l.repository_id GROUP BY 1, 2
+        ), updated AS (
+            UPDATE quota_project_blobs p SET links = p.links - c.n
+            FROM counted c WHERE p.project = c.project AND p.digest = c.digest
+            RETURNING p.project, p.digest, p.links
+        )
+        UPDATE quota_usage u SET bytes = u.bytes - gone.total
+        FROM (
+            SELECT up.project, SUM(b.size) AS total
+            FROM updated up JOIN blobs b ON b.digest = up.digest
+            WHERE up.links <= 0
+            GROUP BY up.project
+        ) gone
+        WHERE u.project = gone.project;
+        DELETE FROM quota_project_blobs p
+        USING (
+            SELECT DISTINCT {_PROJECT} AS project, l.digest
+            FROM unlinked l JOIN repositories r ON r.id = l.repository_id
+        ) c
+        WHERE p.project = c.project AND p.digest = c.digest AND p.links <= 0;
         RETURN NULL;
     END $$
     """,
-    """
-    CREATE FUNCTION quota_manifest_linked() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE p text := quota_project_of(NEW.repository_id);
+    f"""
+    CREATE FUNCTION quota_manifests_linked() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF p IS NULL THEN RETURN NULL; END IF;
-        PERFORM quota_usage_row(p);
-        UPDATE quota_usage SET artifacts = artifacts + 1 WHERE project = p;
+        INSERT INTO quota_usage (project, bytes, artifacts, state)
+        SELECT {_PROJECT}, 0::bigint, COUNT(*), 'ok'
+        FROM linked l JOIN repositories r ON r.id = l.repository_id GROUP BY 1 ORDER BY 1
+        ON CONFLICT (project)
+        DO UPDATE SET artifacts = quota_usage.artifacts + EXCLUDED.artifacts;
         RETURN NULL;
     END $$
     """,
-    """
-    CREATE FUNCTION quota_manifest_unlinked() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE p text := quota_project_of(OLD.repository_id);
+    f"""
+    CREATE FUNCTION quota_manifests_unlinked() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF p IS NULL THEN RETURN NULL; END IF;
-        PERFORM quota_usage_row(p);
-        UPDATE quota_usage SET artifacts = artifacts - 1 WHERE project = p;
+        INSERT INTO quota_usage (project, bytes, artifacts, state)
+        SELECT {_PROJECT}, 0::bigint, -COUNT(*), 'ok'
+        FROM unlinked l JOIN repositories r ON r.id = l.repository_id GROUP BY 1 ORDER BY 1
+        ON CONFLICT (project)
+        DO UPDATE SET artifacts = quota_usage.artifacts + EXCLUDED.artifacts;
         RETURN NULL;
     END $$
     """,
@@ -169,13 +188,16 @@ _POSTGRESQL_STATEMENTS = [
     END $$
     """,
     "CREATE TRIGGER quota_blob_linked AFTER INSERT ON repository_blobs"
-    " FOR EACH ROW EXECUTE FUNCTION quota_blob_linked()",
+    " REFERENCING NEW TABLE AS linked FOR EACH STATEMENT EXECUTE FUNCTION quota_blobs_linked()",
     "CREATE TRIGGER quota_blob_unlinked AFTER DELETE ON repository_blobs"
-    " FOR EACH ROW EXECUTE FUNCTION quota_blob_unlinked()",
+    " REFERENCING OLD TABLE AS unlinked FOR EACH STATEMENT"
+    " EXECUTE FUNCTION quota_blobs_unlinked()",
     "CREATE TRIGGER quota_manifest_linked AFTER INSERT ON repository_manifests"
-    " FOR EACH ROW EXECUTE FUNCTION quota_manifest_linked()",
+    " REFERENCING NEW TABLE AS linked FOR EACH STATEMENT"
+    " EXECUTE FUNCTION quota_manifests_linked()",
     "CREATE TRIGGER quota_manifest_unlinked AFTER DELETE ON repository_manifests"
-    " FOR EACH ROW EXECUTE FUNCTION quota_manifest_unlinked()",
+    " REFERENCING OLD TABLE AS unlinked FOR EACH STATEMENT"
+    " EXECUTE FUNCTION quota_manifests_unlinked()",
     "CREATE TRIGGER quota_repository_deleted BEFORE DELETE ON repositories"
     " FOR EACH ROW EXECUTE FUNCTION quota_repository_deleted()",
 ]
@@ -188,13 +210,11 @@ _TRIGGERS = {
     "quota_repository_deleted": "repositories",
 }
 _POSTGRESQL_FUNCTIONS = [
-    "quota_blob_linked()",
-    "quota_blob_unlinked()",
-    "quota_manifest_linked()",
-    "quota_manifest_unlinked()",
+    "quota_blobs_linked()",
+    "quota_blobs_unlinked()",
+    "quota_manifests_linked()",
+    "quota_manifests_unlinked()",
     "quota_repository_deleted()",
-    "quota_usage_row(text)",
-    "quota_project_of(integer)",
 ]
 
 
