@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +47,10 @@ from moorage.services.events import EventBus
 from moorage.services.threads import Threads
 
 log = logging.getLogger("moorage.quotas")
+
+# How long a project found without limits is not reviewed again (a limit set through another
+# process is noticed within this long; the refusal itself never waits for it).
+_UNLIMITED_SECONDS = 2.0
 
 # Changes after which a project's usage may have crossed a threshold (either way).
 _CONTENT_CHANGES = frozenset(
@@ -99,6 +104,9 @@ class QuotaService:
         self._is_proxy = is_proxy
         self._evict = evict
         self._reviewing: dict[str, bool] = {}  # project -> another review was asked meanwhile
+        # Projects found without limits (and nothing announced): not reviewed again for a
+        # while, so that pushes into unlimited projects cost no extra reads.
+        self._unlimited_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- reading and setting
@@ -123,6 +131,7 @@ class QuotaService:
 
     async def set_limits(self, actor: Actor, project: str, override: QuotaOverride) -> QuotaView:
         await self._threads.run(self._store.set_override, project, override, actor.name)
+        self._unlimited_until.pop(project, None)
         details: dict[str, object] = {"bytes": override.bytes, "artifacts": override.artifacts}
         self._events.publish(
             AccessEvent("quota:set", actor, "success", project, f"project:{project}", details)
@@ -131,6 +140,7 @@ class QuotaService:
         return await self.usage(project)
 
     async def clear_limits(self, actor: Actor, project: str) -> QuotaView:
+        self._unlimited_until.pop(project, None)
         if await self._threads.run(self._store.clear_override, project):
             self._events.publish(
                 AccessEvent("quota:clear", actor, "success", project, f"project:{project}")
@@ -175,6 +185,8 @@ class QuotaService:
             self._spawn(self._announce_refusal(event.project, event.resource, event.actor))
 
     def review_soon(self, project: str, repository: str | None = None) -> None:
+        if self._unlimited_until.get(project, 0.0) > time.monotonic():
+            return
         if project in self._reviewing:
             self._reviewing[project] = True  # the running review goes round once more
             return
@@ -211,7 +223,11 @@ class QuotaService:
         re-arm the announcements once usage is back under it."""
         view = await self.usage(project)
         if not view.limits.any:
-            if view.state is not QuotaState.OK:
+            if view.state is QuotaState.OK:
+                if len(self._unlimited_until) > 10_000:
+                    self._unlimited_until.clear()
+                self._unlimited_until[project] = time.monotonic() + _UNLIMITED_SECONDS
+            else:
                 await self._threads.run(
                     self._store.move_state,
                     project,
