@@ -101,26 +101,29 @@ _POSTGRESQL_STATEMENTS = [
         SELECT DISTINCT {_PROJECT}, 0::bigint, 0::bigint, 'ok'
         FROM linked l JOIN repositories r ON r.id = l.repository_id ORDER BY 1
         ON CONFLICT (project) DO UPDATE SET bytes = quota_usage.bytes;
-        WITH counted AS (
-            SELECT {_PROJECT} AS project, l.digest, COUNT(*) AS n
-            FROM linked l JOIN repositories r ON r.id = l.repository_id GROUP BY 1, 2
-        ), upserted AS (
-            INSERT INTO quota_project_blobs (project, digest, links)
-            SELECT project, digest, n FROM counted ORDER BY project, digest
-            ON CONFLICT (project, digest)
-            DO UPDATE SET links = quota_project_blobs.links + EXCLUDED.links
-            RETURNING project, digest, links
-        )
+        -- Bytes of the blobs new to their project: the project's blob rows cannot change
+        -- meanwhile, every writer of them holds the project's usage row.
         UPDATE quota_usage u SET bytes = u.bytes + added.total
         FROM (
-            SELECT up.project, SUM(b.size) AS total
-            FROM upserted up
-            JOIN counted c ON c.project = up.project AND c.digest = up.digest
-            JOIN blobs b ON b.digest = up.digest
-            WHERE up.links = c.n
-            GROUP BY up.project
+            SELECT c.project, SUM(b.size) AS total
+            FROM (
+                SELECT DISTINCT {_PROJECT} AS project, l.digest
+                FROM linked l JOIN repositories r ON r.id = l.repository_id
+            ) c
+            JOIN blobs b ON b.digest = c.digest
+            WHERE NOT EXISTS (
+                SELECT 1 FROM quota_project_blobs p
+                WHERE p.project = c.project AND p.digest = c.digest
+            )
+            GROUP BY c.project
         ) added
         WHERE u.project = added.project;
+        INSERT INTO quota_project_blobs (project, digest, links)
+        SELECT {_PROJECT}, l.digest, COUNT(*)
+        FROM linked l JOIN repositories r ON r.id = l.repository_id
+        GROUP BY 1, 2 ORDER BY 1, 2
+        ON CONFLICT (project, digest)
+        DO UPDATE SET links = quota_project_blobs.links + EXCLUDED.links;
         RETURN NULL;
     END $$
     """,
