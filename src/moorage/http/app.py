@@ -291,7 +291,7 @@ def build_app(
         defaults=quota_defaults,
         warning_percent=settings.quota_warning_percent,
         is_proxy=lambda project: _has_proxy_config(proxy_cache, project),
-        evict=ProxyEviction(metadata, quota_store, threads).evict,
+        evict=ProxyEviction(metadata, quota_store, threads, coordination).evict,
     )
     events.subscribe(quotas.on_event)
     app[QUOTAS] = quotas

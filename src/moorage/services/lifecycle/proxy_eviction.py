@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from moorage.coordination.base import Coordination
 from moorage.domain.quotas import QuotaLimits, over_cap
 from moorage.metadata.lifecycle.quota_store import QuotaStore
 from moorage.metadata.registry.registry_records import StillReferencedError
@@ -26,14 +27,31 @@ _BATCH = 100  # candidates read at a time
 
 
 class ProxyEviction:
-    def __init__(self, metadata: MetadataStore, store: QuotaStore, threads: Threads) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        store: QuotaStore,
+        threads: Threads,
+        coordination: Coordination | None = None,
+    ) -> None:
         self._metadata = metadata
         self._store = store
         self._threads = threads
+        self._coordination = coordination
 
     async def evict(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
-        """Trim `project` under `limits`: (artifacts removed, bytes no longer counted)."""
-        return await self._threads.run(self.evict_now, project, limits)
+        """Trim `project` under `limits`: (artifacts removed, bytes no longer counted).
+
+        One evictor per project in the whole deployment: two workers that both saw the
+        project over its cap would otherwise each remove an artifact, one too many.
+        """
+        if self._coordination is None:
+            return await self._threads.run(self.evict_now, project, limits)
+        held = await self._coordination.lock(f"quota-evict:{project}")
+        try:
+            return await self._threads.run(self.evict_now, project, limits)
+        finally:
+            held.release()
 
     def evict_now(self, project: str, limits: QuotaLimits) -> tuple[int, int]:
         """`evict` on the calling thread."""
