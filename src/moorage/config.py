@@ -186,6 +186,17 @@ class Settings(BaseModel):
         description="blobs larger than this are pushed in chunks of this size",
     )
 
+    # quotas (a project's own limits, set through the API or `moorage quota set`, win)
+    quota_default_bytes: int = Field(
+        0, ge=0, description="storage quota of every project, in bytes (0: unlimited)"
+    )
+    quota_default_artifacts: int = Field(
+        0, ge=0, description="artifact (manifest) quota of every project (0: unlimited)"
+    )
+    quota_warning_percent: int = Field(
+        80, ge=1, le=100, description="usage at which a project's quota warning is announced"
+    )
+
     # staged registries and promotion
     stages: list[str] = Field(
         default_factory=lambda: ["dev", "staging", "prod"],

@@ -46,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "settings": "moorage.commands.admin:settings_group",
     "migrate-data": "moorage.commands.migrate_data:migrate_data",
     "gc": "moorage.commands.gc:gc",
+    "quota": "moorage.commands.quotas:quota",
 }
 
 

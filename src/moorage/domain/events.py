@@ -28,6 +28,10 @@ class EventKind(StrEnum):
     REPOSITORY_DELETED = "repository:deleted"
     UPLOAD_CANCELLED = "upload:cancelled"
     SCAN_COMPLETED = "scan:completed"  # a report reached Success or Error
+    # A project's usage crossed the warning threshold of a quota (once until it falls back).
+    QUOTA_WARNING = "quota:warning"
+    # A push was first refused because it would exceed a quota (once until usage falls back).
+    QUOTA_EXCEEDED = "quota:exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class RegistryEvent:
     size: int | None = None
     actor: Actor = field(default_factory=Actor)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Facts of the kinds that need more than the fields above (quota: limit, usage, percent).
+    details: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,10 @@ from moorage.coordination import Coordination, make_coordination
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import SYSTEM
 from moorage.domain.policy import PolicySet
+from moorage.domain.quotas import QuotaLimits, from_setting
 from moorage.domain.replication import Backoff
 from moorage.http.access import AccessDenied, access_middleware
+from moorage.http.api.quotas import QUOTAS
 from moorage.http.authn import Authenticator
 from moorage.http.errors import ApiProblem, problem_response, render_denied
 from moorage.http.forwarded import forwarded_middleware
@@ -57,6 +59,7 @@ from moorage.metadata.lifecycle.deletion_store import DeletionStore
 from moorage.metadata.lifecycle.gc_runs_store import GcRunsStore
 from moorage.metadata.lifecycle.gc_store import GcStore
 from moorage.metadata.lifecycle.pull_store import PullStore
+from moorage.metadata.lifecycle.quota_store import QuotaStore
 from moorage.metadata.lifecycle.retention_store import RetentionStore
 from moorage.metadata.registry.store import MetadataStore
 from moorage.metadata.staging.promotion_store import PromotionStore
@@ -79,7 +82,9 @@ from moorage.services.errors import IdentityError, ThrottledError
 from moorage.services.events import EventBus, log_subscriber
 from moorage.services.lifecycle.deletion import DeletionService
 from moorage.services.lifecycle.gc_runner import GcRunner, build_collector, gc_options_from
+from moorage.services.lifecycle.proxy_eviction import ProxyEviction
 from moorage.services.lifecycle.pull_tracking import PullTracker
+from moorage.services.lifecycle.quotas import QuotaService
 from moorage.services.lifecycle.retention import RetentionService
 from moorage.services.registry.immutability import ImmutabilityService, ImmutableTagPolicy
 from moorage.services.registry.pulls import PullService
@@ -169,6 +174,10 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
         response.headers.update(API_VERSION)
 
 
+async def _has_proxy_config(proxy_cache: ProxyCache, project: str) -> bool:
+    return await proxy_cache.config_for(project) is not None
+
+
 def build_app(
     settings: Settings,
     *,
@@ -188,7 +197,10 @@ def build_app(
         pool_size=settings.db_threads,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
-    metadata = MetadataStore(engine)
+    quota_defaults = QuotaLimits(
+        from_setting(settings.quota_default_bytes), from_setting(settings.quota_default_artifacts)
+    )
+    metadata = MetadataStore(engine, quota_defaults=quota_defaults)
     iam_store = IamStore(engine)
     storage = make_storage(settings)
     events = EventBus()
@@ -280,6 +292,19 @@ def build_app(
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
+    # Quotas: refused in the metadata store; announced, shown and set here.
+    quota_store = QuotaStore(engine)
+    quotas = QuotaService(
+        quota_store,
+        threads,
+        events,
+        defaults=quota_defaults,
+        warning_percent=settings.quota_warning_percent,
+        is_proxy=lambda project: _has_proxy_config(proxy_cache, project),
+        evict=ProxyEviction(metadata, quota_store, threads, coordination).evict,
+    )
+    events.subscribe(quotas.on_event)
+    app[QUOTAS] = quotas
     app[SERVICES] = Services(
         registry, uploads, settings.max_page_size, proxy_cache, settings.unpaged_listing_size
     )

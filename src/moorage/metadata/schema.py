@@ -2,7 +2,7 @@
 
 from moorage.metadata.access import iam_models
 from moorage.metadata.distribution import replication_models, virtual_models
-from moorage.metadata.lifecycle import gc_models, pull_models, retention_models
+from moorage.metadata.lifecycle import gc_models, pull_models, quota_models, retention_models
 from moorage.metadata.registry import models
 from moorage.metadata.registry.models import Base
 from moorage.metadata.staging import promotion_models
@@ -22,6 +22,7 @@ __all__ = [
     "policy_models",
     "promotion_models",
     "pull_models",
+    "quota_models",
     "replication_models",
     "retention_models",
     "scan_models",

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from moorage.domain.quotas import UNLIMITED, QuotaLimits
 from moorage.metadata.database import read_transaction, single_read
+from moorage.metadata.lifecycle.quota_store import QuotaGuard
 from moorage.metadata.registry.listing import page_query, read_page
 from moorage.metadata.registry.models import BLOB_LIVE, utcnow
 from moorage.metadata.registry.registry_records import (
@@ -64,9 +66,11 @@ def blob_key(digest: str) -> str:
 class RegistryStoreBase:
     """The engine and the helpers the parts of `MetadataStore` share."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, quota_defaults: QuotaLimits = UNLIMITED) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
+        # Checked inside the transactions that link blobs and manifests.
+        self._quota = QuotaGuard(quota_defaults)
 
     def close(self) -> None:
         self._engine.dispose()

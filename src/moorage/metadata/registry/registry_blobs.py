@@ -85,6 +85,7 @@ class BlobQueries(RegistryStoreBase):
                 raise BlobBeingCollectedError(digest)
             repository_id = self._repository_id(connection, repository, create=True)
             assert repository_id is not None
+            self._quota.before_blob_link(connection, repository, digest, size)
             self._link_in(connection, repository_id, [digest], now)
 
     def mount_blob(self, source: str, target: str, digest: str) -> int | None:
@@ -109,6 +110,7 @@ class BlobQueries(RegistryStoreBase):
             now = utcnow()
             if not self._touch_blobs_in(connection, [digest], now):
                 return None  # being collected: the client uploads it instead
+            self._quota.before_blob_link(connection, target, digest, int(size))
             target_id = self._repository_id(connection, target, create=True)
             assert target_id is not None
             self._link_in(connection, target_id, [digest], now)

@@ -191,6 +191,7 @@ class ManifestQueries(RegistryStoreBase):
                 missing_blobs = [blob for blob in required_blobs if blob not in touched]
             if missing_blobs or missing_children:
                 raise MissingReferencesError(missing_blobs, missing_children)
+        self._quota.before_manifest_links(connection, repository_id, repository, [digest])
         self._insert_ignore(
             connection,
             manifests_table,
@@ -275,6 +276,9 @@ class ManifestQueries(RegistryStoreBase):
             missing_blobs = [blob for blob in links.blobs if blob not in touched]
         if missing_manifests or missing_blobs:
             raise MissingReferencesError(missing_blobs, missing_manifests)
+        self._quota.before_manifest_links(
+            connection, target_id, links.target, links.manifests, links.blobs
+        )
         self._link_in(connection, target_id, list(links.blobs), now)
         self._add_to_repository(connection, target_id, list(links.manifests), now)
         existing = set(

@@ -199,6 +199,13 @@ DETAIL_FIELDS: Final[dict[str, frozenset[str]]] = {
     "access:denied": frozenset({"action", "reason"}),
     # a PolicySet check refused (immutable tags, and later gates): which point, policy, why
     "policy:denied": frozenset({"point", "policy", "reason"}),
+    # quotas: the limits and usage a warning or a first refusal was announced at
+    "quota:warning": frozenset({"quota", "limit", "used", "percent"}),
+    "quota:exceeded": frozenset({"quota", "limit", "used", "percent"}),
+    "quota:set": frozenset({"bytes", "artifacts"}),
+    "quota:clear": frozenset(),
+    "quota:recount": frozenset({"corrected"}),
+    "quota:evict": frozenset({"manifests", "freed"}),
 }
 _FLUSH_SECONDS: Final = 0.2
 
@@ -216,6 +223,7 @@ def to_entry(event: DomainEvent) -> NewAuditEntry | None:
             "tag": event.tag,
             "media_type": event.media_type,
             "size": event.size,
+            **(event.details or {}),
         }
         actor, project, result = event.actor, project_of(event.repository), "success"
     else:

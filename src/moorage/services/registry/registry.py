@@ -17,6 +17,7 @@ from moorage.domain.manifest import ParsedManifest, parse_manifest
 from moorage.domain.names import Reference, project_of
 from moorage.domain.negotiation import DEFAULT_PLATFORM, is_acceptable
 from moorage.domain.policy import DecisionPoint, PolicyContext, PolicySet
+from moorage.domain.quotas import QuotaExceededError
 from moorage.metadata.registry.registry_records import (
     ManifestLinks,
     ManifestRecord,
@@ -176,7 +177,11 @@ class RegistryService:
         self, target: str, source: str, digest: Digest, actor: Actor
     ) -> int | None:
         await self._enforce(PolicyContext(DecisionPoint.PUSH_BLOB, target, actor, str(digest)))
-        size = await self._threads.run(self._metadata.mount_blob, source, target, str(digest))
+        try:
+            size = await self._threads.run(self._metadata.mount_blob, source, target, str(digest))
+        except QuotaExceededError as error:
+            self._events.publish(error.denied_event(actor, target, "push:blob"))
+            raise
         if size is not None:
             self._events.publish(
                 RegistryEvent(EventKind.BLOB_MOUNTED, target, str(digest), size=size, actor=actor)
@@ -331,6 +336,9 @@ class RegistryService:
                 )
             except PreconditionFailedError:
                 continue  # the tag moved while the push was checked: check again
+            except QuotaExceededError as error:
+                self._events.publish(error.denied_event(actor, repository, "push:manifest"))
+                raise
             except MissingReferencesError as error:
                 missing = error.blobs + error.manifests
                 raise RegistryError(
@@ -388,6 +396,9 @@ class RegistryService:
                 result = await self._threads.run(write, guarded)
             except PreconditionFailedError:
                 continue
+            except QuotaExceededError as error:
+                self._events.publish(error.denied_event(actor, links.target, "promote"))
+                raise
             except MissingReferencesError as error:
                 missing = error.blobs + error.manifests
                 raise RegistryError(

@@ -32,6 +32,7 @@ from typing import Final
 from moorage.domain.digest import Digest
 from moorage.domain.errors import ErrorCode, RegistryError
 from moorage.domain.events import Actor, EventKind, RegistryEvent
+from moorage.domain.quotas import QuotaExceededError
 from moorage.domain.ranges import ByteRange
 from moorage.hashing import ResumableHasher, new_resumable, resume
 from moorage.metadata.registry.store import MetadataStore
@@ -203,7 +204,7 @@ class UploadService:
             raise
         finally:
             await self._threads.run(writer.close)
-        await link_blob(self._metadata, self._threads, repository, str(digest), size)
+        await self._link(repository, digest, size, actor)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
         )
@@ -233,7 +234,7 @@ class UploadService:
             await self._threads.run(writer.close)
             if not committed:
                 await self._threads.run(self._storage.delete_upload, upload_id)
-        await link_blob(self._metadata, self._threads, repository, str(digest), size)
+        await self._link(repository, digest, size, actor)
         self._events.publish(
             RegistryEvent(EventKind.BLOB_PUSHED, repository, str(digest), size=size, actor=actor)
         )
@@ -257,6 +258,14 @@ class UploadService:
         return removed
 
     # -- internals
+
+    async def _link(self, repository: str, digest: Digest, size: int, actor: Actor) -> None:
+        try:
+            await link_blob(self._metadata, self._threads, repository, str(digest), size)
+        except QuotaExceededError as error:
+            # The committed bytes stay unlinked: garbage collection removes them.
+            self._events.publish(error.denied_event(actor, repository, "push:blob"))
+            raise
 
     def _open(self, upload_id: str) -> UploadWriter:
         try:
