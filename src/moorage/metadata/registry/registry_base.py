@@ -125,20 +125,34 @@ class RegistryStoreBase:
     ) -> None:
         """Link blobs to a repository, or renew the links' time (a fresh link is not garbage
         during the grace period, even when it existed before)."""
+        self._upsert_in_repository(
+            connection, repository_blobs_table, repository_id, digests, now, renew="created_at"
+        )
+
+    def _upsert_in_repository(
+        self,
+        connection: Connection,
+        table: Any,
+        repository_id: int,
+        digests: list[str],
+        now: datetime,
+        *,
+        renew: str,
+    ) -> None:
+        """Insert (repository, digest) rows of `table` stamped `now`; rows already there get
+        only their `renew` column moved to `now`."""
         if not digests:
             return
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = insert(repository_blobs_table)
+        statement = insert(table)
+        stamps = {"created_at": now, renew: now}
         connection.execute(
             statement.on_conflict_do_update(
-                index_elements=[
-                    repository_blobs_table.c.repository_id,
-                    repository_blobs_table.c.digest,
-                ],
-                set_={"created_at": statement.excluded.created_at},
+                index_elements=[table.c.repository_id, table.c.digest],
+                set_={renew: statement.excluded[renew]},
             ),
             [
-                {"repository_id": repository_id, "digest": digest, "created_at": now}
+                {"repository_id": repository_id, "digest": digest, **stamps}
                 for digest in dict.fromkeys(digests)
             ],
         )

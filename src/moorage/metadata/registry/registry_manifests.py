@@ -319,27 +319,8 @@ class ManifestQueries(RegistryStoreBase):
     ) -> None:
         """Make manifests part of a repository; for those already in it, a push again moves
         `touched_at` (what deleting untagged manifests goes by), never `created_at`."""
-        if not digests:
-            return
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = insert(repository_manifests_table)
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=[
-                    repository_manifests_table.c.repository_id,
-                    repository_manifests_table.c.digest,
-                ],
-                set_={"touched_at": statement.excluded.touched_at},
-            ),
-            [
-                {
-                    "repository_id": repository_id,
-                    "digest": digest,
-                    "created_at": now,
-                    "touched_at": now,
-                }
-                for digest in dict.fromkeys(digests)
-            ],
+        self._upsert_in_repository(
+            connection, repository_manifests_table, repository_id, digests, now, renew="touched_at"
         )
 
     def _set_tag(
