@@ -60,6 +60,9 @@ defaults
     timeout server 15m
     timeout http-request 60s
     timeout queue 60s
+    # A readiness answer may take a while on a busy machine: a slow node is not a dead one
+    # (a killed node refuses the connection at once, and is marked down after `fall` checks).
+    timeout check 3s
 
 frontend registry
     bind 127.0.0.1:{port}
@@ -69,7 +72,7 @@ backend moorage
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 500ms fall 2 rise 1
+    default-server inter 500ms fall 3 rise 1
 {servers}
 """
 
