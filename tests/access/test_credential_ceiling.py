@@ -195,6 +195,7 @@ _SAMPLES = {
     "robot": "puller",
     "project": "alpha",
     "scan_id": "abc",
+    "gc_run": "gc-20260101000000-0123abcd",
 }
 
 

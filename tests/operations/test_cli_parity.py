@@ -51,12 +51,12 @@ SERVICE_COMMANDS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/vulnerability-database"): "vulndb import",
     ("POST", "/api/v1/vulnerability-database/rollback"): "vulndb rollback",
     ("POST", "/api/v1/system/gc"): "gc",
-    ("POST", "/api/v1/system/gc/runs/{run:gc-[0-9]{14}-[0-9a-f]{8}}/stop"): "gc stop",
+    ("POST", "/api/v1/system/gc/runs/{gc_run:gc-[0-9]+-[0-9a-f]+}/stop"): "gc stop",
 }
 # ... and listings that such commands print.
 SERVICE_READS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/system/gc/runs"): "gc runs",
-    ("GET", "/api/v1/system/gc/runs/{run:gc-[0-9]{14}-[0-9a-f]{8}}"): "gc show",
+    ("GET", "/api/v1/system/gc/runs/{gc_run:gc-[0-9]+-[0-9a-f]+}"): "gc show",
 }
 
 # API operations without a command, and why.

@@ -59,6 +59,7 @@ PATH_PARAMETERS: Final[Mapping[str, Mapping[str, Any]]] = {
     "registry": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     "execution": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
     "run": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+    "gc_run": {"type": "string", "pattern": "^gc-[0-9]+-[0-9a-f]+$", "maxLength": 64},
     # a repository (it may contain slashes) and a manifest digest, as /v2 spells them
     "name": {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 255},
     "digest": {"type": "string", "pattern": DIGEST_PATTERN, "maxLength": 135},

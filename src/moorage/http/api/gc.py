@@ -26,7 +26,8 @@ from moorage.services.lifecycle.gc_runner import NotResumableError
 
 TAG: Final = "garbage-collection"
 PATH: Final = "/api/v1/system/gc"
-RUN_ID: Final = "{run:gc-[0-9]{14}-[0-9a-f]{8}}"
+# No braces inside the pattern: the OpenAPI document and the route-table tests read `{...}`.
+RUN_ID: Final = "{gc_run:gc-[0-9]+-[0-9a-f]+}"
 
 
 class GcRequest(RequestModel):
@@ -121,14 +122,14 @@ async def list_gc_runs(call: Call) -> list[GcRunView]:
 
 
 async def get_gc_run(call: Call) -> GcRunView:
-    run = await call.request.app[LIFECYCLE].gc.run(call.param("run"))
+    run = await call.request.app[LIFECYCLE].gc.run(call.param("gc_run"))
     if run is None:
         raise ApiProblem(404, "no such garbage collection run")
     return run_view(run)
 
 
 async def stop_gc_run(call: Call) -> GcRunView:
-    run = await call.request.app[LIFECYCLE].gc.stop(call.param("run"))
+    run = await call.request.app[LIFECYCLE].gc.stop(call.param("gc_run"))
     if run is None:
         raise ApiProblem(404, "no such garbage collection run")
     return run_view(run)
