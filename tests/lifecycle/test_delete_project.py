@@ -44,18 +44,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         yield process
 
 
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
-def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with registry_client(server, ADMIN_USER, ADMIN_PASSWORD) as http:
-        yield http
-
-
 def test_a_deleted_project_takes_every_repository_with_it(
     server: RegistryProcess, admin: httpx.Client, v2: httpx.Client
 ) -> None:

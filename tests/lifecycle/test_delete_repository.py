@@ -47,18 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         yield process
 
 
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
-def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with registry_client(server, ADMIN_USER, ADMIN_PASSWORD) as http:
-        yield http
-
-
 def delete_path(repository: str) -> str:
     project, _, name = repository.partition("/")
     return f"/projects/{project}/repositories/{name}"

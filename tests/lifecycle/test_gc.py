@@ -42,18 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
         yield started
 
 
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as client:
-        yield client
-
-
-@pytest.fixture
-def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
-        yield client
-
-
 def _blobs_of(manifest: bytes) -> set[str]:
     import json
 

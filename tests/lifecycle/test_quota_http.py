@@ -65,12 +65,6 @@ def api(server: RegistryProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture
-def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as client:
-        yield client
-
-
 def project_with(api: httpx.Client, **limits: int) -> str:
     project = create_project(api, "quota")
     response = api.put(f"/projects/{project}/quota", json=limits)

@@ -19,7 +19,6 @@ from tests.support.api import (
     eventually,
     set_role,
 )
-from tests.support.auth import RegistryAuth
 from tests.support.oci import (
     Pushed,
     platform,
@@ -38,18 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess
     env = {"MOORAGE_PULL_FLUSH_SECONDS": "0.2", "MOORAGE_RETENTION_CHECK_SECONDS": "1"}
     with RegistryProcess(data_dir, env=env).start() as process:
         yield process
-
-
-@pytest.fixture
-def admin(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with api_client(server) as http:
-        yield http
-
-
-@pytest.fixture
-def v2(server: RegistryProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60, auth=RegistryAuth()) as http:
-        yield http
 
 
 def put_policy(
